@@ -1,0 +1,54 @@
+"""napari-deeppt: gene expression and treatment response from H&E whole-slide images.
+
+The public API is re-exported here lazily, so ``import napari_deeppt`` stays fast (no torch,
+dask or napari until a function that needs them is called).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "open_slide": "slide",
+    "Slide": "slide",
+    "DeepPTError": "errors",
+    "SlideReadError": "errors",
+    "SlideFormatError": "errors",
+    "SlideNotFoundError": "errors",
+    "MissingMppError": "errors",
+    "NotRGBError": "errors",
+    "CancelledError": "errors",
+    "write_synthetic_slide": "synthetic",
+    "SyntheticSlide": "synthetic",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import (
+        CancelledError,
+        DeepPTError,
+        MissingMppError,
+        NotRGBError,
+        SlideFormatError,
+        SlideNotFoundError,
+        SlideReadError,
+    )
+    from .slide import Slide, open_slide
+    from .synthetic import SyntheticSlide, write_synthetic_slide
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_deeppt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

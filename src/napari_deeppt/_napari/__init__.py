@@ -1,0 +1,1 @@
+"""napari glue: the only package that imports napari or Qt."""

@@ -1,0 +1,117 @@
+"""OME-Zarr (OME-NGFF 0.4 and 0.5) multiscale images, including bioformats2raw layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import SlideFormatError
+from .base import LevelSource, SlideParts
+from .tiff import UNIT_TO_UM, _parse_ome_xml
+
+__all__ = ["open_ome_zarr"]
+
+
+def _ngff(attrs: dict[str, Any]) -> dict[str, Any]:
+    return attrs.get("ome", attrs)  # NGFF 0.5 nests everything under "ome"
+
+
+def _axis_names(axes: list[Any]) -> tuple[str, dict[str, str]]:
+    names, units = [], {}
+    for axis in axes:
+        if isinstance(axis, dict):
+            name = str(axis.get("name", "")).lower()
+            if axis.get("unit"):
+                units[name] = str(axis["unit"])
+        else:
+            name = str(axis).lower()
+        names.append(name)
+    letters = "".join({"c": "C", "y": "Y", "x": "X", "z": "Z", "t": "T"}.get(n, "Q") for n in names)
+    return letters, units
+
+
+def _scale(transforms: list[dict[str, Any]] | None, ndim: int) -> list[float]:
+    out = [1.0] * ndim
+    for t in transforms or []:
+        if t.get("type") == "scale" and "scale" in t:
+            out = [a * float(b) for a, b in zip(out, t["scale"])]
+    return out
+
+
+def open_ome_zarr(path: Path) -> SlideParts:
+    """Open an OME-Zarr image group (or a bioformats2raw container of them)."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+    except Exception as exc:
+        raise SlideFormatError(
+            f"{path}: not a readable Zarr group ({type(exc).__name__}: {exc})"
+        ) from exc
+    ngff = _ngff(attrs)
+    associated_groups: dict[str, Any] = {}
+    ome_xml = None
+    if "multiscales" not in ngff:  # bioformats2raw: images in "0", "1" ...; OME-XML in OME/
+        keys = sorted((k for k in group.group_keys() if k.isdigit()), key=int)
+        if not keys or "multiscales" not in _ngff(dict(group[keys[0]].attrs)):
+            raise SlideFormatError(
+                f"{path}: a Zarr store, but not an OME-Zarr image (no 'multiscales' metadata)"
+            )
+        for k in keys[1:]:
+            associated_groups[f"image{k}"] = group[k]
+        try:
+            ome_xml = bytes(group["OME/METADATA.ome.xml"][...]).decode()  # rarely present
+        except Exception:
+            ome_xml = None
+        group = group[keys[0]]
+        ngff = _ngff(dict(group.attrs))
+    multiscale = ngff["multiscales"][0]
+    letters, units = _axis_names(multiscale.get("axes", ["t", "c", "z", "y", "x"][-5:]))
+    datasets = multiscale["datasets"]
+    sources = []
+    for i, dataset in enumerate(datasets):
+        array = group[dataset["path"]]
+        axes = letters if len(letters) == array.ndim else "TCZYX"[-array.ndim:]
+        chunks = (array.chunks[axes.index("Y")], array.chunks[axes.index("X")])
+        sources.append(LevelSource(array, axes, path, f"level {i}", chunks))
+
+    associated: dict[str, LevelSource] = {}
+    for name, sub in associated_groups.items():
+        try:
+            sub_multiscale = _ngff(dict(sub.attrs))["multiscales"][0]
+            array = sub[sub_multiscale["datasets"][0]["path"]]
+            sub_letters, _ = _axis_names(sub_multiscale.get("axes", []))
+            if len(sub_letters) != array.ndim:
+                sub_letters = "TCZYX"[-array.ndim:]
+            chunks = (array.chunks[sub_letters.index("Y")], array.chunks[sub_letters.index("X")])
+            associated[name] = LevelSource(array, sub_letters, path, f"associated image {name!r}",
+                                           chunks)
+        except Exception:  # noqa: S112 - an unreadable extra image is not worth failing over
+            continue
+    parts = SlideParts(levels=sources, associated=associated, format="ome-zarr", vendor="ome",
+                       compression=_compression_name(sources[0].array))
+    scale = _scale(datasets[0].get("coordinateTransformations"), len(letters))
+    scale = [a * b for a, b in zip(scale, _scale(multiscale.get("coordinateTransformations"),
+                                                 len(letters)))]
+    if "X" in letters and "x" in units:
+        factor = UNIT_TO_UM.get(units["x"])
+        if factor:
+            mpp_x = scale[letters.index("X")] * factor
+            mpp_y = scale[letters.index("Y")] * UNIT_TO_UM.get(units.get("y", units["x"]), factor)
+            parts.mpp_xy, parts.mpp_source = (mpp_x, mpp_y), "OME-Zarr coordinateTransformations"
+    if ome_xml:
+        before = parts.mpp_xy
+        _parse_ome_xml(ome_xml, sources[0].shape[:2], parts)
+        if before is not None:
+            parts.mpp_xy = before
+    parts.properties = {"ome-zarr.multiscales": multiscale}
+    return parts
+
+
+def _compression_name(array: Any) -> str:
+    try:
+        comps = getattr(array, "compressors", None) or [array.compressor]
+        return ",".join(type(c).__name__.lower() for c in comps if c is not None) or "none"
+    except Exception:
+        return "unknown"

@@ -1,0 +1,248 @@
+"""TIFF-family slides through tifffile: Aperio SVS, pyramidal/OME-TIFF, plain TIFF.
+
+Each pyramid level is a zarr array over tifffile's own zarr store, so chunks are the file's
+tiles (or strips) and nothing is decoded until asked for. Uncompressed contiguous images are
+memory-mapped instead (a huge single-strip TIFF would otherwise be one giant chunk).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from ..errors import SlideFormatError
+from .base import LevelSource, SlideParts
+
+__all__ = ["open_tiff"]
+
+#: Physical units to micrometres (OME UnitsLength symbols and common spellings).
+UNIT_TO_UM = {
+    "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "μm": 1.0, "um": 1.0, "micrometer": 1.0,
+    "micron": 1.0, "nm": 1e-3, "nanometer": 1e-3, "å": 1e-4, "Å": 1e-4, "millimeter": 1e3,
+    "centimeter": 1e4, "meter": 1e6, "in": 25400.0, "inch": 25400.0,
+}
+#: Plausible µm/px for a microscope image; resolution tags outside are screen defaults (72 dpi).
+PLAUSIBLE_MPP = (0.02, 100.0)
+ASSOCIATED_KEYWORDS = ("label", "macro", "thumbnail", "overview", "barcode")
+
+
+def _zarr_open_array(store: Any) -> Any:
+    """Open tifffile's zarr store read-only, whatever the tifffile/zarr API generation."""
+    import zarr
+
+    try:
+        return zarr.open_array(store=store, mode="r")
+    except TypeError:  # very old zarr signatures
+        return zarr.open(store, mode="r")
+
+
+def _level_array(tif: Any, series: Any, level: int) -> tuple[Any, str, tuple[int, int] | None]:
+    """Return (array, axes, native chunk) for one level of a tifffile series."""
+    import tifffile
+
+    level_series = series.levels[level]
+    page = level_series.keyframe
+    axes = level_series.axes
+    chunks = (int(page.chunks[0]), int(page.chunks[1])) if page.chunks else None
+    if page.compression == 1 and level_series.dataoffset is not None:
+        try:  # uncompressed & contiguous: zero-copy memory map, no giant single chunk
+            mm = tifffile.memmap(tif.filehandle.path, series=series.index, level=level, mode="r")
+            if len(mm.shape) == len(axes):
+                return mm, axes, None
+        except Exception:  # noqa: S110 - fall back to the zarr store below
+            pass
+    store = series.aszarr(level=level)
+    array = _zarr_open_array(store)
+    if len(array.shape) != len(axes):  # store kept length-1 axes the series squeezed
+        axes = level_series.get_axes(False)
+        if len(array.shape) != len(axes):
+            axes = "".join(a for a, n in zip(axes, level_series.get_shape(False)) if n > 1)
+    return array, axes, chunks
+
+
+def _series_name(series: Any) -> str:
+    return (series.name or "").strip().lower()
+
+
+def _associated_key(name: str, fallback: str) -> str | None:
+    for keyword in ASSOCIATED_KEYWORDS:
+        if keyword in name:
+            return "thumbnail" if keyword == "overview" else keyword
+    return None if not name else fallback
+
+
+def _yx(series: Any) -> tuple[int, int]:
+    axes = series.axes
+    return int(series.shape[axes.index("Y")]), int(series.shape[axes.index("X")])
+
+
+def open_tiff(path: Path) -> SlideParts:
+    """Open a TIFF-family slide; see the module docstring."""
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+        series_list = list(tif.series)
+    except Exception as exc:
+        raise SlideFormatError(
+            f"{path}: not a readable TIFF/SVS file ({type(exc).__name__}: {exc}). "
+            "The file may be truncated, corrupt, or another format with a TIFF extension."
+        ) from exc
+    try:
+        tif.filehandle.set_lock(True)  # dask reads tiles from several threads
+    except AttributeError:
+        tif.filehandle.lock = threading.RLock()
+    image_series = [s for s in series_list if "Y" in s.axes and "X" in s.axes]
+    if not image_series:
+        tif.close()
+        raise SlideFormatError(f"{path}: the TIFF holds no 2-D image")
+
+    # The pyramid: the SVS baseline, else the largest series that is not a label/macro image.
+    named = {i: _series_name(s) for i, s in enumerate(image_series)}
+    if tif.is_svs:
+        main = next(s for s in image_series if _series_name(s) == "baseline")
+    else:
+        candidates = [s for i, s in enumerate(image_series)
+                      if _associated_key(named[i], "x") in (None, "x")] or image_series
+        main = max(candidates, key=lambda s: _yx(s)[0] * _yx(s)[1])
+    level_series: list[tuple[Any, int]] = [(main, j) for j in range(len(main.levels))]
+
+    # OME-TIFF may store levels as separate series of the same image, not as SubIFDs.
+    h0, w0 = _yx(main)
+    others = [s for s in image_series if s is not main]
+    if len(main.levels) == 1:
+        for s in sorted(others, key=lambda s: -_yx(s)[0] * _yx(s)[1]):
+            h, w = _yx(s)
+            name = _series_name(s)
+            if (_associated_key(name, "x") in (None, "x") and h < h0 and w < w0
+                    and abs((w0 / w) - (h0 / h)) / (w0 / w) < 0.02
+                    and s.dtype == main.dtype and s.shape[-1:] == main.shape[-1:]):
+                level_series.append((s, 0))
+        others = [s for s in others if all(s is not ls for ls, _ in level_series)]
+
+    sources: list[LevelSource] = []
+    for index, (series, level) in enumerate(level_series):
+        array, axes, chunks = _level_array(tif, series, level)
+        n_channels = 3 if _is_rgba(series) else None
+        sources.append(LevelSource(array, axes, path, f"level {index}", chunks, n_channels))
+    sources.sort(key=lambda src: -src.shape[0] * src.shape[1])
+
+    associated: dict[str, LevelSource] = {}
+    for i, s in enumerate(others):
+        key = _associated_key(_series_name(s), f"image{i + 1}") or f"image{i + 1}"
+        while key in associated:
+            key += "_"
+        array, axes, chunks = _level_array(tif, s, 0)
+        associated[key] = LevelSource(array, axes, path, f"associated image {key!r}", chunks,
+                                      3 if _is_rgba(s) else None)
+
+    page = main.keyframe
+    parts = SlideParts(levels=sources, associated=associated, closers=[tif])
+    parts.compression = getattr(page.compression, "name", str(page.compression)).lower()
+    parts.properties = {"tiff.ImageDescription": (page.description or "")[:4000]}
+    _parse_metadata(tif, main, parts, path)
+    return parts
+
+
+def _is_rgba(series: Any) -> bool:
+    page = series.keyframe
+    return int(getattr(page, "photometric", 0)) == 2 and page.samplesperpixel == 4
+
+
+def _parse_metadata(tif: Any, main: Any, parts: SlideParts, path: Path) -> None:
+    """Fill mpp, objective power, vendor and format from whatever the file carries."""
+    import tifffile
+
+    page = main.keyframe
+    if tif.is_svs:
+        parts.vendor, parts.format = "aperio", "aperio-svs"
+        try:
+            meta = tifffile.svs_description_metadata(page.description)
+        except Exception:
+            meta = dict(re.findall(r"\|\s*([^=|]+?)\s*=\s*([^|]*)", page.description))
+        parts.properties.update({f"aperio.{k}": v for k, v in meta.items()})
+        mpp = _to_float(meta.get("MPP"))
+        if mpp:
+            parts.mpp_xy, parts.mpp_source = (mpp, mpp), "aperio MPP"
+        parts.objective_power = _to_float(meta.get("AppMag"))
+    elif tif.is_ome and tif.ome_metadata:
+        parts.vendor, parts.format = "ome", "ome-tiff"
+        _parse_ome_xml(tif.ome_metadata, _yx(main), parts)
+    else:
+        flags = [f for f in ("ndpi", "philips", "scn", "bif", "qpi") if getattr(tif, f"is_{f}")]
+        parts.vendor = flags[0] if flags else "generic"
+        parts.format = f"{flags[0]}-tiff" if flags else ("pyramidal-tiff" if len(parts.levels) > 1
+                                                          else "tiff")
+    if parts.mpp_xy is None:
+        mpp_xy = _mpp_from_resolution_tags(page, path)
+        if mpp_xy:
+            parts.mpp_xy, parts.mpp_source = mpp_xy, "TIFF resolution tags"
+
+
+def _to_float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if out > 0 else None
+
+
+def _parse_ome_xml(xml: str, shape_yx: tuple[int, int], parts: SlideParts) -> None:
+    """Pixel size (with units) and nominal magnification from OME-XML."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return
+    ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
+    best = None
+    for image in root.iter(f"{ns}Image"):
+        pixels = image.find(f"{ns}Pixels")
+        if pixels is None:
+            continue
+        size = (int(pixels.get("SizeY", 0)), int(pixels.get("SizeX", 0)))
+        if best is None or size == shape_yx:
+            best = pixels
+    if best is not None:
+        values = []
+        for axis in ("X", "Y"):
+            value = _to_float(best.get(f"PhysicalSize{axis}"))
+            unit = best.get(f"PhysicalSize{axis}Unit", "µm")
+            values.append(value * UNIT_TO_UM.get(unit, float("nan")) if value else None)
+        if values[0] and values[0] == values[0]:
+            parts.mpp_xy = (values[0], values[1] or values[0])
+            parts.mpp_source = "OME PhysicalSizeX/Y"
+    for objective in root.iter(f"{ns}Objective"):
+        mag = _to_float(objective.get("NominalMagnification"))
+        if mag:
+            parts.objective_power = mag
+            break
+
+
+def _mpp_from_resolution_tags(page: Any, path: Path) -> tuple[float, float] | None:
+    tags = page.tags
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None
+    unit = int(tags["ResolutionUnit"].value)
+    um_per_unit = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}.get(unit)
+    if um_per_unit is None:
+        return None
+    out = []
+    for name in ("XResolution", "YResolution"):
+        value = tags[name].value if name in tags else tags["XResolution"].value
+        pixels_per_unit = value[0] / value[1] if isinstance(value, tuple) else float(value)
+        if pixels_per_unit <= 0:
+            return None
+        out.append(um_per_unit / pixels_per_unit)
+    lo, hi = PLAUSIBLE_MPP
+    if not (lo <= out[0] <= hi):
+        warnings.warn(
+            f"{path}: ignoring TIFF resolution tags ({out[0]:.4g} µm/px is not a microscope "
+            "pixel size; probably a screen default like 72 dpi)",
+            stacklevel=4,
+        )
+        return None
+    return out[0], out[1]

@@ -1,0 +1,164 @@
+"""The ``deeppt`` command line: thin over the core functions.
+
+Every subcommand prints a one-line ``error: ...`` (exit status 2) for a user mistake instead of
+a traceback; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import DeepPTError
+
+__all__ = ["main"]
+
+
+def _add_mpp_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mpp", type=float, default=None,
+                        help="µm per level-0 pixel; overrides the file's metadata")
+    parser.add_argument("--magnification", type=float, default=None,
+                        help="objective magnification, to estimate mpp when the file has none")
+
+
+def _format_info(info: dict[str, Any]) -> str:
+    w, h = info["dimensions"]
+    mpp = "unknown (pass --mpp)" if info["mpp"] is None else (
+        f"{info['mpp']:.4f} µm/px (from {info['mpp_source']})")
+    power = info["objective_power"]
+    lines = [
+        f"file:            {info['path']}",
+        f"format:          {info['format']} (vendor: {info['vendor']})",
+        f"dimensions:      {w} × {h} px (level 0)",
+        f"pixel size:      {mpp}",
+        f"objective power: {'unknown' if power is None else f'{power:g}×'}",
+        f"compression:     {info['compression']}",
+        f"channels:        {info['channels']} × {info['dtype']}",
+        f"levels:          {len(info['levels'])}",
+        "  level      width     height  downsample   µm/px       tile  stored",
+    ]
+    for lv in info["levels"]:
+        mpp_text = "-" if lv["mpp"] is None else f"{lv['mpp']:.4f}"
+        tile = f"{lv['tile'][0]}×{lv['tile'][1]}"
+        lines.append(f"  {lv['index']:>5} {lv['width']:>10} {lv['height']:>10} "
+                     f"{lv['downsample']:>11.3f} {mpp_text:>7} {tile:>10}  "
+                     f"{'derived' if lv['derived'] else 'file'}")
+    assoc = info["associated_images"]
+    lines.append("associated:      " + (", ".join(
+        f"{k} ({v[1]}×{v[0]})" for k, v in assoc.items()) if assoc else "none"))
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .slide import open_slide
+
+    for i, path in enumerate(args.slides):
+        with open_slide(path, mpp=args.mpp, magnification=args.magnification) as slide:
+            info = slide.info()
+        if args.json:
+            print(json.dumps(info, default=str))
+        else:
+            if i:
+                print()
+            print(_format_info(info))
+    return 0
+
+
+def write_overview_png(slide: Any, path: Path, max_size: int = 1600,
+                       overwrite: bool = True) -> Path:
+    """Save a thumbnail of ``slide`` with a scale bar (when the pixel size is known)."""
+    from PIL import Image, ImageDraw
+
+    from .io import atomic_path
+
+    thumb = slide.get_thumbnail(max_size)
+    image = Image.fromarray(thumb[..., :3] if thumb.shape[2] >= 3 else thumb[..., 0])
+    image = image.convert("RGB")
+    if slide.mpp is not None:
+        um_per_px = slide.mpp * slide.dimensions[0] / image.width
+        bar_um = _nice_length(image.width * um_per_px / 5)
+        bar_px = round(bar_um / um_per_px)
+        draw = ImageDraw.Draw(image)
+        x0, y0 = 12, image.height - 22
+        draw.rectangle([x0 - 4, y0 - 16, x0 + bar_px + 4, y0 + 10], fill=(255, 255, 255))
+        draw.rectangle([x0, y0, x0 + bar_px, y0 + 6], fill=(0, 0, 0))
+        label = f"{bar_um / 1000:g} mm" if bar_um >= 1000 else f"{bar_um:g} um"
+        draw.text((x0, y0 - 14), label, fill=(0, 0, 0))
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        image.save(tmp, format="PNG")
+    return path
+
+
+def _nice_length(value: float) -> float:
+    import math
+
+    exponent = math.floor(math.log10(value))
+    for step in (5, 2, 1):
+        if step * 10**exponent <= value:
+            return float(step * 10**exponent)
+    return float(10**exponent)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .samples import cmu1_small_region_path, synthetic_sample
+    from .slide import open_slide
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slides = [Path(args.slide)] if args.slide else [cmu1_small_region_path(),
+                                                    synthetic_sample().path]
+    for path in slides:
+        with open_slide(path) as slide:
+            print(f"opened {slide}")
+            png = write_overview_png(slide, out / f"{path.stem}-overview.png")
+            print(f"  wrote {png}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deeppt",
+        description="Gene expression and treatment response from H&E whole-slide images.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-deeppt {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    info = sub.add_parser("info", help="levels, pixel size, tiles and images of a slide")
+    info.add_argument("slides", nargs="+", metavar="SLIDE")
+    info.add_argument("--json", action="store_true", help="one JSON object per slide")
+    _add_mpp_options(info)
+    info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser("demo", help="run the main job on the bundled sample slides")
+    demo.add_argument("--out", default="demo_output", help="output folder (its demo files "
+                      "are replaced on each run)")
+    demo.add_argument("--slide", default=None, help="use this slide instead of the samples")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``deeppt``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (DeepPTError, FileExistsError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""Lazy whole-slide images: :func:`open_slide` and :class:`Slide`.
+
+Coordinates follow OpenSlide: public APIs take ``(x, y)`` in level-0 pixels and sizes as
+``(width, height)``; arrays are ``(row, column, channel)``. Physical units are µm.
+
+Nothing here decodes pixels until they are asked for: each level is a dask array chunked on
+the file's own tiles, and :meth:`Slide.read_region` reads only the tiles a region touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends.base import LevelSource, SlideParts
+from .errors import (
+    MissingMppError,
+    NotRGBError,
+    SlideFormatError,
+    SlideNotFoundError,
+)
+
+__all__ = ["SLIDE_SUFFIXES", "LevelInfo", "Slide", "open_slide"]
+
+#: File name endings the reader accepts (lower case).
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".zarr", ".ome.zarr")
+#: Coarser levels are derived lazily until the coarsest is at most this many pixels across.
+DERIVED_LEVEL_MAX_SIZE = 2048
+#: Factor between derived levels.
+DERIVED_LEVEL_FACTOR = 4
+#: A level may be this much coarser than asked for and still be read from (then resized).
+LEVEL_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class LevelInfo:
+    """Geometry of one pyramid level."""
+
+    index: int
+    width: int
+    height: int
+    downsample: float
+    downsample_xy: tuple[float, float]
+    mpp: float | None
+    tile: tuple[int, int]
+    derived: bool
+
+
+class Slide:
+    """A whole-slide image opened lazily.
+
+    Use :func:`open_slide` to create one. Attributes are read-only by convention.
+
+    Attributes
+    ----------
+    path : Path
+        The file (or ``.zarr`` directory) the slide was opened from.
+    levels : list of dask.array.Array
+        Pyramid levels, finest (level 0) first, each ``(height, width, channels)``; stored
+        levels are chunked on the file's own tiles, then coarser levels derived lazily from
+        the coarsest stored one until it fits in ``DERIVED_LEVEL_MAX_SIZE`` pixels.
+    mpp : float or None
+        µm per level-0 pixel (the mean of x and y), or None when unknown.
+    mpp_xy : tuple of float or None
+        µm per level-0 pixel along x and y.
+    mpp_source : str
+        Where ``mpp`` came from (``"aperio MPP"``, ``"user"`` ...), for provenance.
+    objective_power : float or None
+        Scanning objective magnification, when the file records it.
+    vendor, format, compression : str
+        What the file is.
+    associated_images : dict of str to dask.array.Array
+        Label, macro and thumbnail images by name; never part of ``levels``.
+    properties : dict
+        Raw metadata the backend found.
+    """
+
+    def __init__(self, path: Path, parts: SlideParts, mpp_xy: tuple[float, float] | None,
+                 mpp_source: str) -> None:
+        self.path = Path(path)
+        self._parts = parts
+        self._sources: list[LevelSource | None] = list(parts.levels)
+        self.mpp_xy = mpp_xy
+        self.mpp = None if mpp_xy is None else float((mpp_xy[0] + mpp_xy[1]) / 2)
+        self.mpp_source = mpp_source
+        self.objective_power = parts.objective_power
+        self.vendor = parts.vendor
+        self.format = parts.format
+        self.compression = parts.compression
+        self.properties = dict(parts.properties)
+        self._token = _path_token(self.path)
+        self.levels = [self._as_dask(src, f"level{i}") for i, src in enumerate(parts.levels)]
+        self._add_derived_levels()
+        self.associated_images = {
+            name: self._as_dask(src, f"assoc-{name}") for name, src in parts.associated.items()
+        }
+
+    # -- construction helpers ---------------------------------------------------------------
+    def _as_dask(self, source: LevelSource, name: str) -> Any:
+        import dask.array as da
+
+        chunks = (*source.chunks, source.n_channels)
+        return da.from_array(
+            source, chunks=chunks, name=f"deeppt-{self._token}-{name}", asarray=False,
+            lock=False, meta=np.empty((0, 0, 0), dtype=source.dtype),
+        )
+
+    def _add_derived_levels(self) -> None:
+        import dask.array as da
+
+        f = DERIVED_LEVEL_FACTOR
+        while max(self.levels[-1].shape[:2]) > DERIVED_LEVEL_MAX_SIZE:
+            src = self.levels[-1]
+            h, w = (src.shape[0] // f) * f, (src.shape[1] // f) * f
+            src = src[:h, :w]
+            row_chunk, col_chunk = src.chunksize[:2]
+            rows = _aligned_chunk(row_chunk, f)
+            cols = w if col_chunk >= w else _aligned_chunk(col_chunk, f)
+            src = src.rechunk((rows, cols, src.shape[2]))
+            dtype = src.dtype
+            out = da.map_blocks(
+                _block_mean, src, f, dtype=dtype,
+                chunks=tuple(tuple(c // f for c in dim) for dim in src.chunks[:2])
+                + (src.chunks[2],),
+            )
+            self.levels.append(out)
+            self._sources.append(None)
+
+    # -- geometry -----------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 ``(width, height)`` in pixels."""
+        h, w = self.levels[0].shape[:2]
+        return int(w), int(h)
+
+    @property
+    def level_count(self) -> int:
+        return len(self.levels)
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        """``(width, height)`` of every level."""
+        return [(int(a.shape[1]), int(a.shape[0])) for a in self.levels]
+
+    @property
+    def downsamples_xy(self) -> list[tuple[float, float]]:
+        """Exact ``(x, y)`` downsample of every level relative to level 0."""
+        w0, h0 = self.dimensions
+        return [(w0 / w, h0 / h) for w, h in self.level_dimensions]
+
+    @property
+    def downsamples(self) -> list[float]:
+        """Downsample of every level (mean of x and y, as OpenSlide reports it)."""
+        return [(dx + dy) / 2 for dx, dy in self.downsamples_xy]
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.levels[0].shape[2])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.levels[0].dtype)
+
+    @property
+    def is_rgb(self) -> bool:
+        """True for brightfield RGB slides (3 channels of uint8)."""
+        return self.n_channels == 3 and self.dtype == np.uint8
+
+    @property
+    def n_stored_levels(self) -> int:
+        return len(self._parts.levels)
+
+    def level_info(self, level: int) -> LevelInfo:
+        """Geometry of one level (size, downsample, µm per pixel, native tile)."""
+        w, h = self.level_dimensions[level]
+        dxy = self.downsamples_xy[level]
+        chunk = self.levels[level].chunksize[:2]
+        return LevelInfo(
+            index=level, width=w, height=h, downsample=self.downsamples[level], downsample_xy=dxy,
+            mpp=None if self.mpp is None else self.mpp * self.downsamples[level],
+            tile=(int(chunk[1]), int(chunk[0])), derived=self._sources[level] is None,
+        )
+
+    def require_mpp(self, needed_for: str = "this step") -> float:
+        """Return ``mpp`` or raise :class:`MissingMppError` saying how to provide it."""
+        if self.mpp is None:
+            raise MissingMppError(self.path, needed_for)
+        return self.mpp
+
+    def require_rgb(self, needed_for: str = "the H&E pipeline") -> None:
+        """Raise :class:`NotRGBError` unless this is a 3-channel uint8 brightfield slide."""
+        if not self.is_rgb:
+            raise NotRGBError(
+                f"{self.path}: {needed_for} needs an RGB brightfield (H&E) slide with 3 channels "
+                f"of uint8, but this slide has {self.n_channels} channel(s) of {self.dtype}. "
+                "It can still be viewed in napari."
+            )
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample is at most ``downsample`` (1 % tolerance)."""
+        best = 0
+        for i, ds in enumerate(self.downsamples):
+            if ds <= downsample * (1 + LEVEL_TOLERANCE):
+                best = i
+        return best
+
+    # -- pixels -------------------------------------------------------------------------------
+    def read_region(self, x: int, y: int, width: int, height: int, level: int = 0,
+                    fill: int = 255) -> np.ndarray:
+        """Read a region as a numpy array (OpenSlide's convention).
+
+        Parameters
+        ----------
+        x, y
+            Top-left corner in level-0 pixels.
+        width, height
+            Size in pixels of ``level``.
+        level
+            Pyramid level to read from.
+        fill
+            Value for the part of the region that lies outside the slide.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(height, width, channels)`` of the slide's dtype (uint8 for H&E).
+        """
+        if not 0 <= level < self.level_count:
+            raise IndexError(f"{self.path}: level {level} does not exist "
+                             f"(the slide has levels 0–{self.level_count - 1})")
+        width, height = int(width), int(height)
+        if width < 0 or height < 0:
+            raise ValueError(f"region size must be non-negative, got {width}×{height}")
+        dx, dy = self.downsamples_xy[level]
+        col0, row0 = math.floor(x / dx), math.floor(y / dy)
+        lw, lh = self.level_dimensions[level]
+        out = np.full((height, width, self.n_channels), fill, dtype=self.dtype)
+        r0, r1 = max(row0, 0), min(row0 + height, lh)
+        c0, c1 = max(col0, 0), min(col0 + width, lw)
+        if r1 <= r0 or c1 <= c0:
+            return out
+        source = self._sources[level]
+        if source is not None:
+            block = source.read(slice(r0, r1), slice(c0, c1))
+        else:
+            block = np.asarray(self.levels[level][r0:r1, c0:c1].compute(scheduler="threads"))
+        out[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = block
+        return out
+
+    def read_region_at_mpp(self, x: int, y: int, width: int, height: int, mpp: float,
+                           fill: int = 255) -> np.ndarray:
+        """Read ``width × height`` pixels at ``mpp`` µm/px starting at level-0 ``(x, y)``.
+
+        Reads from the coarsest level that is at least as fine as ``mpp`` and resizes (area
+        averaging when shrinking, bilinear when enlarging).
+        """
+        target_ds = mpp / self.require_mpp("reading at a physical resolution")
+        level = self.best_level_for_downsample(target_ds)
+        ds = self.downsamples[level]
+        src_w = max(1, round(width * target_ds / ds))
+        src_h = max(1, round(height * target_ds / ds))
+        region = self.read_region(x, y, src_w, src_h, level=level, fill=fill)
+        return resize_rgb(region, width, height)
+
+    def get_thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """The whole slide, its longer side at most ``max_size`` pixels."""
+        w0, h0 = self.dimensions
+        scale = max(w0, h0) / max_size
+        level = self.best_level_for_downsample(max(scale, 1.0))
+        image = np.asarray(self.levels[level].compute(scheduler="threads"))
+        h, w = image.shape[:2]
+        factor = max(w, h) / max_size
+        if factor <= 1:
+            return image
+        return resize_rgb(image, max(1, round(w / factor)), max(1, round(h / factor)))
+
+    # -- identity and info --------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """A content-derived identity for caches: stable across renames and copies."""
+        return _content_fingerprint(self.path, [lv.shape for lv in self.levels])
+
+    def info(self) -> dict[str, Any]:
+        """Everything ``deeppt info`` prints, as plain data."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "vendor": self.vendor,
+            "dimensions": self.dimensions,
+            "mpp": self.mpp,
+            "mpp_xy": self.mpp_xy,
+            "mpp_source": self.mpp_source,
+            "objective_power": self.objective_power,
+            "compression": self.compression,
+            "channels": self.n_channels,
+            "dtype": str(self.dtype),
+            "levels": [vars(self.level_info(i)) for i in range(self.level_count)],
+            "associated_images": {k: tuple(int(n) for n in v.shape)
+                                  for k, v in self.associated_images.items()},
+        }
+
+    def close(self) -> None:
+        """Release the file handles."""
+        for closer in self._parts.closers:
+            try:
+                closer.close()
+            except Exception:  # noqa: S110
+                pass
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        mpp = "unknown" if self.mpp is None else f"{self.mpp:.4g}"
+        return (f"Slide({self.path.name!r}, {w}×{h} px, {self.level_count} levels, "
+                f"mpp={mpp}, format={self.format})")
+
+
+def _aligned_chunk(native: int, factor: int, minimum: int = 256) -> int:
+    """Smallest multiple of both ``native`` and ``factor`` that is at least ``minimum``."""
+    step = math.lcm(int(native), factor)
+    return step * max(1, math.ceil(minimum / step))
+
+
+def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
+    h, w, c = block.shape
+    reshaped = block.reshape(h // factor, factor, w // factor, factor, c)
+    mean = reshaped.mean(axis=(1, 3), dtype=np.float32)
+    if np.issubdtype(block.dtype, np.integer):
+        return np.rint(mean).astype(block.dtype)
+    return mean.astype(block.dtype)
+
+
+def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a ``(h, w, c)`` uint8 image (area averaging down, bilinear up) with Pillow."""
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    from PIL import Image
+
+    shrinking = width < image.shape[1] and height < image.shape[0]
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    if image.dtype != np.uint8 or image.shape[2] not in (1, 3, 4):
+        channels = [np.asarray(Image.fromarray(image[..., i].astype(np.float32)).resize(
+            (width, height), resample)) for i in range(image.shape[2])]
+        return np.stack(channels, axis=-1).astype(image.dtype)
+    squeeze = image.shape[2] == 1
+    pil = Image.fromarray(image[..., 0] if squeeze else image)
+    out = np.asarray(pil.resize((width, height), resample))
+    return out[..., np.newaxis] if squeeze else out
+
+
+def _path_token(path: Path) -> str:
+    try:
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:
+        key = str(path)
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _content_fingerprint(path: Path, shapes: list[tuple[int, ...]]) -> str:
+    digest = hashlib.sha256(repr(shapes).encode())
+    files = sorted(p for p in path.rglob("*") if p.is_file())[:64] if path.is_dir() else [path]
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}|{size}".encode())
+        with open(file, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:32]
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in
+                                 (".zgroup", ".zattrs", "zarr.json"))
+
+
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
+               magnification: float | None = None) -> Slide:
+    """Open a whole-slide image lazily.
+
+    Parameters
+    ----------
+    path
+        An Aperio ``.svs``, a (pyramidal, OME-) TIFF, or an OME-Zarr directory.
+    mpp
+        µm per level-0 pixel. Overrides whatever the file says; use it when the file has none.
+    magnification
+        Objective magnification, used to estimate ``mpp = 10 / magnification`` (40× ≈
+        0.25 µm/px) when ``mpp`` is not given and the file has no pixel size.
+
+    Returns
+    -------
+    Slide
+
+    Raises
+    ------
+    SlideNotFoundError
+        ``path`` does not exist.
+    SlideFormatError
+        The file is not a readable slide (wrong format, truncated header).
+    """
+    from .backends.omezarr import open_ome_zarr
+    from .backends.tiff import open_tiff
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SlideNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if not _is_zarr(path):
+            raise SlideFormatError(f"{path}: a directory, but not a Zarr store (no .zgroup, "
+                                   ".zattrs or zarr.json inside)")
+        parts = open_ome_zarr(path)
+    else:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic[:2] not in (b"II", b"MM"):
+            raise SlideFormatError(
+                f"{path}: not a TIFF/SVS file (it starts with {magic!r}); supported: "
+                f"{', '.join(SLIDE_SUFFIXES)} (OME-Zarr is a directory)"
+            )
+        parts = open_tiff(path)
+
+    if mpp is not None:
+        if not mpp > 0:
+            raise ValueError(f"mpp must be positive (µm per level-0 pixel), got {mpp}")
+        mpp_xy, source = (float(mpp), float(mpp)), "user"
+    elif parts.mpp_xy is not None:
+        mpp_xy, source = parts.mpp_xy, parts.mpp_source
+    elif magnification is not None or parts.objective_power:
+        power = float(magnification or parts.objective_power)  # type: ignore[arg-type]
+        if not power > 0:
+            raise ValueError(f"magnification must be positive, got {magnification}")
+        mpp_xy = (10.0 / power, 10.0 / power)
+        source = ("user magnification" if magnification is not None else
+                  "objective power (estimate)")
+        if magnification is None:
+            warnings.warn(f"{path}: no pixel size in the file; estimated {mpp_xy[0]:.3g} µm/px "
+                          f"from its {power:g}× objective. Pass mpp= if you know it.",
+                          stacklevel=2)
+    else:
+        mpp_xy, source = None, "none"
+    if magnification is not None and parts.objective_power is None:
+        parts.objective_power = float(magnification)
+    return Slide(path, parts, mpp_xy, source)
+
