@@ -20,16 +20,27 @@ __all__ = ["main"]
 
 
 def _add_mpp_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mpp", type=float, default=None,
-                        help="µm per level-0 pixel; overrides the file's metadata")
-    parser.add_argument("--magnification", type=float, default=None,
-                        help="objective magnification, to estimate mpp when the file has none")
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="µm per level-0 pixel; overrides the file's metadata",
+    )
+    parser.add_argument(
+        "--magnification",
+        type=float,
+        default=None,
+        help="objective magnification, to estimate mpp when the file has none",
+    )
 
 
 def _format_info(info: dict[str, Any]) -> str:
     w, h = info["dimensions"]
-    mpp = "unknown (pass --mpp)" if info["mpp"] is None else (
-        f"{info['mpp']:.4f} µm/px (from {info['mpp_source']})")
+    mpp = (
+        "unknown (pass --mpp)"
+        if info["mpp"] is None
+        else (f"{info['mpp']:.4f} µm/px (from {info['mpp_source']})")
+    )
     power = info["objective_power"]
     lines = [
         f"file:            {info['path']}",
@@ -45,12 +56,16 @@ def _format_info(info: dict[str, Any]) -> str:
     for lv in info["levels"]:
         mpp_text = "-" if lv["mpp"] is None else f"{lv['mpp']:.4f}"
         tile = f"{lv['tile'][0]}×{lv['tile'][1]}"
-        lines.append(f"  {lv['index']:>5} {lv['width']:>10} {lv['height']:>10} "
-                     f"{lv['downsample']:>11.3f} {mpp_text:>7} {tile:>10}  "
-                     f"{'derived' if lv['derived'] else 'file'}")
+        lines.append(
+            f"  {lv['index']:>5} {lv['width']:>10} {lv['height']:>10} "
+            f"{lv['downsample']:>11.3f} {mpp_text:>7} {tile:>10}  "
+            f"{'derived' if lv['derived'] else 'file'}"
+        )
     assoc = info["associated_images"]
-    lines.append("associated:      " + (", ".join(
-        f"{k} ({v[1]}×{v[0]})" for k, v in assoc.items()) if assoc else "none"))
+    lines.append(
+        "associated:      "
+        + (", ".join(f"{k} ({v[1]}×{v[0]})" for k, v in assoc.items()) if assoc else "none")
+    )
     return "\n".join(lines)
 
 
@@ -69,8 +84,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_overview_png(slide: Any, path: Path, max_size: int = 1600,
-                       overwrite: bool = True) -> Path:
+def write_overview_png(
+    slide: Any, path: Path, max_size: int = 1600, overwrite: bool = True
+) -> Path:
     """Save a thumbnail of ``slide`` with a scale bar (when the pixel size is known)."""
     from PIL import Image, ImageDraw
 
@@ -110,8 +126,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    slides = [Path(args.slide)] if args.slide else [cmu1_small_region_path(),
-                                                    synthetic_sample().path]
+    slides = (
+        [Path(args.slide)] if args.slide else [cmu1_small_region_path(), synthetic_sample().path]
+    )
     for path in slides:
         with open_slide(path) as slide:
             print(f"opened {slide}")
@@ -137,8 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     demo = sub.add_parser("demo", help="run the main job on the bundled sample slides")
-    demo.add_argument("--out", default="demo_output", help="output folder (its demo files "
-                      "are replaced on each run)")
+    demo.add_argument(
+        "--out",
+        default="demo_output",
+        help="output folder (its demo files are replaced on each run)",
+    )
     demo.add_argument("--slide", default=None, help="use this slide instead of the samples")
     demo.set_defaults(func=cmd_demo)
     return parser

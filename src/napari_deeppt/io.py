@@ -34,8 +34,10 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists; choose another output or allow "
-                              "overwriting (--overwrite / overwrite=True)")
+        raise FileExistsError(
+            f"{path}: already exists; choose another output or allow "
+            "overwriting (--overwrite / overwrite=True)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:

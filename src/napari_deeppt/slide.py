@@ -82,8 +82,9 @@ class Slide:
         Raw metadata the backend found.
     """
 
-    def __init__(self, path: Path, parts: SlideParts, mpp_xy: tuple[float, float] | None,
-                 mpp_source: str) -> None:
+    def __init__(
+        self, path: Path, parts: SlideParts, mpp_xy: tuple[float, float] | None, mpp_source: str
+    ) -> None:
         self.path = Path(path)
         self._parts = parts
         self._sources: list[LevelSource | None] = list(parts.levels)
@@ -108,8 +109,12 @@ class Slide:
 
         chunks = (*source.chunks, source.n_channels)
         return da.from_array(
-            source, chunks=chunks, name=f"deeppt-{self._token}-{name}", asarray=False,
-            lock=False, meta=np.empty((0, 0, 0), dtype=source.dtype),
+            source,
+            chunks=chunks,
+            name=f"deeppt-{self._token}-{name}",
+            asarray=False,
+            lock=False,
+            meta=np.empty((0, 0, 0), dtype=source.dtype),
         )
 
     def _add_derived_levels(self) -> None:
@@ -124,12 +129,8 @@ class Slide:
             rows = _aligned_chunk(row_chunk, f)
             cols = w if col_chunk >= w else _aligned_chunk(col_chunk, f)
             src = src.rechunk((rows, cols, src.shape[2]))
-            dtype = src.dtype
-            out = da.map_blocks(
-                _block_mean, src, f, dtype=dtype,
-                chunks=tuple(tuple(c // f for c in dim) for dim in src.chunks[:2])
-                + (src.chunks[2],),
-            )
+            out_chunks = (*(tuple(c // f for c in dim) for dim in src.chunks[:2]), src.chunks[2])
+            out = da.map_blocks(_block_mean, src, f, dtype=src.dtype, chunks=out_chunks)
             self.levels.append(out)
             self._sources.append(None)
 
@@ -183,9 +184,14 @@ class Slide:
         dxy = self.downsamples_xy[level]
         chunk = self.levels[level].chunksize[:2]
         return LevelInfo(
-            index=level, width=w, height=h, downsample=self.downsamples[level], downsample_xy=dxy,
+            index=level,
+            width=w,
+            height=h,
+            downsample=self.downsamples[level],
+            downsample_xy=dxy,
             mpp=None if self.mpp is None else self.mpp * self.downsamples[level],
-            tile=(int(chunk[1]), int(chunk[0])), derived=self._sources[level] is None,
+            tile=(int(chunk[1]), int(chunk[0])),
+            derived=self._sources[level] is None,
         )
 
     def require_mpp(self, needed_for: str = "this step") -> float:
@@ -212,8 +218,9 @@ class Slide:
         return best
 
     # -- pixels -------------------------------------------------------------------------------
-    def read_region(self, x: int, y: int, width: int, height: int, level: int = 0,
-                    fill: int = 255) -> np.ndarray:
+    def read_region(
+        self, x: int, y: int, width: int, height: int, level: int = 0, fill: int = 255
+    ) -> np.ndarray:
         """Read a region as a numpy array (OpenSlide's convention).
 
         Parameters
@@ -233,8 +240,10 @@ class Slide:
             ``(height, width, channels)`` of the slide's dtype (uint8 for H&E).
         """
         if not 0 <= level < self.level_count:
-            raise IndexError(f"{self.path}: level {level} does not exist "
-                             f"(the slide has levels 0–{self.level_count - 1})")
+            raise IndexError(
+                f"{self.path}: level {level} does not exist "
+                f"(the slide has levels 0–{self.level_count - 1})"
+            )
         width, height = int(width), int(height)
         if width < 0 or height < 0:
             raise ValueError(f"region size must be non-negative, got {width}×{height}")
@@ -251,11 +260,12 @@ class Slide:
             block = source.read(slice(r0, r1), slice(c0, c1))
         else:
             block = np.asarray(self.levels[level][r0:r1, c0:c1].compute(scheduler="threads"))
-        out[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = block
+        out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = block
         return out
 
-    def read_region_at_mpp(self, x: int, y: int, width: int, height: int, mpp: float,
-                           fill: int = 255) -> np.ndarray:
+    def read_region_at_mpp(
+        self, x: int, y: int, width: int, height: int, mpp: float, fill: int = 255
+    ) -> np.ndarray:
         """Read ``width × height`` pixels at ``mpp`` µm/px starting at level-0 ``(x, y)``.
 
         Reads from the coarsest level that is at least as fine as ``mpp`` and resizes (area
@@ -302,8 +312,9 @@ class Slide:
             "channels": self.n_channels,
             "dtype": str(self.dtype),
             "levels": [vars(self.level_info(i)) for i in range(self.level_count)],
-            "associated_images": {k: tuple(int(n) for n in v.shape)
-                                  for k, v in self.associated_images.items()},
+            "associated_images": {
+                k: tuple(int(n) for n in v.shape) for k, v in self.associated_images.items()
+            },
         }
 
     def close(self) -> None:
@@ -311,7 +322,7 @@ class Slide:
         for closer in self._parts.closers:
             try:
                 closer.close()
-            except Exception:  # noqa: S110
+            except Exception:
                 pass
 
     def __enter__(self) -> Slide:
@@ -323,8 +334,10 @@ class Slide:
     def __repr__(self) -> str:
         w, h = self.dimensions
         mpp = "unknown" if self.mpp is None else f"{self.mpp:.4g}"
-        return (f"Slide({self.path.name!r}, {w}×{h} px, {self.level_count} levels, "
-                f"mpp={mpp}, format={self.format})")
+        return (
+            f"Slide({self.path.name!r}, {w}×{h} px, {self.level_count} levels, "
+            f"mpp={mpp}, format={self.format})"
+        )
 
 
 def _aligned_chunk(native: int, factor: int, minimum: int = 256) -> int:
@@ -351,8 +364,12 @@ def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
     shrinking = width < image.shape[1] and height < image.shape[0]
     resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
     if image.dtype != np.uint8 or image.shape[2] not in (1, 3, 4):
-        channels = [np.asarray(Image.fromarray(image[..., i].astype(np.float32)).resize(
-            (width, height), resample)) for i in range(image.shape[2])]
+        channels = [
+            np.asarray(
+                Image.fromarray(image[..., i].astype(np.float32)).resize((width, height), resample)
+            )
+            for i in range(image.shape[2])
+        ]
         return np.stack(channels, axis=-1).astype(image.dtype)
     squeeze = image.shape[2] == 1
     pil = Image.fromarray(image[..., 0] if squeeze else image)
@@ -374,7 +391,8 @@ def _content_fingerprint(path: Path, shapes: list[tuple[int, ...]]) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file())[:64] if path.is_dir() else [path]
     for file in files:
         size = file.stat().st_size
-        digest.update(f"{file.name}|{size}".encode())
+        relative = file.relative_to(path).as_posix() if path.is_dir() else ""
+        digest.update(f"{relative}|{size}".encode())
         with open(file, "rb") as fh:
             digest.update(fh.read(1 << 20))
             if size > 2 << 20:
@@ -384,12 +402,14 @@ def _content_fingerprint(path: Path, shapes: list[tuple[int, ...]]) -> str:
 
 
 def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in
-                                 (".zgroup", ".zattrs", "zarr.json"))
+    return path.is_dir() and any(
+        (path / name).exists() for name in (".zgroup", ".zattrs", "zarr.json")
+    )
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
-               magnification: float | None = None) -> Slide:
+def open_slide(
+    path: str | os.PathLike[str], mpp: float | None = None, magnification: float | None = None
+) -> Slide:
     """Open a whole-slide image lazily.
 
     Parameters
@@ -421,8 +441,10 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
         raise SlideNotFoundError(f"{path}: no such file or directory")
     if path.is_dir():
         if not _is_zarr(path):
-            raise SlideFormatError(f"{path}: a directory, but not a Zarr store (no .zgroup, "
-                                   ".zattrs or zarr.json inside)")
+            raise SlideFormatError(
+                f"{path}: a directory, but not a Zarr store (no .zgroup, "
+                ".zattrs or zarr.json inside)"
+            )
         parts = open_ome_zarr(path)
     else:
         with open(path, "rb") as fh:
@@ -445,15 +467,15 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
         if not power > 0:
             raise ValueError(f"magnification must be positive, got {magnification}")
         mpp_xy = (10.0 / power, 10.0 / power)
-        source = ("user magnification" if magnification is not None else
-                  "objective power (estimate)")
+        source = "user magnification" if magnification is not None else "objective power (estimate)"
         if magnification is None:
-            warnings.warn(f"{path}: no pixel size in the file; estimated {mpp_xy[0]:.3g} µm/px "
-                          f"from its {power:g}× objective. Pass mpp= if you know it.",
-                          stacklevel=2)
+            warnings.warn(
+                f"{path}: no pixel size in the file; estimated {mpp_xy[0]:.3g} µm/px "
+                f"from its {power:g}× objective. Pass mpp= if you know it.",
+                stacklevel=2,
+            )
     else:
         mpp_xy, source = None, "none"
     if magnification is not None and parts.objective_power is None:
         parts.objective_power = float(magnification)
     return Slide(path, parts, mpp_xy, source)
-

@@ -125,8 +125,9 @@ class SyntheticSlide:
         xs = (np.arange(w) + 0.5) * downsample
         return self.tissue_type_map(xs[np.newaxis, :], ys[:, np.newaxis]) >= 0
 
-    def render(self, x0: float, y0: float, width: int, height: int,
-               downsample: float = 1.0) -> np.ndarray:
+    def render(
+        self, x0: float, y0: float, width: int, height: int, downsample: float = 1.0
+    ) -> np.ndarray:
         """Render ``height × width`` RGB pixels of a level with ``downsample``.
 
         ``(x0, y0)`` is the top-left corner of the first pixel in level-0 coordinates.
@@ -142,8 +143,9 @@ class SyntheticSlide:
             inside = kind == t
             if not inside.any():
                 continue
-            coverage = _nuclear_coverage(gx[inside] * self.mpp, gy[inside] * self.mpp, tissue,
-                                         pixel_um, self.seed + 101 * t)
+            coverage = _nuclear_coverage(
+                gx[inside] * self.mpp, gy[inside] * self.mpp, tissue, pixel_um, self.seed + 101 * t
+            )
             conc_h[inside] = tissue.haematoxylin + 1.25 * coverage
             conc_e[inside] = tissue.eosin * (1.0 - 0.45 * coverage)
         noise = _hash01(np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64), self.seed)
@@ -157,25 +159,26 @@ class SyntheticSlide:
 
     def level_shapes(self, factors: tuple[int, ...]) -> list[tuple[int, int]]:
         """``(height, width)`` of level 0 and of each reduced level."""
-        return [(self.height, self.width)] + [
-            (self.height // f, self.width // f) for f in factors
-        ]
+        return [(self.height, self.width)] + [(self.height // f, self.width // f) for f in factors]
 
 
 def _hash01(ix: np.ndarray, iy: np.ndarray, seed: int) -> np.ndarray:
     """Deterministic per-integer-coordinate noise in [0, 1)."""
     with np.errstate(over="ignore"):
-        h = (ix.astype(np.uint64) * np.uint64(0x9E3779B1)
-             + iy.astype(np.uint64) * np.uint64(0x85EBCA77)
-             + np.uint64(seed * 0xC2B2AE3D + 0x27D4EB2F))
+        h = (
+            ix.astype(np.uint64) * np.uint64(0x9E3779B1)
+            + iy.astype(np.uint64) * np.uint64(0x85EBCA77)
+            + np.uint64(seed * 0xC2B2AE3D + 0x27D4EB2F)
+        )
         h = (h ^ (h >> np.uint64(15))) * np.uint64(0x2C1B3C6D)
         h = (h ^ (h >> np.uint64(12))) * np.uint64(0x297A2D39)
         h = h ^ (h >> np.uint64(15))
     return ((h & np.uint64(0xFFFFFF)).astype(np.float32)) / np.float32(1 << 24)
 
 
-def _nuclear_coverage(x_um: np.ndarray, y_um: np.ndarray, tissue: TissueType,
-                      pixel_um: float, seed: int) -> np.ndarray:
+def _nuclear_coverage(
+    x_um: np.ndarray, y_um: np.ndarray, tissue: TissueType, pixel_um: float, seed: int
+) -> np.ndarray:
     """Fraction of each pixel covered by a nucleus (anti-aliased; mean when pixels are big)."""
     spacing, radius = tissue.nuclear_spacing_um, tissue.nucleus_radius_um
     mean = tissue.nuclear_probability * math.pi * radius**2 / spacing**2
@@ -196,11 +199,16 @@ def _nuclear_coverage(x_um: np.ndarray, y_um: np.ndarray, tissue: TissueType,
     return coverage
 
 
-def default_sample_spec(width: int = 6144, height: int = 4096, mpp: float = 0.5,
-                        seed: int = 0) -> SyntheticSlide:
+def default_sample_spec(
+    width: int = 6144, height: int = 4096, mpp: float = 0.5, seed: int = 0
+) -> SyntheticSlide:
     """A slide with three tissue pieces (tumour, stroma, lymphocytes) on glass."""
     return SyntheticSlide(
-        width=width, height=height, mpp=mpp, seed=seed, objective_power=round(10 / mpp, 1),
+        width=width,
+        height=height,
+        mpp=mpp,
+        seed=seed,
+        objective_power=round(10 / mpp, 1),
         regions=(
             TissueRegion(0.27 * width, 0.45 * height, 0.20 * width, 0.32 * height, 0),
             TissueRegion(0.66 * width, 0.35 * height, 0.17 * width, 0.22 * height, 1),
@@ -209,8 +217,9 @@ def default_sample_spec(width: int = 6144, height: int = 4096, mpp: float = 0.5,
     )
 
 
-def _tiles(spec: SyntheticSlide, downsample: float, shape: tuple[int, int],
-           tile: int) -> Iterator[np.ndarray]:
+def _tiles(
+    spec: SyntheticSlide, downsample: float, shape: tuple[int, int], tile: int
+) -> Iterator[np.ndarray]:
     h, w = shape
     for r in range(0, h, tile):
         for c in range(0, w, tile):
@@ -232,7 +241,7 @@ def write_synthetic_slide(
     path: str | os.PathLike[str],
     spec: SyntheticSlide | None = None,
     *,
-    format: str = "svs",  # noqa: A002 - the natural name here
+    format: str = "svs",
     tile: int = 256,
     level_factors: tuple[int, ...] | None = None,
     compression: str | None = "jpeg",
@@ -281,8 +290,18 @@ def write_synthetic_slide(
     if format == "ome-zarr":
         _write_ome_zarr(tmp, spec, shapes, downsamples, tile, write_mpp)
     elif format in ("svs", "ome-tiff", "tiff"):
-        _write_tiff(tmp, spec, shapes, downsamples, tile, format, compression, quality,
-                    associated, write_mpp)
+        _write_tiff(
+            tmp,
+            spec,
+            shapes,
+            downsamples,
+            tile,
+            format,
+            compression,
+            quality,
+            associated,
+            write_mpp,
+        )
     else:
         raise ValueError(f"unknown format {format!r}; use svs, ome-tiff, tiff or ome-zarr")
     if path.exists():  # overwrite=True
@@ -293,9 +312,18 @@ def write_synthetic_slide(
     return replace(spec, path=path)
 
 
-def _write_tiff(path: Path, spec: SyntheticSlide, shapes: list[tuple[int, int]],
-                downsamples: list[float], tile: int, fmt: str, compression: str | None,
-                quality: int, associated: bool, write_mpp: bool) -> None:
+def _write_tiff(
+    path: Path,
+    spec: SyntheticSlide,
+    shapes: list[tuple[int, int]],
+    downsamples: list[float],
+    tile: int,
+    fmt: str,
+    compression: str | None,
+    quality: int,
+    associated: bool,
+    write_mpp: bool,
+) -> None:
     import tifffile
 
     comp_args = {"compression": compression}
@@ -306,84 +334,165 @@ def _write_tiff(path: Path, spec: SyntheticSlide, shapes: list[tuple[int, int]],
     with tifffile.TiffWriter(path, bigtiff=True, ome=(fmt == "ome-tiff")) as tw:
         if fmt == "svs":
             mpp_text = f"|MPP = {spec.mpp:.4f}" if write_mpp else ""
-            desc = (f"Aperio Image Library v12.0.0\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({tile}x{tile}) "
-                    f"JPEG/RGB Q={quality}|AppMag = {mag:g}{mpp_text}|Filename = synthetic"
-                    f"|napari-deeppt synthetic = {GENERATOR_VERSION}")
-            tw.write(_tiles(spec, 1.0, shapes[0], tile), shape=(h0, w0, 3), dtype=np.uint8,
-                     tile=(tile, tile), photometric="rgb", description=desc, metadata=None,
-                     **comp_args)
+            desc = (
+                f"Aperio Image Library v12.0.0\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({tile}x{tile}) "
+                f"JPEG/RGB Q={quality}|AppMag = {mag:g}{mpp_text}|Filename = synthetic"
+                f"|napari-deeppt synthetic = {GENERATOR_VERSION}"
+            )
+            tw.write(
+                _tiles(spec, 1.0, shapes[0], tile),
+                shape=(h0, w0, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                description=desc,
+                metadata=None,
+                **comp_args,
+            )
             if associated:
                 factor = max(h0, w0) / 768
                 th, tw_ = max(1, int(h0 / factor)), max(1, int(w0 / factor))
                 thumb = spec.render(0, 0, tw_, th, w0 / tw_)
-                tw.write(thumb, photometric="rgb", description=f"{w0}x{h0} -> {tw_}x{th}",
-                         metadata=None, compression="jpeg")
+                tw.write(
+                    thumb,
+                    photometric="rgb",
+                    description=f"{w0}x{h0} -> {tw_}x{th}",
+                    metadata=None,
+                    compression="jpeg",
+                )
             for (h, w), ds in zip(shapes[1:], downsamples[1:]):
-                tw.write(_tiles(spec, ds, (h, w), tile), shape=(h, w, 3), dtype=np.uint8,
-                         tile=(tile, tile), photometric="rgb", metadata=None,
-                         description=f"{w0}x{h0} -> {w}x{h}", **comp_args)
+                tw.write(
+                    _tiles(spec, ds, (h, w), tile),
+                    shape=(h, w, 3),
+                    dtype=np.uint8,
+                    tile=(tile, tile),
+                    photometric="rgb",
+                    metadata=None,
+                    description=f"{w0}x{h0} -> {w}x{h}",
+                    **comp_args,
+                )
             if associated:
-                tw.write(_label_image(spec.seed), photometric="rgb", subfiletype=1,
-                         description="label 300x300", metadata=None, compression="lzw")
+                tw.write(
+                    _label_image(spec.seed),
+                    photometric="rgb",
+                    subfiletype=1,
+                    description="label 300x300",
+                    metadata=None,
+                    compression="lzw",
+                )
                 macro = spec.render(0, 0, 400, max(1, int(400 * h0 / w0)), w0 / 400)
-                tw.write(macro, photometric="rgb", subfiletype=9, description="macro",
-                         metadata=None, compression="jpeg")
+                tw.write(
+                    macro,
+                    photometric="rgb",
+                    subfiletype=9,
+                    description="macro",
+                    metadata=None,
+                    compression="jpeg",
+                )
             return
         resolution = {}
         if write_mpp:
-            resolution = {"resolution": (1e4 / spec.mpp, 1e4 / spec.mpp),
-                          "resolutionunit": "CENTIMETER"}
+            resolution = {
+                "resolution": (1e4 / spec.mpp, 1e4 / spec.mpp),
+                "resolutionunit": "CENTIMETER",
+            }
         metadata: dict[str, object] | None = None
         if fmt == "ome-tiff":
             metadata = {"axes": "YXS", "Name": "synthetic slide"}
             if write_mpp:
-                metadata.update({"PhysicalSizeX": spec.mpp, "PhysicalSizeXUnit": "µm",
-                                 "PhysicalSizeY": spec.mpp, "PhysicalSizeYUnit": "µm"})
-        tw.write(_tiles(spec, 1.0, shapes[0], tile), shape=(h0, w0, 3), dtype=np.uint8,
-                 tile=(tile, tile), photometric="rgb", subifds=len(shapes) - 1,
-                 metadata=metadata, **resolution, **comp_args)
+                metadata.update(
+                    {
+                        "PhysicalSizeX": spec.mpp,
+                        "PhysicalSizeXUnit": "µm",
+                        "PhysicalSizeY": spec.mpp,
+                        "PhysicalSizeYUnit": "µm",
+                    }
+                )
+        tw.write(
+            _tiles(spec, 1.0, shapes[0], tile),
+            shape=(h0, w0, 3),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            photometric="rgb",
+            subifds=len(shapes) - 1,
+            metadata=metadata,
+            **resolution,
+            **comp_args,
+        )
         for (h, w), ds in zip(shapes[1:], downsamples[1:]):
-            res = {"resolution": (1e4 / (spec.mpp * ds),) * 2,
-                   "resolutionunit": "CENTIMETER"} if write_mpp else {}
-            tw.write(_tiles(spec, ds, (h, w), tile), shape=(h, w, 3), dtype=np.uint8,
-                     tile=(tile, tile), photometric="rgb", subfiletype=1, metadata=None,
-                     **res, **comp_args)
+            res = (
+                {"resolution": (1e4 / (spec.mpp * ds),) * 2, "resolutionunit": "CENTIMETER"}
+                if write_mpp
+                else {}
+            )
+            tw.write(
+                _tiles(spec, ds, (h, w), tile),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                subfiletype=1,
+                metadata=None,
+                **res,
+                **comp_args,
+            )
         if associated:
             if fmt == "ome-tiff":
-                tw.write(_label_image(spec.seed), photometric="rgb",
-                         metadata={"axes": "YXS", "Name": "label"})
+                tw.write(
+                    _label_image(spec.seed),
+                    photometric="rgb",
+                    metadata={"axes": "YXS", "Name": "label"},
+                )
             else:
-                tw.write(_label_image(spec.seed), photometric="rgb", metadata=None,
-                         subfiletype=1, description="label")
+                tw.write(
+                    _label_image(spec.seed),
+                    photometric="rgb",
+                    metadata=None,
+                    subfiletype=1,
+                    description="label",
+                )
 
 
-def _write_ome_zarr(path: Path, spec: SyntheticSlide, shapes: list[tuple[int, int]],
-                    downsamples: list[float], tile: int, write_mpp: bool) -> None:
+def _write_ome_zarr(
+    path: Path,
+    spec: SyntheticSlide,
+    shapes: list[tuple[int, int]],
+    downsamples: list[float],
+    tile: int,
+    write_mpp: bool,
+) -> None:
     import zarr
 
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     datasets = []
     for i, ((h, w), ds) in enumerate(zip(shapes, downsamples)):
-        array = group.create_array(str(i), shape=(3, h, w), chunks=(3, tile, tile),
-                                   dtype=np.uint8)
+        array = group.create_array(str(i), shape=(3, h, w), chunks=(3, tile, tile), dtype=np.uint8)
         for r in range(0, h, tile):
             for c in range(0, w, tile):
                 block = spec.render(c * ds, r * ds, min(tile, w - c), min(tile, h - r), ds)
-                array[:, r:r + block.shape[0], c:c + block.shape[1]] = block.transpose(2, 0, 1)
+                array[:, r : r + block.shape[0], c : c + block.shape[1]] = block.transpose(2, 0, 1)
         scale = [1.0, spec.mpp * ds, spec.mpp * ds] if write_mpp else [1.0, ds, ds]
-        datasets.append({"path": str(i), "coordinateTransformations": [
-            {"type": "scale", "scale": scale}]})
+        datasets.append(
+            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
     unit = {"unit": "micrometer"} if write_mpp else {}
-    group.attrs["multiscales"] = [{
-        "version": "0.4", "name": "synthetic slide",
-        "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", **unit},
-                 {"name": "x", "type": "space", **unit}],
-        "datasets": datasets,
-    }]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": "synthetic slide",
+            "axes": [
+                {"name": "c", "type": "channel"},
+                {"name": "y", "type": "space", **unit},
+                {"name": "x", "type": "space", **unit},
+            ],
+            "datasets": datasets,
+        }
+    ]
 
 
-def write_giant_slide(path: str | os.PathLike[str], size: int = 100_000, mpp: float = 0.25,
-                      tile: int = 512) -> SyntheticSlide:
+def write_giant_slide(
+    path: str | os.PathLike[str], size: int = 100_000, mpp: float = 0.25, tile: int = 512
+) -> SyntheticSlide:
     """A ``size × size`` pyramidal SVS whose file is tiny.
 
     Every tile of every level but the coarsest points at one shared compressed tile (legal
@@ -412,21 +521,40 @@ def write_giant_slide(path: str | os.PathLike[str], size: int = 100_000, mpp: fl
 
     tmp = _atomic_target(path)
     with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-        desc = (f"Aperio Image Library v12.0.0\r\n{size}x{size} ({tile}x{tile}) JPEG/RGB Q=80"
-                f"|AppMag = {10 / mpp:g}|MPP = {mpp:.4f}")
-        tw.write(shared_tiles(shapes[0], 1.0), shape=(size, size, 3), dtype=np.uint8,
-                 tile=(tile, tile), photometric="ycbcr", subsampling=(2, 2),
-                 compression="jpeg", description=desc, metadata=None)
+        desc = (
+            f"Aperio Image Library v12.0.0\r\n{size}x{size} ({tile}x{tile}) JPEG/RGB Q=80"
+            f"|AppMag = {10 / mpp:g}|MPP = {mpp:.4f}"
+        )
+        tw.write(
+            shared_tiles(shapes[0], 1.0),
+            shape=(size, size, 3),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            photometric="ycbcr",
+            subsampling=(2, 2),
+            compression="jpeg",
+            description=desc,
+            metadata=None,
+        )
         thumb = spec.render(0, 0, 512, 512, size / 512)
         tw.write(thumb, photometric="rgb", metadata=None, description="thumbnail")
         for i, ((h, w), ds) in enumerate(zip(shapes[1:], factors)):
-            common = {"shape": (h, w, 3), "dtype": np.uint8, "tile": (tile, tile),
-                      "compression": "jpeg", "metadata": None,
-                      "description": f"{size}x{size} -> {w}x{h}"}
+            common = {
+                "shape": (h, w, 3),
+                "dtype": np.uint8,
+                "tile": (tile, tile),
+                "compression": "jpeg",
+                "metadata": None,
+                "description": f"{size}x{size} -> {w}x{h}",
+            }
             if i == len(factors) - 1:
                 tw.write(_tiles(spec, float(ds), (h, w), tile), photometric="rgb", **common)
             else:
-                tw.write(shared_tiles((h, w), float(ds)), photometric="ycbcr",
-                         subsampling=(2, 2), **common)
+                tw.write(
+                    shared_tiles((h, w), float(ds)),
+                    photometric="ycbcr",
+                    subsampling=(2, 2),
+                    **common,
+                )
     os.replace(tmp, path)
     return replace(spec, path=path)

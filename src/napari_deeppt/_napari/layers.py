@@ -6,7 +6,7 @@ from typing import Any
 
 from ..slide import Slide
 
-__all__ = ["slide_layer_name", "slide_layer_data"]
+__all__ = ["slide_layer_data", "slide_layer_name"]
 
 
 def slide_layer_name(slide: Slide) -> str:

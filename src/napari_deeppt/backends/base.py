@@ -149,8 +149,9 @@ class LevelSource:
         r = slice(*rows.indices(self.shape[0])[:2])
         c = slice(*cols.indices(self.shape[1])[:2])
         if r.stop <= r.start or c.stop <= c.start:
-            out = np.zeros((max(r.stop - r.start, 0), max(c.stop - c.start, 0), self.n_channels),
-                           self.dtype)
+            out = np.zeros(
+                (max(r.stop - r.start, 0), max(c.stop - c.start, 0), self.n_channels), self.dtype
+            )
         else:
             out = self.read(r, c)
         if rows.step not in (None, 1) or cols.step not in (None, 1):

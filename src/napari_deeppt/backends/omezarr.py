@@ -72,7 +72,7 @@ def open_ome_zarr(path: Path) -> SlideParts:
     sources = []
     for i, dataset in enumerate(datasets):
         array = group[dataset["path"]]
-        axes = letters if len(letters) == array.ndim else "TCZYX"[-array.ndim:]
+        axes = letters if len(letters) == array.ndim else "TCZYX"[-array.ndim :]
         chunks = (array.chunks[axes.index("Y")], array.chunks[axes.index("X")])
         sources.append(LevelSource(array, axes, path, f"level {i}", chunks))
 
@@ -83,17 +83,25 @@ def open_ome_zarr(path: Path) -> SlideParts:
             array = sub[sub_multiscale["datasets"][0]["path"]]
             sub_letters, _ = _axis_names(sub_multiscale.get("axes", []))
             if len(sub_letters) != array.ndim:
-                sub_letters = "TCZYX"[-array.ndim:]
+                sub_letters = "TCZYX"[-array.ndim :]
             chunks = (array.chunks[sub_letters.index("Y")], array.chunks[sub_letters.index("X")])
-            associated[name] = LevelSource(array, sub_letters, path, f"associated image {name!r}",
-                                           chunks)
-        except Exception:  # noqa: S112 - an unreadable extra image is not worth failing over
+            associated[name] = LevelSource(
+                array, sub_letters, path, f"associated image {name!r}", chunks
+            )
+        except Exception:
             continue
-    parts = SlideParts(levels=sources, associated=associated, format="ome-zarr", vendor="ome",
-                       compression=_compression_name(sources[0].array))
+    parts = SlideParts(
+        levels=sources,
+        associated=associated,
+        format="ome-zarr",
+        vendor="ome",
+        compression=_compression_name(sources[0].array),
+    )
     scale = _scale(datasets[0].get("coordinateTransformations"), len(letters))
-    scale = [a * b for a, b in zip(scale, _scale(multiscale.get("coordinateTransformations"),
-                                                 len(letters)))]
+    scale = [
+        a * b
+        for a, b in zip(scale, _scale(multiscale.get("coordinateTransformations"), len(letters)))
+    ]
     if "X" in letters and "x" in units:
         factor = UNIT_TO_UM.get(units["x"])
         if factor:

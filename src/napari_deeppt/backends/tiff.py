@@ -21,9 +21,23 @@ __all__ = ["open_tiff"]
 
 #: Physical units to micrometres (OME UnitsLength symbols and common spellings).
 UNIT_TO_UM = {
-    "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "μm": 1.0, "um": 1.0, "micrometer": 1.0,
-    "micron": 1.0, "nm": 1e-3, "nanometer": 1e-3, "å": 1e-4, "Å": 1e-4, "millimeter": 1e3,
-    "centimeter": 1e4, "meter": 1e6, "in": 25400.0, "inch": 25400.0,
+    "m": 1e6,
+    "cm": 1e4,
+    "mm": 1e3,
+    "µm": 1.0,
+    "μm": 1.0,
+    "um": 1.0,
+    "micrometer": 1.0,
+    "micron": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "å": 1e-4,
+    "Å": 1e-4,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+    "in": 25400.0,
+    "inch": 25400.0,
 }
 #: Plausible µm/px for a microscope image; resolution tags outside are screen defaults (72 dpi).
 PLAUSIBLE_MPP = (0.02, 100.0)
@@ -50,10 +64,11 @@ def _level_array(tif: Any, series: Any, level: int) -> tuple[Any, str, tuple[int
     chunks = (int(page.chunks[0]), int(page.chunks[1])) if page.chunks else None
     if page.compression == 1 and level_series.dataoffset is not None:
         try:  # uncompressed & contiguous: zero-copy memory map, no giant single chunk
-            mm = tifffile.memmap(tif.filehandle.path, series=series.index, level=level, mode="r")
+            index = next(i for i, s in enumerate(tif.series) if s is series)
+            mm = tifffile.memmap(tif.filehandle.path, series=index, level=level, mode="r")
             if len(mm.shape) == len(axes):
                 return mm, axes, None
-        except Exception:  # noqa: S110 - fall back to the zarr store below
+        except Exception:
             pass
     store = series.aszarr(level=level)
     array = _zarr_open_array(store)
@@ -106,8 +121,9 @@ def open_tiff(path: Path) -> SlideParts:
     if tif.is_svs:
         main = next(s for s in image_series if _series_name(s) == "baseline")
     else:
-        candidates = [s for i, s in enumerate(image_series)
-                      if _associated_key(named[i], "x") in (None, "x")] or image_series
+        candidates = [
+            s for i, s in enumerate(image_series) if _associated_key(named[i], "x") in (None, "x")
+        ] or image_series
         main = max(candidates, key=lambda s: _yx(s)[0] * _yx(s)[1])
     level_series: list[tuple[Any, int]] = [(main, j) for j in range(len(main.levels))]
 
@@ -118,9 +134,14 @@ def open_tiff(path: Path) -> SlideParts:
         for s in sorted(others, key=lambda s: -_yx(s)[0] * _yx(s)[1]):
             h, w = _yx(s)
             name = _series_name(s)
-            if (_associated_key(name, "x") in (None, "x") and h < h0 and w < w0
-                    and abs((w0 / w) - (h0 / h)) / (w0 / w) < 0.02
-                    and s.dtype == main.dtype and s.shape[-1:] == main.shape[-1:]):
+            if (
+                _associated_key(name, "x") in (None, "x")
+                and h < h0
+                and w < w0
+                and abs((w0 / w) - (h0 / h)) / (w0 / w) < 0.02
+                and s.dtype == main.dtype
+                and s.shape[-1:] == main.shape[-1:]
+            ):
                 level_series.append((s, 0))
         others = [s for s in others if all(s is not ls for ls, _ in level_series)]
 
@@ -137,8 +158,9 @@ def open_tiff(path: Path) -> SlideParts:
         while key in associated:
             key += "_"
         array, axes, chunks = _level_array(tif, s, 0)
-        associated[key] = LevelSource(array, axes, path, f"associated image {key!r}", chunks,
-                                      3 if _is_rgba(s) else None)
+        associated[key] = LevelSource(
+            array, axes, path, f"associated image {key!r}", chunks, 3 if _is_rgba(s) else None
+        )
 
     page = main.keyframe
     parts = SlideParts(levels=sources, associated=associated, closers=[tif])
@@ -175,8 +197,9 @@ def _parse_metadata(tif: Any, main: Any, parts: SlideParts, path: Path) -> None:
     else:
         flags = [f for f in ("ndpi", "philips", "scn", "bif", "qpi") if getattr(tif, f"is_{f}")]
         parts.vendor = flags[0] if flags else "generic"
-        parts.format = f"{flags[0]}-tiff" if flags else ("pyramidal-tiff" if len(parts.levels) > 1
-                                                          else "tiff")
+        parts.format = (
+            f"{flags[0]}-tiff" if flags else ("pyramidal-tiff" if len(parts.levels) > 1 else "tiff")
+        )
     if parts.mpp_xy is None:
         mpp_xy = _mpp_from_resolution_tags(page, path)
         if mpp_xy:

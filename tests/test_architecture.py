@@ -1,0 +1,75 @@
+"""The core never imports Qt or napari; `import napari_deeppt` stays light."""
+
+from __future__ import annotations
+
+import pkgutil
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import napari_deeppt
+
+CORE_MODULES = sorted(
+    m.name
+    for m in pkgutil.walk_packages(napari_deeppt.__path__, "napari_deeppt.")
+    if "._napari" not in m.name
+)
+GUI_MODULES = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "vispy")
+
+
+def _imported_after(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {name.split(".")[0] for name in out.stdout.split()}
+
+
+def test_core_modules_found():
+    assert "napari_deeppt.slide" in CORE_MODULES and "napari_deeppt.cli" in CORE_MODULES
+
+
+def test_core_never_imports_qt_or_napari():
+    statement = "\n".join(f"import {name}" for name in CORE_MODULES)
+    leaked = _imported_after(statement) & set(GUI_MODULES)
+    assert not leaked, f"core modules import GUI packages: {leaked}"
+
+
+def test_package_import_is_light():
+    heavy = _imported_after("import napari_deeppt") & {
+        "torch",
+        "dask",
+        "napari",
+        "zarr",
+        "tifffile",
+        "pandas",
+    }
+    assert not heavy
+
+
+@pytest.mark.skipif(
+    shutil.which("lint-imports") is None
+    and not (__import__("pathlib").Path(sys.executable).parent / "lint-imports").exists(),
+    reason="import-linter not installed",
+)
+def test_import_linter_contract():
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "lint-imports"
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([str(exe)], capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_linter_contract_lists_every_core_module():
+    """The contract in pyproject.toml must not go stale as modules are added."""
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    listed = set(config["tool"]["importlinter"]["contracts"][0]["source_modules"])
+    top_level = {".".join(name.split(".")[:2]) for name in CORE_MODULES}
+    missing = top_level - listed
+    assert not missing, f"add {sorted(missing)} to the import-linter contract"

@@ -1,0 +1,45 @@
+"""The deeppt command line: output a person can read, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+from napari_deeppt.cli import main
+from napari_deeppt.samples import cmu1_small_region_path
+
+
+def test_info_prints_levels_mpp_and_associated(capsys):
+    assert main(["info", str(cmu1_small_region_path())]) == 0
+    out = capsys.readouterr().out
+    assert "0.4990 µm/px (from aperio MPP)" in out
+    assert "20×" in out and "240×240" in out and "jpeg" in out
+    assert "2220 × 2967" in out
+    assert "label (387×463)" in out and "macro (1280×431)" in out
+
+
+def test_info_json_and_mpp_override(capsys, no_mpp_slide):
+    assert main(["info", "--json", str(no_mpp_slide.path)]) == 0
+    assert json.loads(capsys.readouterr().out)["mpp"] is None
+    assert main(["info", "--json", "--mpp", "0.33", str(no_mpp_slide.path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mpp"] == 0.33 and info["mpp_source"] == "user"
+
+
+def test_errors_are_one_line_with_status_2(capsys, tmp_path):
+    bad = tmp_path / "bad.svs"
+    bad.write_text("not a slide")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.svs" in err and "Traceback" not in err
+
+
+def test_demo_writes_overview_pngs(tmp_path, svs_slide):
+    from PIL import Image
+
+    assert main(["demo", "--out", str(tmp_path), "--slide", str(svs_slide.path)]) == 0
+    png = tmp_path / "small-overview.png"
+    image = Image.open(png)
+    assert max(image.size) == 1600
+    pixels = image.convert("RGB")
+    assert pixels.getpixel((image.width // 2, 5)) > (200, 200, 200)  # glass at the top edge
+    assert main(["demo", "--out", str(tmp_path), "--slide", str(svs_slide.path)]) == 0  # rerun
