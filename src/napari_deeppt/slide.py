@@ -27,7 +27,7 @@ from .errors import (
     SlideNotFoundError,
 )
 
-__all__ = ["SLIDE_SUFFIXES", "LevelInfo", "Slide", "open_slide"]
+__all__ = ["SLIDE_SUFFIXES", "LevelInfo", "Slide", "as_slide", "open_slide"]
 
 #: File name endings the reader accepts (lower case).
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".zarr", ".ome.zarr")
@@ -250,16 +250,19 @@ class Slide:
         dx, dy = self.downsamples_xy[level]
         col0, row0 = math.floor(x / dx), math.floor(y / dy)
         lw, lh = self.level_dimensions[level]
-        out = np.full((height, width, self.n_channels), fill, dtype=self.dtype)
         r0, r1 = max(row0, 0), min(row0 + height, lh)
         c0, c1 = max(col0, 0), min(col0 + width, lw)
+        inside = (r0, r1, c0, c1) == (row0, row0 + height, col0, col0 + width)
         if r1 <= r0 or c1 <= c0:
-            return out
+            return np.full((height, width, self.n_channels), fill, dtype=self.dtype)
         source = self._sources[level]
         if source is not None:
             block = source.read(slice(r0, r1), slice(c0, c1))
         else:
             block = np.asarray(self.levels[level][r0:r1, c0:c1].compute(scheduler="threads"))
+        if inside:  # the common case: no padding, no copy
+            return block
+        out = np.full((height, width, self.n_channels), fill, dtype=self.dtype)
         out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = block
         return out
 
@@ -324,6 +327,9 @@ class Slide:
                 closer.close()
             except Exception:
                 pass
+
+    def __del__(self) -> None:
+        self.close()
 
     def __enter__(self) -> Slide:
         return self
@@ -479,3 +485,28 @@ def open_slide(
     if magnification is not None and parts.objective_power is None:
         parts.objective_power = float(magnification)
     return Slide(path, parts, mpp_xy, source)
+
+
+def as_slide(obj: Any, mpp: float | None = None) -> Slide:
+    """Accept a :class:`Slide`, a path, or a napari image layer opened by this plugin.
+
+    The layer case is duck-typed (``layer.metadata["deeppt_slide"]`` or ``["path"]``), so the
+    core never imports napari.
+    """
+    if isinstance(obj, Slide):
+        if mpp is not None and obj.mpp != mpp:
+            return open_slide(obj.path, mpp=mpp)
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return open_slide(obj, mpp=mpp)
+    metadata = getattr(obj, "metadata", None)
+    if isinstance(metadata, dict):
+        slide = metadata.get("deeppt_slide")
+        if isinstance(slide, Slide):
+            return as_slide(slide, mpp=mpp)
+        if metadata.get("path"):
+            return open_slide(metadata["path"], mpp=mpp)
+    raise TypeError(
+        f"expected a Slide, a slide path or a napari layer opened by napari-deeppt, got "
+        f"{type(obj).__name__}"
+    )
