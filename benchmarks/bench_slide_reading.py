@@ -36,7 +36,7 @@ def main() -> None:
 
     folder = cache_root() / "benchmarks"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"bench-{args.size}.svs"
+    path = folder / f"bench-{args.size}-v{GENERATOR_VERSION}.svs"
     if not path.exists():
         t = time.perf_counter()
         write_synthetic_slide(path, default_sample_spec(args.size, args.size, 0.25), tile=256)

@@ -11,10 +11,12 @@ __all__ = [
     "CancelledError",
     "DeepPTError",
     "MissingMppError",
+    "NoTissueWarning",
     "NotRGBError",
     "SlideFormatError",
     "SlideNotFoundError",
     "SlideReadError",
+    "TileGridError",
 ]
 
 
@@ -52,3 +54,11 @@ class NotRGBError(DeepPTError, ValueError):
 
 class CancelledError(DeepPTError):
     """A long-running operation was cancelled by the user; nothing partial was kept."""
+
+
+class TileGridError(DeepPTError, ValueError):
+    """A tile grid cannot be made as asked (tiles larger than the slide, bad parameters)."""
+
+
+class NoTissueWarning(UserWarning):
+    """Tissue detection found nothing: the slide is blank or the thresholds are too strict."""

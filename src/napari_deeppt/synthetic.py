@@ -30,7 +30,7 @@ __all__ = [
 #: Optical density per unit concentration of haematoxylin and eosin (columns) in R, G, B.
 STAIN_VECTORS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]], np.float32)
 IO = 240.0
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TissueType:
     nuclear_spacing_um: float
     nucleus_radius_um: float
     nuclear_probability: float
+    texture: float = 0.2  # relative amplitude of pixel-level stain noise
 
 
 DEFAULT_TISSUE_TYPES: tuple[TissueType, ...] = (
@@ -139,6 +140,7 @@ class SyntheticSlide:
         pixel_um = downsample * self.mpp
         conc_h = np.zeros(kind.shape, np.float32)
         conc_e = np.zeros(kind.shape, np.float32)
+        texture = np.zeros(kind.shape, np.float32)
         for t, tissue in enumerate(self.tissue_types):
             inside = kind == t
             if not inside.any():
@@ -148,10 +150,12 @@ class SyntheticSlide:
             )
             conc_h[inside] = tissue.haematoxylin + 1.25 * coverage
             conc_e[inside] = tissue.eosin * (1.0 - 0.45 * coverage)
+            texture[inside] = tissue.texture
         noise = _hash01(np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64), self.seed)
         tissue_mask = kind >= 0
-        conc_h[tissue_mask] *= 0.9 + 0.2 * noise[tissue_mask]
-        conc_e[tissue_mask] *= 0.9 + 0.2 * noise[tissue_mask]
+        factor = 1.0 + texture * (noise - 0.5)
+        conc_h *= factor
+        conc_e *= factor
         od = conc_h[..., None] * STAIN_VECTORS[:, 0] + conc_e[..., None] * STAIN_VECTORS[:, 1]
         rgb = IO * np.exp(-od)
         rgb[~tissue_mask] = IO - 4.0 * noise[~tissue_mask, None]  # glass: bright, grey

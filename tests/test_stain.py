@@ -1,0 +1,138 @@
+"""Macenko and Reinhard stain normalisation: known answers, a numpy reference, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_deeppt.stain import (
+    DEEPPT_TARGET,
+    fit_macenko_target,
+    fit_reinhard_target,
+    macenko_normalize,
+    reinhard_normalize,
+)
+from napari_deeppt.synthetic import STAIN_VECTORS, default_sample_spec
+
+HE_REF = np.array(DEEPPT_TARGET.stain_matrix)
+MAXC_REF = np.array(DEEPPT_TARGET.max_concentrations)
+
+
+def reference_macenko(img: np.ndarray, io=240, alpha=1, beta=0.15) -> np.ndarray:
+    """Plain numpy Macenko (the classic script's steps), with canonical eigenvector signs."""
+    h, w, _ = img.shape
+    od = -np.log((img.reshape(-1, 3).astype(np.float64) + 1) / io)
+    od_hat = od[~np.any(od < beta, axis=1)]
+    _, vecs = np.linalg.eigh(np.cov(od_hat.T))
+    vecs = vecs[:, 1:3].copy()
+    if vecs[:, 1].sum() < 0:
+        vecs[:, 1] *= -1
+    if vecs[0, 0] < 0:
+        vecs[:, 0] *= -1
+    that = od_hat @ vecs
+    phi = np.arctan2(that[:, 1], that[:, 0])
+    min_phi, max_phi = np.percentile(phi, alpha), np.percentile(phi, 100 - alpha)
+    v_min = vecs @ np.array([np.cos(min_phi), np.sin(min_phi)])
+    v_max = vecs @ np.array([np.cos(max_phi), np.sin(max_phi)])
+    he = np.array([v_min, v_max]).T if v_min[0] > v_max[0] else np.array([v_max, v_min]).T
+    conc = np.linalg.lstsq(he, od.T, rcond=None)[0]
+    max_c = np.percentile(conc, 99, axis=1)
+    conc2 = conc * (MAXC_REF / max_c)[:, None]
+    out = io * np.exp(-HE_REF @ conc2)
+    return np.clip(out, 0, 255).T.reshape(h, w, 3).astype(np.uint8)
+
+
+def stained_tile(stain_matrix: np.ndarray, seed: int, size: int = 96, io=240) -> np.ndarray:
+    """A tile made by Beer–Lambert from known stains and random concentrations."""
+    rng = np.random.default_rng(seed)
+    conc_h = rng.gamma(2.0, 0.35, size=(size, size))
+    conc_e = rng.gamma(2.0, 0.3, size=(size, size))
+    conc_h[: size // 6] = 0.0  # a strip of glass
+    conc_e[: size // 6] = 0.0
+    od = conc_h[..., None] * stain_matrix[:, 0] + conc_e[..., None] * stain_matrix[:, 1]
+    return np.clip(io * np.exp(-od), 0, 255).astype(np.uint8)
+
+
+def test_agrees_with_numpy_reference():
+    spec = default_sample_spec(4096, 4096, 0.5, seed=1)
+    tiles = np.stack(
+        [spec.render(1200 + 90 * i, 1700, 128, 128) for i in range(4)]
+        + [stained_tile(STAIN_VECTORS, seed=5, size=128)]
+    )
+    ours = macenko_normalize(tiles, fit_max_pixels=None)
+    for tile, out in zip(tiles, ours):
+        expected = reference_macenko(tile)
+        diff = np.abs(out.astype(int) - expected.astype(int))
+        assert diff.max() <= 2, diff.max()  # float32 vs float64 and truncation
+        assert diff.mean() < 0.1
+
+
+def test_restained_tile_returns_to_reference():
+    """A tile stained with other (known) stain vectors comes back to the reference colours."""
+    other = np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])
+    other /= np.linalg.norm(other, axis=0)
+    reference_tile = stained_tile(HE_REF, seed=3)
+    restained = stained_tile(other, seed=3)
+    assert np.abs(restained.astype(int) - reference_tile.astype(int)).mean() > 10
+    normalised = macenko_normalize(restained, fit_max_pixels=None)
+    target = macenko_normalize(reference_tile, fit_max_pixels=None)
+    assert np.abs(normalised.astype(int) - target.astype(int)).mean() < 3
+    fitted = fit_macenko_target(restained)
+    recovered = np.array(fitted.stain_matrix)
+    for k in range(2):  # the fitted stain vectors are the ones we used
+        cosine = recovered[:, k] @ other[:, k] / np.linalg.norm(recovered[:, k])
+        assert cosine > 0.98
+
+
+def test_subsampled_fit_is_close_to_full_fit():
+    spec = default_sample_spec(4096, 4096, 0.5, seed=2)
+    tiles = np.stack([spec.render(1000 + 300 * i, 1500, 512, 512) for i in range(3)])
+    full = macenko_normalize(tiles, fit_max_pixels=None).astype(int)
+    fast = macenko_normalize(tiles).astype(int)
+    assert np.abs(full - fast).mean() < 1.0
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0), (200, 100, 150), (240, 240, 240)])
+def test_unfittable_tiles_are_unchanged_and_flagged(colour):
+    tiles = np.zeros((3, 32, 32, 3), np.uint8) + np.array(colour, np.uint8)
+    out, fitted = macenko_normalize(tiles, return_fitted=True)
+    assert not fitted.any()
+    assert np.array_equal(out, tiles)
+
+
+def test_mixed_batch_flags_only_bad_tiles():
+    good = stained_tile(STAIN_VECTORS, seed=1, size=64)
+    white = np.full_like(good, 250)
+    out, fitted = macenko_normalize(np.stack([good, white, good]), return_fitted=True)
+    assert fitted.tolist() == [True, False, True]
+    assert np.array_equal(out[1], white)
+    assert np.isfinite(out.astype(float)).all()
+
+
+def test_types_shapes_and_devices_round_trip():
+    import torch
+
+    tile = stained_tile(STAIN_VECTORS, seed=2, size=48)
+    single = macenko_normalize(tile)
+    assert single.shape == tile.shape and single.dtype == np.uint8
+    tensor = macenko_normalize(torch.from_numpy(np.stack([tile, tile])))
+    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.uint8
+    assert np.array_equal(tensor[0].numpy(), single)
+    with pytest.raises(Exception, match="uint8"):
+        macenko_normalize(tile.astype(np.float32))
+
+
+def test_fit_target_refuses_blank_image():
+    with pytest.raises(Exception, match="too little stained tissue"):
+        fit_macenko_target(np.full((64, 64, 3), 245, np.uint8))
+
+
+def test_reinhard_matches_target_statistics():
+    source = stained_tile(STAIN_VECTORS, seed=4, size=128)
+    reference = stained_tile(np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]]), seed=9, size=128)
+    target = fit_reinhard_target(reference)
+    out = reinhard_normalize(source, target)
+    achieved = fit_reinhard_target(out)
+    np.testing.assert_allclose(achieved.mean, target.mean, atol=0.02)
+    np.testing.assert_allclose(achieved.std, target.std, rtol=0.1, atol=0.01)
+    assert reinhard_normalize(np.stack([source, source])).shape == (2, 128, 128, 3)
