@@ -29,6 +29,7 @@ def main() -> None:
     from napari_deeppt import open_slide
     from napari_deeppt.io import cache_root
     from napari_deeppt.synthetic import (
+        GENERATOR_VERSION,
         default_sample_spec,
         write_giant_slide,
         write_synthetic_slide,
