@@ -43,3 +43,44 @@ def test_demo_writes_overview_pngs(tmp_path, svs_slide):
     pixels = image.convert("RGB")
     assert pixels.getpixel((image.width // 2, 5)) > (200, 200, 200)  # glass at the top edge
     assert main(["demo", "--out", str(tmp_path), "--slide", str(svs_slide.path)]) == 0  # rerun
+
+
+def test_tiles_writes_grid_mask_and_overview_and_never_overwrites(tmp_path, capsys, svs_slide):
+    from napari_deeppt.tiles import TileGrid
+    from napari_deeppt.tissue import TissueMask
+
+    args = ["tiles", str(svs_slide.path), "--out", str(tmp_path), "--tile-px", "128", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    grid = TileGrid.load(tmp_path / "small.tiles.csv")
+    mask = TissueMask.load(tmp_path / "small.tissue.npz")
+    assert f"{len(grid)} tiles of" in out and len(grid) > 10
+    assert mask.area_um2 > 0 and (tmp_path / "small.tiles.png").stat().st_size > 1000
+    before = (tmp_path / "small.tiles.csv").read_bytes()
+    assert main([*args, "--min-tissue", "0.9"]) == 2  # refuses to overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "small.tiles.csv").read_bytes() == before
+    assert main([*args, "--min-tissue", "0.9", "--overwrite"]) == 0
+    assert len(TileGrid.load(tmp_path / "small.tiles.csv")) < len(grid)
+
+
+def test_tiles_on_a_blank_slide_says_so(tmp_path, capsys):
+    from napari_deeppt.synthetic import SyntheticSlide, write_synthetic_slide
+
+    blank = write_synthetic_slide(
+        tmp_path / "blank.svs", SyntheticSlide(2048, 1536, 0.5), level_factors=(4,)
+    )
+    assert (
+        main(
+            ["tiles", str(blank.path), "--out", str(tmp_path / "o"), "--quiet", "--tile-px", "256"]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "no tissue found" in captured.err
+    assert "0 tiles of" in captured.out
+
+
+def test_tiles_without_mpp_asks_for_it(tmp_path, capsys, no_mpp_slide):
+    assert main(["tiles", str(no_mpp_slide.path), "--out", str(tmp_path), "--quiet"]) == 2
+    assert "--mpp" in capsys.readouterr().err

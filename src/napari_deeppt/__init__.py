@@ -23,6 +23,16 @@ _EXPORTS = {
     "CancelledError": "errors",
     "write_synthetic_slide": "synthetic",
     "SyntheticSlide": "synthetic",
+    "detect_tissue": "tissue",
+    "TissueMask": "tissue",
+    "make_tile_grid": "tiles",
+    "detect_and_tile": "tiles",
+    "TileGrid": "tiles",
+    "macenko_normalize": "stain",
+    "reinhard_normalize": "stain",
+    "fit_macenko_target": "stain",
+    "DEEPPT_TARGET": "stain",
+    "CancelToken": "progress",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -37,8 +47,12 @@ if TYPE_CHECKING:  # pragma: no cover
         SlideNotFoundError,
         SlideReadError,
     )
+    from .progress import CancelToken
     from .slide import Slide, open_slide
+    from .stain import DEEPPT_TARGET, fit_macenko_target, macenko_normalize, reinhard_normalize
     from .synthetic import SyntheticSlide, write_synthetic_slide
+    from .tiles import TileGrid, detect_and_tile, make_tile_grid
+    from .tissue import TissueMask, detect_tissue
 
 
 def __getattr__(name: str) -> Any:

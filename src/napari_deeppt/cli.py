@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
 from .errors import DeepPTError
 
@@ -137,6 +139,97 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_tiles_overview_png(
+    slide: Any, mask: Any, grid: Any, path: Path, max_size: int = 1600, overwrite: bool = False
+) -> Path:
+    """Thumbnail with the tissue outline (green) and the kept tiles (blue) drawn on it."""
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+
+    from .io import atomic_path
+
+    thumb = slide.get_thumbnail(max_size)
+    image = Image.fromarray(thumb[..., :3]).convert("RGB")
+    scale_x = image.width / slide.dimensions[0]
+    scale_y = image.height / slide.dimensions[1]
+    outline = mask.mask ^ ndimage.binary_erosion(mask.mask)
+    outline_img = Image.fromarray((outline * 255).astype(np.uint8)).resize(image.size)
+    green = Image.new("RGB", image.size, (0, 200, 0))
+    image.paste(green, mask=outline_img.point(lambda v: 255 if v > 0 else 0))
+    draw = ImageDraw.Draw(image)
+    size = grid.size_level0
+    for x, y in grid.xy:
+        draw.rectangle(
+            [x * scale_x, y * scale_y, (x + size) * scale_x - 1, (y + size) * scale_y - 1],
+            outline=(30, 80, 255),
+        )
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        image.save(tmp, format="PNG")
+    return path
+
+
+def cmd_tiles(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .errors import NoTissueWarning
+    from .slide import open_slide
+    from .tiles import detect_and_tile
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tissue = {
+        "mpp": args.mask_mpp,
+        "min_area_um2": args.min_area_um2,
+        "exclude_pen": args.exclude_pen,
+        "exclude_dark": not args.keep_dark,
+    }
+    if args.min_saturation is not None:
+        tissue["min_saturation"] = args.min_saturation
+    for path in args.slides:
+        slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
+        stem = _stem(slide.path)
+        targets = [out / f"{stem}.tiles.csv", out / f"{stem}.tissue.npz", out / f"{stem}.tiles.png"]
+        existing = [str(t) for t in targets if t.exists()]
+        if existing and not args.overwrite:
+            raise FileExistsError(
+                f"{', '.join(existing)} already exist; pass --overwrite to replace them"
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NoTissueWarning)
+            mask, grid = detect_and_tile(
+                slide,
+                tissue=tissue,
+                tile_px=args.tile_px,
+                mpp=args.tile_mpp,
+                min_tissue=args.min_tissue,
+                stride_px=args.stride_px,
+                edge_filter=args.edge_filter,
+                progress=not args.quiet,
+            )
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        grid.save(targets[0], overwrite=args.overwrite)
+        mask.save(targets[1], overwrite=args.overwrite)
+        write_tiles_overview_png(slide, mask, grid, targets[2], overwrite=args.overwrite)
+        rows, cols = grid.grid_shape
+        area = f"{mask.area_um2 / 1e6:.3f} mm² tissue" if mask.slide_mpp else ""
+        print(
+            f"{slide.path.name}: {len(grid)} tiles of {rows * cols} kept "
+            f"({args.tile_px} px at {args.tile_mpp} µm/px), {area}"
+        )
+        for target in targets:
+            print(f"  wrote {target}")
+    return 0
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".svs", ".tiff", ".tif", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deeppt",
@@ -152,6 +245,43 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object per slide")
     _add_mpp_options(info)
     info.set_defaults(func=cmd_info)
+
+    tiles = sub.add_parser(
+        "tiles",
+        help="tissue mask and tile grid of slides",
+        description="Detect tissue and cut the tile grid; writes "
+        "<stem>.tiles.csv, <stem>.tissue.npz and <stem>.tiles.png per slide.",
+    )
+    tiles.add_argument("slides", nargs="+", metavar="SLIDE")
+    tiles.add_argument("--out", required=True, help="output folder")
+    tiles.add_argument("--tile-px", type=int, default=512, help="tile side in px (512)")
+    tiles.add_argument("--tile-mpp", type=float, default=0.5, help="tile µm/px (0.5 = 20×)")
+    tiles.add_argument("--stride-px", type=int, default=None, help="step in px (= tile)")
+    tiles.add_argument(
+        "--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept tile (0.5)"
+    )
+    tiles.add_argument(
+        "--edge-filter", action="store_true", help="also apply DeepPT's Sobel edge criterion"
+    )
+    tiles.add_argument("--mask-mpp", type=float, default=8.0, help="mask µm/px (8)")
+    tiles.add_argument(
+        "--min-area-um2",
+        type=float,
+        default=20000.0,
+        help="drop tissue pieces smaller than this (µm²)",
+    )
+    tiles.add_argument(
+        "--min-saturation",
+        type=float,
+        default=None,
+        help="lower bound of the Otsu saturation threshold (0.07)",
+    )
+    tiles.add_argument("--exclude-pen", action="store_true", help="drop pen marks")
+    tiles.add_argument("--keep-dark", action="store_true", help="keep near-black pixels")
+    tiles.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    tiles.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_mpp_options(tiles)
+    tiles.set_defaults(func=cmd_tiles)
 
     demo = sub.add_parser("demo", help="run the main job on the bundled sample slides")
     demo.add_argument(

@@ -33,6 +33,8 @@ __all__ = [
     "fit_reinhard_target",
     "macenko_normalize",
     "macenko_transforms",
+    "normalise",
+    "preview_mosaic",
     "reinhard_normalize",
 ]
 
@@ -391,3 +393,36 @@ def reinhard_normalize(
     keep_glass = (~tissue & enough)[..., None]
     out = torch.where(keep_glass, pixels, out).to(torch.uint8).reshape(n, h, w, 3)
     return _return(out, was_numpy, single)
+
+
+def normalise(tiles: Any, method: str | None = "macenko", target: Any = None, **kwargs: Any) -> Any:
+    """Dispatch to :func:`macenko_normalize`, :func:`reinhard_normalize` or nothing (None)."""
+    if method in (None, "none"):
+        return tiles
+    if method == "macenko":
+        return macenko_normalize(tiles, target, **kwargs)
+    if method == "reinhard":
+        return reinhard_normalize(tiles, target, **kwargs)
+    raise ValueError(f"unknown stain normalisation {method!r}; use 'macenko', 'reinhard' or None")
+
+
+def preview_mosaic(
+    slide: Any, grid: Any, n: int = 8, method: str = "macenko", seed: int = 0, thumb_px: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random kept tiles, raw (top row) over normalised (bottom row).
+
+    Returns the mosaic ``(2·thumb_px, n·thumb_px, 3)`` uint8 and the tiles' grid indices.
+    """
+    from .slide import resize_rgb
+
+    if len(grid) == 0:
+        raise DeepPTError("the tile grid is empty: nothing to preview")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(grid), size=min(n, len(grid)), replace=False))
+    raw = np.stack([grid.read_tile(slide, int(i)) for i in chosen])
+    normalised = normalise(raw, method)
+    rows = [
+        np.concatenate([resize_rgb(t, thumb_px, thumb_px) for t in batch], axis=1)
+        for batch in (raw, normalised)
+    ]
+    return np.concatenate(rows, axis=0), chosen

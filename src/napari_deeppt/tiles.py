@@ -16,11 +16,12 @@ import numpy as np
 
 from .errors import DeepPTError, NoTissueWarning, TileGridError
 from .geometry import GridPlacement
+from .hooks import publish
 from .progress import CancelLike, ProgressLike, check_cancelled, make_progress
 from .slide import Slide, as_slide
 from .tissue import TissueMask, detect_tissue
 
-__all__ = ["TileGrid", "TileGridParams", "make_tile_grid", "sobel_edge_fraction"]
+__all__ = ["TileGrid", "TileGridParams", "detect_and_tile", "make_tile_grid", "sobel_edge_fraction"]
 
 GRID_FORMAT_VERSION = 1
 GRID_HEADER = "# napari-deeppt tile grid "
@@ -316,7 +317,7 @@ def make_tile_grid(
         edge_magnitude=edge_magnitude,
         edge_min_fraction=edge_min_fraction,
     )
-    slide = as_slide(slide)
+    source, slide = slide, as_slide(slide)
     mpp0 = slide.require_mpp("tiling at a physical resolution")
     if mask is None:
         mask = detect_tissue(slide, progress=progress, cancel=cancel)
@@ -386,4 +387,30 @@ def make_tile_grid(
             ),
             stacklevel=2,
         )
+    publish(source, grid)
     return grid
+
+
+def detect_and_tile(
+    slide: Any,
+    *,
+    tissue: dict[str, Any] | None = None,
+    progress: ProgressLike = None,
+    cancel: CancelLike = None,
+    **grid_options: Any,
+) -> tuple[TissueMask, TileGrid]:
+    """Slide → :class:`TissueMask` → :class:`TileGrid` in one call.
+
+    ``tissue`` holds :class:`~napari_deeppt.tissue.TissueParams` fields; the other keywords
+    go to :func:`make_tile_grid`.
+    """
+    source, slide = slide, as_slide(slide)
+    mask = detect_tissue(slide, progress=progress, cancel=cancel, **(tissue or {}))
+    check_cancelled(cancel, "tiling")
+    with warnings.catch_warnings():
+        if mask.is_empty:  # already warned once: no tissue
+            warnings.simplefilter("ignore", NoTissueWarning)
+        grid = make_tile_grid(slide, mask, progress=progress, cancel=cancel, **grid_options)
+    publish(source, mask)
+    publish(source, grid)
+    return mask, grid

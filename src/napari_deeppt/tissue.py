@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import DeepPTError, NoTissueWarning
 from .geometry import GridPlacement
+from .hooks import publish
 from .progress import CancelLike, ProgressLike, check_cancelled, make_progress
 from .slide import as_slide, resize_rgb
 
@@ -281,7 +282,7 @@ def detect_tissue(
     from skimage import filters
 
     options = TissueParams(**params)
-    slide = as_slide(slide)
+    source, slide = slide, as_slide(slide)
     slide.require_rgb("tissue detection")
     mpp0 = slide.require_mpp("tissue detection (sizes and areas are in µm)")
     target_ds = options.mpp / mpp0
@@ -352,4 +353,5 @@ def detect_tissue(
             ),
             stacklevel=2,
         )
+    publish(source, result)
     return result

@@ -1,12 +1,27 @@
-"""Layer data tuples built from core objects; scale and translate in µm."""
+"""Layer data tuples built from core objects; scale and translate in µm.
+
+Every layer of this plugin is placed with :class:`~napari_deeppt.geometry.GridPlacement`, so
+a pixel of a mask or tile map sits on the level-0 pixels it summarises.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from ..geometry import GridPlacement
 from ..slide import Slide
 
-__all__ = ["slide_layer_data", "slide_layer_name"]
+__all__ = [
+    "add_or_update",
+    "mask_layer_data",
+    "slide_layer_data",
+    "slide_layer_name",
+    "tiles_layer_data",
+]
+
+LayerData = tuple[Any, dict[str, Any], str]
 
 
 def slide_layer_name(slide: Slide) -> str:
@@ -17,7 +32,7 @@ def slide_layer_name(slide: Slide) -> str:
     return slide.path.stem
 
 
-def slide_layer_data(slide: Slide, name: str | None = None) -> list[tuple[Any, dict, str]]:
+def slide_layer_data(slide: Slide, name: str | None = None) -> list[LayerData]:
     """An image layer (multiscale, lazy) for a slide.
 
     Level-0 pixel ``(row, col)`` is centred at world ``(row * mpp_y, col * mpp_x)`` µm when the
@@ -54,3 +69,53 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> list[tuple[Any, d
     if not kwargs["multiscale"]:
         data = data[0]
     return [(data, kwargs, "image")]
+
+
+def _placed(placement: GridPlacement, mpp_xy: tuple[float, float] | None) -> dict[str, Any]:
+    scale, translate = placement.napari_transform(mpp_xy)
+    out: dict[str, Any] = {"scale": scale, "translate": translate, "axis_labels": ("y", "x")}
+    if mpp_xy is not None:
+        out["units"] = ("micrometer", "micrometer")
+    return out
+
+
+def mask_layer_data(mask: Any, slide_name: str) -> LayerData:
+    """A Labels layer of the tissue pieces (1..n), exactly over the tissue."""
+    mpp = (mask.slide_mpp, mask.slide_mpp) if mask.slide_mpp else None
+    kwargs = {
+        "name": f"{slide_name} tissue",
+        "opacity": 0.35,
+        "metadata": {
+            "deeppt_mask": mask,
+            "area_mm2": (mask.area_um2 / 1e6) if mask.slide_mpp else None,
+        },
+        **_placed(mask.placement, mpp),
+    }
+    return (mask.pieces(), kwargs, "labels")
+
+
+def tiles_layer_data(grid: Any, slide_name: str) -> LayerData:
+    """Kept tiles as a Labels raster at tile stride (fast with 50,000 tiles)."""
+    raster = grid.raster(np.ones(len(grid), np.uint8), fill=0)
+    kwargs = {
+        "name": f"{slide_name} tiles",
+        "opacity": 0.3,
+        "metadata": {"deeppt_grid": grid, "n_tiles": len(grid)},
+        **_placed(grid.placement, (grid.slide_mpp, grid.slide_mpp)),
+    }
+    return (raster, kwargs, "labels")
+
+
+def add_or_update(viewer: Any, layer_data: LayerData) -> Any:
+    """Add a layer, or replace the data and placement of the same-named layer of that kind."""
+    data, kwargs, kind = layer_data
+    name = kwargs["name"]
+    if name in viewer.layers and viewer.layers[name]._type_string == kind:
+        layer = viewer.layers[name]
+        layer.data = data
+        for key in ("scale", "translate"):
+            if key in kwargs:
+                setattr(layer, key, kwargs[key])
+        layer.metadata.update(kwargs.get("metadata", {}))
+        return layer
+    return getattr(viewer, f"add_{kind}")(data, **kwargs)

@@ -1,0 +1,235 @@
+"""Dock widget "Tissue & tiles": mask and tile parameters, run with progress and Cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+
+from ..errors import CancelledError
+from ..slide import as_slide
+from ._jobs import Job, start_job
+from .layers import add_or_update, mask_layer_data, tiles_layer_data
+
+__all__ = ["TissueTilesWidget"]
+
+
+class TissueTilesWidget(Container):
+    """Detect tissue, cut the tile grid and preview stain normalisation for a slide layer."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        import napari
+
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._job: Job | None = None
+        self._last: tuple[Any, Any, Any] | None = None  # (slide, grid, layer name)
+
+        self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
+        self.slide_mpp = FloatSpinBox(
+            label="slide µm/px",
+            value=0.0,
+            min=0.0,
+            max=100.0,
+            step=0.001,
+            tooltip="0 = from the file's metadata",
+        )
+        self.mask_mpp = FloatSpinBox(label="mask µm/px", value=8.0, min=0.5, max=64.0)
+        self.min_saturation = FloatSpinBox(
+            label="min saturation", value=0.07, min=0.0, max=0.99, step=0.01
+        )
+        self.min_area_um2 = FloatSpinBox(
+            label="min piece (µm²)", value=20000.0, min=0.0, max=1e9, step=1000.0
+        )
+        self.closing_um = FloatSpinBox(label="closing (µm)", value=24.0, min=0.0, max=1000.0)
+        self.opening_um = FloatSpinBox(label="opening (µm)", value=16.0, min=0.0, max=1000.0)
+        self.exclude_dark = CheckBox(label="drop dark artefacts", value=True)
+        self.exclude_pen = CheckBox(label="drop pen marks", value=False)
+        self.tile_px = SpinBox(label="tile px", value=512, min=16, max=8192)
+        self.tile_mpp = FloatSpinBox(label="tile µm/px", value=0.5, min=0.05, max=50.0, step=0.05)
+        self.stride_px = SpinBox(label="stride px (0 = tile)", value=0, min=0, max=8192)
+        self.min_tissue = FloatSpinBox(label="min tissue", value=0.5, min=0.0, max=1.0, step=0.05)
+        self.edge_filter = CheckBox(label="Sobel edge filter (DeepPT)", value=False)
+        self.run_button = PushButton(text="Detect tissue and cut tiles")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = Label(label="status", value="")
+        self.preview_n = SpinBox(label="preview tiles", value=8, min=1, max=64)
+        self.preview_method = ComboBox(
+            label="method", choices=["macenko", "reinhard"], value="macenko"
+        )
+        self.preview_button = PushButton(text="Preview normalisation", enabled=False)
+        self.extend(
+            [
+                self.slide_layer,
+                self.slide_mpp,
+                self.mask_mpp,
+                self.min_saturation,
+                self.min_area_um2,
+                self.closing_um,
+                self.opening_um,
+                self.exclude_dark,
+                self.exclude_pen,
+                self.tile_px,
+                self.tile_mpp,
+                self.stride_px,
+                self.min_tissue,
+                self.edge_filter,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+                self.preview_n,
+                self.preview_method,
+                self.preview_button,
+            ]
+        )
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.preview_button.changed.connect(self.preview)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _busy(self, busy: bool) -> None:
+        self.run_button.enabled = not busy
+        self.preview_button.enabled = not busy and self._last is not None
+        self.cancel_button.enabled = busy
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, max(total, 1))
+        self.status.value = f"{message} ({done}/{total})"
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        if isinstance(exc, CancelledError):
+            self.status.value = "cancelled; layers unchanged"
+        else:
+            self.status.value = f"error: {exc}"
+            show_error(str(exc))
+
+    def _finished(self) -> None:
+        self._job = None
+        self._busy(False)
+
+    def _slide(self) -> Any:
+        layer = self.slide_layer.value
+        if layer is None:
+            raise ValueError("choose a slide layer first (open a slide with napari-deeppt)")
+        return layer, as_slide(layer, mpp=self.slide_mpp.value or None)
+
+    # -- actions ------------------------------------------------------------------------------
+    def run(self) -> Job | None:
+        """Detect tissue and cut tiles in a thread worker; adds/updates the two layers."""
+        from ..tiles import detect_and_tile
+
+        try:
+            layer, slide = self._slide()
+            tissue = {
+                "mpp": self.mask_mpp.value,
+                "min_saturation": self.min_saturation.value,
+                "min_area_um2": self.min_area_um2.value,
+                "closing_um": self.closing_um.value,
+                "opening_um": self.opening_um.value,
+                "exclude_dark": self.exclude_dark.value,
+                "exclude_pen": self.exclude_pen.value,
+            }
+            grid_options = {
+                "tile_px": self.tile_px.value,
+                "mpp": self.tile_mpp.value,
+                "stride_px": self.stride_px.value or None,
+                "min_tissue": self.min_tissue.value,
+                "edge_filter": self.edge_filter.value,
+            }
+        except Exception as exc:
+            self._on_error(exc)
+            return None
+        name = layer.name
+
+        def on_result(result: tuple[Any, Any]) -> None:
+            mask, grid = result
+            add_or_update(self._viewer, mask_layer_data(mask, name))
+            add_or_update(self._viewer, tiles_layer_data(grid, name))
+            self._last = (slide, grid, name)
+            area = f", tissue {mask.area_um2 / 1e6:.2f} mm²" if mask.slide_mpp else ""
+            rows, cols = grid.grid_shape
+            if mask.is_empty:
+                self.status.value = (
+                    "no tissue found: lower 'min saturation' or 'min piece', or check the slide"
+                )
+            else:
+                self.status.value = f"{len(grid)} tiles kept of {rows * cols}{area}"
+
+        self._busy(True)
+        self.status.value = "running…"
+        self._job = start_job(
+            detect_and_tile,
+            {"slide": slide, "tissue": tissue, **grid_options},
+            on_progress=self._on_progress,
+            on_result=on_result,
+            on_error=self._on_error,
+            on_finished=self._finished,
+        )
+        return self._job
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self.status.value = "cancelling…"
+            self._job.cancel()
+
+    def preview(self) -> Job | None:
+        """A mosaic of raw (top) vs normalised (bottom) tiles, beside the slide."""
+        from ..stain import preview_mosaic
+
+        if self._last is None:
+            self.status.value = "run tissue detection and tiling first"
+            return None
+        slide, grid, name = self._last
+        n, method = self.preview_n.value, self.preview_method.value
+        thumb_px = 256
+
+        def job(progress: Any = None, cancel: Any = None) -> tuple[np.ndarray, Any]:
+            return preview_mosaic(slide, grid, n=n, method=method, thumb_px=thumb_px)
+
+        def on_result(result: tuple[np.ndarray, Any]) -> None:
+            mosaic, _ = result
+            um_per_px = grid.mpp * grid.tile_px / thumb_px
+            slide_width_um = slide.dimensions[0] * (slide.mpp or 1.0)
+            add_or_update(
+                self._viewer,
+                (
+                    mosaic,
+                    {
+                        "name": f"{name} stain preview ({method})",
+                        "rgb": True,
+                        "scale": (um_per_px, um_per_px),
+                        "translate": (0.0, slide_width_um + 200.0),
+                        "metadata": {"method": method},
+                    },
+                    "image",
+                ),
+            )
+            self.status.value = f"preview: top raw, bottom {method}"
+
+        job.__name__ = "preview_mosaic"
+        self._busy(True)
+        self._job = start_job(
+            job,
+            {},
+            on_progress=self._on_progress,
+            on_result=on_result,
+            on_error=self._on_error,
+            on_finished=self._finished,
+        )
+        return self._job

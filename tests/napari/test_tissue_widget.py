@@ -1,0 +1,151 @@
+"""The "Tissue & tiles" dock and layer placement: layers sit exactly on the tissue."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import napari_deeppt
+from napari_deeppt._napari.tissue_widget import TissueTilesWidget
+
+
+@pytest.fixture
+def viewer_with_slide(make_napari_viewer, svs_slide):
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(svs_slide.path), plugin="napari-deeppt")[0]
+    return viewer, layer
+
+
+def _wait(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: widget._job is None, timeout=timeout)
+
+
+def _small_tiles(widget):
+    widget.tile_px.value = 128
+    widget.tile_mpp.value = 0.5
+
+
+def test_run_adds_mask_and_tiles_then_rerun_replaces(qtbot, viewer_with_slide):
+    viewer, _ = viewer_with_slide
+    widget = TissueTilesWidget(viewer)
+    _small_tiles(widget)
+    widget.run()
+    _wait(qtbot, widget)
+    names = [lyr.name for lyr in viewer.layers]
+    assert names == ["small", "small tissue", "small tiles"]
+    grid = viewer.layers["small tiles"].metadata["deeppt_grid"]
+    assert len(grid) > 10
+    assert f"{len(grid)} tiles kept" in widget.status.value
+    widget.min_tissue.value = 0.9
+    widget.run()
+    _wait(qtbot, widget)
+    assert [lyr.name for lyr in viewer.layers] == names  # replaced, not duplicated
+    assert viewer.layers["small tiles"].metadata["n_tiles"] < len(grid)
+
+
+def test_mask_pixels_sit_on_the_tissue_they_came_from(qtbot, viewer_with_slide, svs_slide):
+    viewer, slide_layer = viewer_with_slide
+    widget = TissueTilesWidget(viewer)
+    widget.run()
+    _wait(qtbot, widget)
+    mask_layer = viewer.layers["small tissue"]
+    labels = np.asarray(mask_layer.data)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, labels.shape[0], 300)
+    cols = rng.integers(0, labels.shape[1], 300)
+    agree = 0
+    for r, c in zip(rows, cols):
+        world = mask_layer.data_to_world((r, c))
+        # the slide layer's data coordinates are level-0 pixel indices (centres at integers)
+        y0, x0 = slide_layer.world_to_data(world)
+        truth = svs_slide.tissue_type_map(np.array(x0 + 0.5), np.array(y0 + 0.5)) >= 0
+        agree += bool(labels[r, c] > 0) == bool(truth)
+    assert agree >= 290  # disagreements only at edges
+    # and exactly: a mask pixel centre maps to the centre of the level-0 block it summarises
+    mask = mask_layer.metadata["deeppt_mask"]
+    dx, dy = mask.downsample_xy
+    y0, x0 = slide_layer.world_to_data(mask_layer.data_to_world((3, 5)))
+    assert x0 == pytest.approx(5 * dx + (dx - 1) / 2)
+    assert y0 == pytest.approx(3 * dy + (dy - 1) / 2)
+
+
+def test_tile_raster_pixels_sit_on_their_tiles(qtbot, viewer_with_slide):
+    viewer, slide_layer = viewer_with_slide
+    widget = TissueTilesWidget(viewer)
+    _small_tiles(widget)
+    widget.run()
+    _wait(qtbot, widget)
+    tiles_layer = viewer.layers["small tiles"]
+    grid = tiles_layer.metadata["deeppt_grid"]
+    for i in range(0, len(grid), 7):
+        r, c = grid.rowcol[i]
+        assert tiles_layer.data[r, c] == 1
+        y0, x0 = slide_layer.world_to_data(tiles_layer.data_to_world((r, c)))
+        x, y = grid.xy[i]
+        assert x0 == pytest.approx(x + (grid.size_level0 - 1) / 2)
+        assert y0 == pytest.approx(y + (grid.size_level0 - 1) / 2)
+
+
+def test_cancel_stops_within_a_step_and_changes_nothing(qtbot, viewer_with_slide, monkeypatch):
+    import napari_deeppt.tiles as tiles_module
+
+    def slow_edges(tile, magnitude=15.0):
+        time.sleep(0.05)
+        return 1.0
+
+    monkeypatch.setattr(tiles_module, "sobel_edge_fraction", slow_edges)
+    viewer, _ = viewer_with_slide
+    widget = TissueTilesWidget(viewer)
+    _small_tiles(widget)
+    widget.edge_filter.value = True
+    seen = []
+    job = widget.run()
+    job.worker.yielded.connect(lambda event: seen.append(event))
+    qtbot.waitUntil(
+        lambda: any(m == "Sobel edge filter" and d > 1 for d, _, m in seen), timeout=30_000
+    )
+    started = time.perf_counter()
+    widget.cancel_button.clicked.emit()
+    _wait(qtbot, widget, timeout=10_000)
+    assert time.perf_counter() - started < 5
+    assert widget.status.value.startswith("cancelled")
+    assert [lyr.name for lyr in viewer.layers] == ["small"]
+
+
+def test_missing_mpp_reports_and_override_fixes(qtbot, make_napari_viewer, no_mpp_slide):
+    viewer = make_napari_viewer()
+    viewer.open(str(no_mpp_slide.path), plugin="napari-deeppt")
+    widget = TissueTilesWidget(viewer)
+    widget.run()
+    _wait(qtbot, widget)
+    assert "mpp=" in widget.status.value and len(viewer.layers) == 1
+    widget.slide_mpp.value = 0.5
+    _small_tiles(widget)
+    widget.run()
+    _wait(qtbot, widget)
+    assert "tiles kept" in widget.status.value
+
+
+def test_preview_normalisation_mosaic(qtbot, viewer_with_slide):
+    viewer, _ = viewer_with_slide
+    widget = TissueTilesWidget(viewer)
+    _small_tiles(widget)
+    widget.run()
+    _wait(qtbot, widget)
+    widget.preview_n.value = 4
+    widget.preview()
+    _wait(qtbot, widget)
+    layer = viewer.layers["small stain preview (macenko)"]
+    assert layer.data.shape == (512, 1024, 3)
+    top, bottom = layer.data[:256], layer.data[256:]
+    assert np.abs(top.astype(int) - bottom.astype(int)).mean() > 1  # normalisation did work
+
+
+def test_console_call_with_a_layer_adds_the_layers(viewer_with_slide):
+    viewer, layer = viewer_with_slide
+    mask = napari_deeppt.detect_tissue(layer)
+    assert viewer.layers["small tissue"].metadata["deeppt_mask"] is mask
+    grid = napari_deeppt.make_tile_grid(layer, mask, tile_px=128)
+    assert viewer.layers["small tiles"].metadata["n_tiles"] == len(grid)
