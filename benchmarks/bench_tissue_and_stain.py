@@ -1,0 +1,74 @@
+"""Tissue detection cost vs level-0 size, and Macenko tiles/s (numpy reference vs torch).
+
+1. Two synthetic slides of the same physical extent (20 × 20 mm), one at 0.5 µm/px
+   (40 000² px) and one at 0.125 µm/px (160 000² px, 16× the level-0 pixels). Detection reads
+   only the pyramid level nearest 8 µm/px, so its time must not grow with level 0.
+2. Macenko on batches of 64 tiles of 512² px on the CPU: the plain numpy reference (the
+   classic script, tile by tile) vs the batched torch implementation (fit on every pixel, and
+   the default strided fit), in one run.
+
+    python benchmarks/bench_tissue_and_stain.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.test_stain
+
+
+def best_of(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    import torch
+    from tests.test_stain import reference_macenko
+
+    from napari_deeppt import detect_tissue, macenko_normalize
+    from napari_deeppt.io import cache_root
+    from napari_deeppt.synthetic import GENERATOR_VERSION, default_sample_spec, write_giant_slide
+
+    folder = cache_root() / "benchmarks"
+    folder.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    for size, mpp in ((40_000, 0.5), (160_000, 0.125)):
+        path = folder / f"giant-{size}-{mpp}-v{GENERATOR_VERSION}.svs"
+        if not path.exists():
+            write_giant_slide(path, size=size, mpp=mpp)
+        seconds = best_of(lambda p=path: detect_tissue(p))
+        mask = detect_tissue(path)
+        timings[size] = seconds
+        print(f"tissue detection, {size}² px at {mpp} µm/px: {seconds:.2f} s "
+              f"(level {mask.source_level}, mask {mask.mask.shape[1]}×{mask.mask.shape[0]})")
+    ratio = timings[160_000] / timings[40_000]
+    print(f"ratio for 16× the level-0 pixels: {ratio:.2f} (goal: about 1, not 16)")
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    spec = default_sample_spec(16384, 16384, 0.5, seed=0)
+    rng = np.random.default_rng(0)
+    region = spec.regions[0]  # inside tissue: the classic script fails on glass tiles
+    xs = rng.uniform(region.cx - region.rx / 2, region.cx + region.rx / 2 - 512, 64)
+    ys = rng.uniform(region.cy - region.ry / 2, region.cy + region.ry / 2 - 512, 64)
+    tiles = np.stack([spec.render(float(x), float(y), 512, 512) for x, y in zip(xs, ys)])
+    macenko_normalize(tiles[:2])  # warm-up
+    t_numpy = best_of(lambda: [reference_macenko(t) for t in tiles], repeats=1)
+    t_full = best_of(lambda: macenko_normalize(tiles, fit_max_pixels=None), repeats=2)
+    t_fast = best_of(lambda: macenko_normalize(tiles), repeats=2)
+    print(f"Macenko, 64 tiles of 512² px, {torch.get_num_threads()} CPU threads:")
+    print(f"  numpy reference:        {64 / t_numpy:7.1f} tiles/s")
+    print(f"  torch, fit every pixel: {64 / t_full:7.1f} tiles/s ({t_numpy / t_full:.1f}× numpy)")
+    print(f"  torch, default fit:     {64 / t_fast:7.1f} tiles/s ({t_numpy / t_fast:.1f}× numpy)")
+
+
+if __name__ == "__main__":
+    main()
