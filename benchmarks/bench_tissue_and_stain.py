@@ -48,8 +48,10 @@ def main() -> None:
         seconds = best_of(lambda p=path: detect_tissue(p))
         mask = detect_tissue(path)
         timings[size] = seconds
-        print(f"tissue detection, {size}² px at {mpp} µm/px: {seconds:.2f} s "
-              f"(level {mask.source_level}, mask {mask.mask.shape[1]}×{mask.mask.shape[0]})")
+        print(
+            f"tissue detection, {size}² px at {mpp} µm/px: {seconds:.2f} s "
+            f"(level {mask.source_level}, mask {mask.mask.shape[1]}×{mask.mask.shape[0]})"
+        )
     ratio = timings[160_000] / timings[40_000]
     print(f"ratio for 16× the level-0 pixels: {ratio:.2f} (goal: about 1, not 16)")
 

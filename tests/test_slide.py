@@ -229,3 +229,64 @@ def test_info_lists_everything(svs_slide):
     assert info["compression"] == "jpeg"
     assert [lv["tile"] for lv in info["levels"]] == [(256, 256), (256, 256)]
     assert info["associated_images"]["label"] == (300, 300, 3)
+
+
+def test_direct_tile_decoder_fallback_equals_zarr_path(svs_slide, monkeypatch):
+    """If tifffile's zarr store is unusable (its API changed), tiles are decoded directly."""
+    import napari_deeppt.backends.tiff as tiff_backend
+
+    expected = open_slide(svs_slide.path).read_region(300, 200, 700, 500)
+
+    def broken(store):
+        raise TypeError("simulated zarr API change")
+
+    monkeypatch.setattr(tiff_backend, "_zarr_open_array", broken)
+    slide = open_slide(svs_slide.path)
+    assert isinstance(slide._sources[0].array, tiff_backend.TiffTileArray)
+    np.testing.assert_array_equal(slide.read_region(300, 200, 700, 500), expected)
+    np.testing.assert_array_equal(
+        np.asarray(slide.levels[0][:300, :300]), tifffile.imread(svs_slide.path)[:300, :300]
+    )
+
+
+def test_jpeg2000_tiles(tmp_path, small_spec):
+    """Aperio also stores JPEG 2000 tiles; imagecodecs decodes them through tifffile."""
+    from napari_deeppt import write_synthetic_slide
+
+    truth = write_synthetic_slide(
+        tmp_path / "j2k.svs",
+        small_spec,
+        compression="jpeg2000",
+        level_factors=(4,),
+        associated=False,
+    )
+    slide = open_slide(truth.path)
+    assert "jpeg2000" in slide.compression
+    full = tifffile.imread(truth.path)
+    np.testing.assert_array_equal(slide.read_region(100, 50, 400, 300), full[50:350, 100:500])
+
+
+def test_ome_tiff_with_levels_as_separate_series(tmp_path, small_spec):
+    path = tmp_path / "series.ome.tif"
+    base = small_spec.render(0, 0, 1024, 768)
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        for factor in (1, 2, 4):
+            image = base[::factor, ::factor]
+            tw.write(
+                image,
+                photometric="rgb",
+                tile=(256, 256),
+                metadata={
+                    "axes": "YXS",
+                    "PhysicalSizeX": 0.5 * factor,
+                    "PhysicalSizeY": 0.5 * factor,
+                    "Name": f"level {factor}",
+                },
+            )
+    slide = open_slide(path)
+    assert slide.level_dimensions == [(1024, 768), (512, 384), (256, 192)]
+    assert slide.mpp == pytest.approx(0.5)
+    assert not slide.associated_images
+    np.testing.assert_array_equal(
+        slide.read_region(64, 32, 100, 80, level=2), base[::4, ::4][8:88, 16:116]
+    )

@@ -44,6 +44,57 @@ PLAUSIBLE_MPP = (0.02, 100.0)
 ASSOCIATED_KEYWORDS = ("label", "macro", "thumbnail", "overview", "barcode")
 
 
+class TiffTileArray:
+    """Read-only numpy-style access to one TIFF page through tifffile's segment decoder.
+
+    The fallback when tifffile's zarr store cannot be used with the installed tifffile/zarr
+    pair: it reads and decodes exactly the tiles (or strips) a slice touches, with
+    ``TiffPage.decode`` (public in every tifffile of the last years). Axes are ``YXS``.
+    """
+
+    def __init__(self, page: Any) -> None:
+        separate, depth, length, width, samples = page.shaped
+        if separate != 1 or depth != 1:
+            raise ValueError("planar-separate or volumetric pages are not supported here")
+        self.page = page
+        self.shape = (int(length), int(width), int(samples))
+        self.dtype = page.dtype
+        self.tiled = bool(page.is_tiled)
+        self.segment = (
+            (int(page.tilelength), int(page.tilewidth))
+            if self.tiled
+            else (int(page.rowsperstrip), int(width))
+        )
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> Any:
+        import numpy as np
+
+        rows, cols, chans = key
+        out = np.zeros((rows.stop - rows.start, cols.stop - cols.start, self.shape[2]), self.dtype)
+        seg_h, seg_w = self.segment
+        per_row = -(-self.shape[1] // seg_w)
+        fh = self.page.parent.filehandle
+        decode = self.page.decode
+        for sy in range(rows.start // seg_h, (rows.stop - 1) // seg_h + 1):
+            for sx in range(cols.start // seg_w, (cols.stop - 1) // seg_w + 1):
+                index = sy * per_row + sx if self.tiled else sy
+                offset, count = self.page.dataoffsets[index], self.page.databytecounts[index]
+                with fh.lock:
+                    fh.seek(offset)
+                    data = fh.read(count) if count else None
+                segment, _, _ = decode(data, index, jpegtables=self.page.jpegtables)
+                if segment is None:
+                    continue
+                segment = segment.reshape(segment.shape[-3:])  # (length, width, samples)
+                y0, x0 = sy * seg_h, sx * seg_w
+                r0, r1 = max(rows.start, y0), min(rows.stop, y0 + segment.shape[0])
+                c0, c1 = max(cols.start, x0), min(cols.stop, x0 + segment.shape[1])
+                out[r0 - rows.start : r1 - rows.start, c0 - cols.start : c1 - cols.start] = segment[
+                    r0 - y0 : r1 - y0, c0 - x0 : c1 - x0
+                ]
+        return out[:, :, chans]
+
+
 def _zarr_open_array(store: Any) -> Any:
     """Open tifffile's zarr store read-only, whatever the tifffile/zarr API generation."""
     import zarr
@@ -70,8 +121,11 @@ def _level_array(tif: Any, series: Any, level: int) -> tuple[Any, str, tuple[int
                 return mm, axes, None
         except Exception:
             pass
-    store = series.aszarr(level=level)
-    array = _zarr_open_array(store)
+    try:
+        array = _zarr_open_array(series.aszarr(level=level))
+    except Exception:  # a tifffile/zarr pair whose zarr API we cannot use: decode directly
+        tiles = TiffTileArray(page)
+        return tiles, "YXS", tiles.segment
     if len(array.shape) != len(axes):  # store kept length-1 axes the series squeezed
         axes = level_series.get_axes(False)
         if len(array.shape) != len(axes):
