@@ -33,6 +33,9 @@ _EXPORTS = {
     "fit_macenko_target": "stain",
     "DEEPPT_TARGET": "stain",
     "CancelToken": "progress",
+    "extract_features": "features",
+    "FeatureSet": "features",
+    "load_extractor": "features",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -47,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
         SlideNotFoundError,
         SlideReadError,
     )
+    from .features import FeatureSet, extract_features, load_extractor
     from .progress import CancelToken
     from .slide import Slide, open_slide
     from .stain import DEEPPT_TARGET, fit_macenko_target, macenko_normalize, reinhard_normalize

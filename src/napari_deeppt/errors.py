@@ -62,3 +62,7 @@ class TileGridError(DeepPTError, ValueError):
 
 class NoTissueWarning(UserWarning):
     """Tissue detection found nothing: the slide is blank or the thresholds are too strict."""
+
+
+class WeightsNotFoundError(DeepPTError, FileNotFoundError):
+    """Model weights are not available (offline, missing file, wrong architecture)."""

@@ -1,0 +1,524 @@
+"""Streaming feature extraction: tiles → stain normalisation → resize → backbone → features.
+
+Tiles are read ahead in background threads (decoding overlaps inference), gathered into
+fixed-size batches (pinned memory on CUDA), stain-normalised and resized on the device, and
+fed to the model under ``torch.inference_mode()`` in channels-last layout (autocast on
+CUDA). Features go straight into a zarr store under a temporary name, renamed into the cache
+when complete: memory does not grow with the slide, and a cancelled or crashed run never
+leaves an entry that looks complete.
+
+Stain normalisation is fitted on each full-resolution tile (as DeepPT does) and, because a
+Macenko fit is a per-tile 3×3 map in optical density, applied after the resize to the model's
+input size, which saves ~5× the work; it differs from normalise-then-resize only through the
+non-linearity of averaging within one output pixel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeepPTError
+from ..progress import CancelLike, ProgressLike, check_cancelled, make_progress
+from ..slide import as_slide
+from ..tiles import GRID_FORMAT_VERSION, TileGrid, TileGridParams
+
+__all__ = ["FeatureSet", "extract_features", "preprocess_batch"]
+
+FEATURE_FORMAT_VERSION = 1
+RESIZE = "bilinear-antialias"
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureSet:
+    """Features of the kept tiles of one slide.
+
+    Attributes
+    ----------
+    features
+        ``(n_tiles, feature_dim)`` float16 or float32, row ``i`` for ``grid.xy[i]``.
+    grid
+        The tiles.
+    provenance
+        Slide identity, extractor, weights hash, tile and stain parameters, versions.
+    """
+
+    features: np.ndarray
+    grid: TileGrid
+    provenance: dict[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def __repr__(self) -> str:
+        p = self.provenance
+        return (
+            f"FeatureSet({len(self)} tiles × {self.feature_dim} from {p.get('extractor')}, "
+            f"weights {p.get('weights_hash')}, stain {p.get('stain', {}).get('method')})"
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[1])
+
+    # -- files --------------------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write a zarr directory (features, tile table, provenance), atomically."""
+        from ..io import atomic_path
+
+        path = Path(path)
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            store = _create_store(
+                tmp, self.grid, self.feature_dim, self.features.dtype, self.provenance
+            )
+            store["features"][:] = self.features
+            store.attrs["complete"] = True
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        """Read a feature store written by :meth:`save` or by the cache."""
+        import zarr
+
+        try:
+            group = zarr.open_group(str(path), mode="r")
+            attrs = dict(group.attrs)
+            if not attrs.get("complete"):
+                raise ValueError("the store is incomplete (an interrupted run)")
+            grid = _grid_from_group(group, attrs["grid"])
+            features = np.asarray(group["features"][...])
+        except DeepPTError:
+            raise
+        except Exception as exc:
+            raise DeepPTError(f"{path}: not a napari-deeppt feature store ({exc})") from exc
+        return cls(features, grid, attrs["provenance"])
+
+    def to_npy(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Features as ``.npy`` (n_tiles × feature_dim), like the original scripts."""
+        from ..io import atomic_path
+
+        with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, self.features)
+        return Path(path)
+
+    def to_dataframe(self) -> Any:
+        import pandas as pd
+
+        table = self.grid.to_dataframe()[["x", "y", "tissue_fraction"]]
+        columns = [f"f{i}" for i in range(self.feature_dim)]
+        feats = pd.DataFrame(self.features.astype(np.float32), columns=columns)
+        return pd.concat([table.reset_index(drop=True), feats], axis=1)
+
+    def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
+        """One row per tile: level-0 x, y, tissue fraction, then the features."""
+        from ..io import atomic_path
+
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            self.to_dataframe().to_csv(tmp, index=False, float_format="%.6g")
+        return Path(path)
+
+    def to_anndata(self) -> Any:
+        """AnnData: tiles as obs, ``obsm["spatial"]`` tile centres in µm, ``obsm["features"]``."""
+        import anndata
+        import pandas as pd
+
+        mpp = self.grid.slide_mpp
+        centres = self.grid.centres.astype(np.float64) * mpp
+        obs = pd.DataFrame(
+            {
+                "x_level0": self.grid.xy[:, 0],
+                "y_level0": self.grid.xy[:, 1],
+                "row": self.grid.rowcol[:, 0],
+                "col": self.grid.rowcol[:, 1],
+                "tissue_fraction": self.grid.tissue_fraction,
+            },
+            index=[f"tile{i}" for i in range(len(self))],
+        )
+        adata = anndata.AnnData(obs=obs)
+        adata.obsm["spatial"] = centres
+        adata.obsm["features"] = self.features.astype(np.float32)
+        adata.uns["deeppt"] = {
+            "provenance": json.dumps(self.provenance, default=str),
+            "spatial_units": "micrometer",
+        }
+        return adata
+
+    def to_h5ad(self, path: str | Path, overwrite: bool = False) -> Path:
+        from ..io import atomic_path
+
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            self.to_anndata().write_h5ad(tmp)
+        return Path(path)
+
+    # -- views --------------------------------------------------------------------------------
+    def embedding_rgb(self, n_components: int = 3) -> np.ndarray:
+        """First principal components of the features as RGB, one pixel per grid cell.
+
+        Returns ``(rows, cols, 3)`` float32 in [0, 1] (each component scaled between its 1st
+        and 99th percentile) with NaN where no tile was kept.
+        """
+        rows, cols = self.grid.grid_shape
+        out = np.full((rows, cols, 3), np.nan, np.float32)
+        if len(self) == 0:
+            return out
+        x = self.features.astype(np.float64)
+        x = x - x.mean(axis=0)
+        if len(self) > 1:
+            _, _, vt = np.linalg.svd(x, full_matrices=False)
+            scores = x @ vt[: min(n_components, vt.shape[0])].T
+        else:
+            scores = np.zeros((1, 1))
+        colours = np.zeros((len(self), 3), np.float32)
+        for k in range(min(3, scores.shape[1])):
+            lo, hi = np.percentile(scores[:, k], [1, 99])
+            colours[:, k] = np.clip((scores[:, k] - lo) / max(hi - lo, 1e-12), 0, 1)
+        out[self.grid.rowcol[:, 0], self.grid.rowcol[:, 1]] = colours
+        return out
+
+
+def _create_store(
+    path: Path, grid: TileGrid, dim: int, dtype: Any, provenance: dict[str, Any]
+) -> Any:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array(
+        "features",
+        shape=(len(grid), dim),
+        chunks=(max(1, min(len(grid), 1024)), dim),
+        dtype=np.dtype(dtype),
+    )
+    group.create_array("xy", data=np.asarray(grid.xy, np.int64))
+    group.create_array("rowcol", data=np.asarray(grid.rowcol, np.int64))
+    group.create_array("tissue_fraction", data=np.asarray(grid.tissue_fraction, np.float32))
+    group.create_array("edge_fraction", data=np.asarray(grid.edge_fraction, np.float32))
+    group.attrs["grid"] = grid._meta()
+    group.attrs["provenance"] = json.loads(json.dumps(provenance, default=str))
+    group.attrs["complete"] = False
+    return group
+
+
+def _grid_from_group(group: Any, meta: dict[str, Any]) -> TileGrid:
+    return TileGrid(
+        xy=np.asarray(group["xy"][...]),
+        rowcol=np.asarray(group["rowcol"][...]),
+        tissue_fraction=np.asarray(group["tissue_fraction"][...]),
+        edge_fraction=np.asarray(group["edge_fraction"][...]),
+        grid_shape=tuple(meta["grid_shape"]),
+        size_level0=float(meta["size_level0"]),
+        stride_level0=float(meta["stride_level0"]),
+        params=TileGridParams(**meta["params"]),
+        slide_dimensions=tuple(meta["slide_dimensions"]),
+        slide_mpp=float(meta["slide_mpp"]),
+        slide_path=meta["slide_path"],
+    )
+
+
+def _stain_config(stain: Any, fit_max_pixels: int | None) -> dict[str, Any]:
+    from ..stain import DEEPPT_TARGET, DEFAULT_REINHARD_TARGET, MacenkoTarget, ReinhardTarget
+
+    if stain in (None, "none", False):
+        return {"method": None}
+    if stain == "macenko" or isinstance(stain, MacenkoTarget):
+        target = stain if isinstance(stain, MacenkoTarget) else DEEPPT_TARGET
+        return {**target.as_dict(), "fit_max_pixels": fit_max_pixels, "applied": "after resize"}
+    if stain == "reinhard" or isinstance(stain, ReinhardTarget):
+        target = stain if isinstance(stain, ReinhardTarget) else DEFAULT_REINHARD_TARGET
+        return {**target.as_dict(), "applied": "after resize"}
+    raise DeepPTError(
+        f"unknown stain normalisation {stain!r}; use 'macenko', 'reinhard', None, "
+        "or a MacenkoTarget/ReinhardTarget"
+    )
+
+
+def preprocess_batch(batch: Any, spec: Any, stain: dict[str, Any]) -> Any:
+    """uint8 ``(B, H, W, 3)`` tensor on the device → normalised ``(B, 3, S, S)`` float tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..stain import (
+        MacenkoTarget,
+        ReinhardTarget,
+        apply_od_transform,
+        macenko_transforms,
+        reinhard_normalize,
+    )
+
+    size = spec.input_size
+    method = stain.get("method")
+    transform = fitted = None
+    if method == "macenko":
+        target = MacenkoTarget(
+            tuple(map(tuple, stain["stain_matrix"])),
+            tuple(stain["max_concentrations"]),
+            stain["io"],
+            stain["alpha"],
+            stain["beta"],
+        )
+        transform, fitted, _, _, _ = macenko_transforms(
+            batch, target, fit_max_pixels=stain["fit_max_pixels"]
+        )
+    images = batch.permute(0, 3, 1, 2).float()
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(
+            images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    resized = images.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    if method == "macenko":
+        resized = apply_od_transform(resized.contiguous(), transform, fitted, stain["io"])
+    elif method == "reinhard":
+        resized = reinhard_normalize(
+            resized.contiguous(), ReinhardTarget(tuple(stain["mean"]), tuple(stain["std"]))
+        )
+    x = resized.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def _prepare_model(model: Any, device: Any, compile_mode: Any, n_tiles: int) -> Any:
+    import torch
+
+    model = model.to(device).to(memory_format=torch.channels_last).eval()
+    want = compile_mode is True or (compile_mode == "auto" and n_tiles >= 2048)
+    if not want:
+        return model
+    try:
+        import torch._inductor.config as inductor_config
+
+        if device.type == "cpu":
+            inductor_config.freezing = True
+        return torch.compile(model)
+    except Exception as exc:  # compile is an optimisation: never a reason to fail
+        warnings.warn(f"torch.compile unavailable ({exc}); running eagerly", stacklevel=3)
+        return model
+
+
+def _cache_key(
+    slide: Any,
+    grid: TileGrid,
+    extractor: str,
+    weights_hash: str,
+    spec: Any,
+    stain: dict[str, Any],
+    dtype: str,
+) -> tuple[str, dict[str, Any]]:
+    from .. import __version__
+
+    grid_digest = hashlib.sha256(np.ascontiguousarray(grid.xy, np.int64).tobytes())
+    grid_digest.update(json.dumps(grid._meta()["params"], sort_keys=True).encode())
+    fields = {
+        "format": FEATURE_FORMAT_VERSION,
+        "grid_format": GRID_FORMAT_VERSION,
+        "slide_fingerprint": slide.fingerprint,
+        "slide_mpp": slide.mpp,
+        "grid": {
+            "params": grid._meta()["params"],
+            "n_tiles": len(grid),
+            "size_level0": grid.size_level0,
+            "digest": grid_digest.hexdigest()[:16],
+        },
+        "extractor": extractor,
+        "weights_hash": weights_hash,
+        "input_size": spec.input_size,
+        "mean": spec.mean,
+        "std": spec.std,
+        "resize": RESIZE,
+        "stain": stain,
+        "dtype": dtype,
+        "deeppt_major": __version__.split(".")[0],
+    }
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+    return key[:24], fields
+
+
+def extract_features(
+    slide: Any,
+    grid: TileGrid | None = None,
+    extractor: str = "resnet50",
+    weights: Any = None,
+    device: Any = "auto",
+    batch_size: int | None = None,
+    stain: Any = "macenko",
+    cache_dir: str | Path | None = None,
+    progress: ProgressLike = True,
+    cancel: CancelLike = None,
+    *,
+    dtype: str = "float16",
+    workers: int | None = None,
+    compile: Any = "auto",
+    fit_max_pixels: int | None = 65536,
+    use_cache: bool = True,
+    seed: int = 0,
+) -> FeatureSet:
+    """Features of every kept tile of a slide, streamed, cached with their provenance.
+
+    Parameters
+    ----------
+    slide
+        A :class:`~napari_deeppt.slide.Slide`, a path, or a napari layer from this plugin.
+    grid
+        The tiles; detected with default parameters (DeepPT: 512 px at 0.5 µm/px) if None.
+    extractor
+        Registry key (``"resnet50"``: torchvision ResNet50, global average pool → 2048).
+    weights
+        A weights file, ``"random"`` (tests/demos; recorded in the provenance), or None for
+        torchvision's cache / download (see :mod:`napari_deeppt.features.extractors`).
+    device
+        ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    batch_size
+        Tiles per forward pass; default 256 on CUDA, 32 on CPU.
+    stain
+        ``"macenko"`` (DeepPT's reference), ``"reinhard"``, None, or a target object.
+    cache_dir
+        Cache folder; default ``<cache_root>/features``. The same request again loads from
+        it; any changed parameter (slide content, tiles, extractor, weights, stain, dtype)
+        makes a new entry.
+    progress, cancel
+        See :mod:`napari_deeppt.progress`. Cancelling stops within one batch.
+    dtype
+        Storage dtype of the features (``"float16"`` or ``"float32"``).
+    workers
+        Threads reading and decoding tiles ahead of the model.
+    compile
+        ``True``, ``False`` or ``"auto"`` (compile only for ≥ 2048 tiles, where it pays).
+    fit_max_pixels
+        Pixels per tile used to fit Macenko (see :func:`~napari_deeppt.stain.macenko_normalize`).
+    use_cache
+        Read and write the cache.
+    seed
+        Seeds random weights (``weights="random"``).
+
+    Returns
+    -------
+    FeatureSet
+    """
+    import torch
+
+    from .. import __version__
+    from ..devices import resolve_device
+    from ..io import atomic_path, cache_root
+    from ..tiles import detect_and_tile
+    from .extractors import load_extractor
+
+    started = time.perf_counter()
+    slide = as_slide(slide)
+    slide.require_rgb("feature extraction")
+    if grid is None:
+        _, grid = detect_and_tile(slide, progress=progress, cancel=cancel)
+    if tuple(grid.slide_dimensions) != slide.dimensions:
+        raise DeepPTError(
+            f"the tile grid was made for a {grid.slide_dimensions} px slide, but "
+            f"{slide.path} is {slide.dimensions} px"
+        )
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    stain_config = _stain_config(stain, fit_max_pixels)
+    loaded = load_extractor(extractor, weights, seed=seed)
+    spec = loaded.spec
+    key, fields = _cache_key(slide, grid, extractor, loaded.weights_hash, spec, stain_config, dtype)
+    cache_path = Path(cache_dir or cache_root() / "features") / f"{key}.zarr"
+    if use_cache and cache_path.exists():
+        try:
+            return FeatureSet.load(cache_path)
+        except DeepPTError:
+            pass  # unreadable entry: recompute and replace it
+    dev = resolve_device(device)
+    provenance = {
+        **fields,
+        "slide_path": str(slide.path),
+        "weights_source": loaded.weights_source,
+        "device": str(dev),
+        "versions": {
+            "napari_deeppt": __version__,
+            "torch": torch.__version__,
+            "torchvision": _version("torchvision"),
+        },
+        "cache_key": key,
+    }
+    batch = int(batch_size or (256 if dev.type == "cuda" else 32))
+    if batch < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch}")
+    workers = int(workers or min(8, max(2, (torch.get_num_threads() or 2))))
+    if len(grid) == 0:
+        result = FeatureSet(np.zeros((0, spec.feature_dim), dtype), grid, provenance)
+        return result
+    model = _prepare_model(loaded.model, dev, compile, len(grid))
+    autocast = (
+        torch.autocast(
+            "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        )
+        if dev.type == "cuda"
+        else _null()
+    )
+    tile_px = grid.tile_px
+    staging = torch.empty((batch, tile_px, tile_px, 3), dtype=torch.uint8)
+    if dev.type == "cuda":
+        staging = staging.pin_memory()
+    staging_np = staging.numpy()  # shares memory: tiles are copied in without a tensor each
+    out = np.empty((len(grid), spec.feature_dim), dtype)
+    writer = atomic_path(cache_path, overwrite=cache_path.exists()) if use_cache else _null()
+    with writer as tmp:
+        store = _create_store(tmp, grid, spec.feature_dim, dtype, provenance) if tmp else None
+        with (
+            make_progress(progress, len(grid), "extracting features", unit="tile") as bar,
+            torch.inference_mode(),
+            autocast,
+        ):
+            filled, start = 0, 0
+            t0 = time.perf_counter()
+            for _, tile in grid.iter_tiles(slide, workers=workers, prefetch=2 * batch):
+                staging_np[filled] = tile
+                filled += 1
+                if filled == batch or start + filled == len(grid):
+                    check_cancelled(cancel, "feature extraction")
+                    images = staging[:filled].to(dev, non_blocking=True)
+                    feats = model(preprocess_batch(images, spec, stain_config)).float()
+                    block = feats.cpu().numpy().astype(dtype)
+                    out[start : start + filled] = block
+                    if store is not None:
+                        store["features"][start : start + filled] = block
+                    start += filled
+                    filled = 0
+                    rate = start / max(time.perf_counter() - t0, 1e-9)
+                    eta = (len(grid) - start) / max(rate, 1e-9)
+                    bar.update(len(block), f"{rate:.1f} tiles/s, ETA {_format_eta(eta)}")
+        provenance["seconds"] = round(time.perf_counter() - started, 3)
+        if store is not None:
+            store.attrs["provenance"] = json.loads(json.dumps(provenance, default=str))
+            store.attrs["complete"] = True
+    return FeatureSet(out, grid, provenance)
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+class _null:
+    """A do-nothing context manager that yields None."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,225 @@
+"""Feature engine: equal to a direct torchvision forward, cache, cancel, weights, exports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_deeppt import CancelToken, open_slide
+from napari_deeppt.errors import CancelledError, WeightsNotFoundError
+from napari_deeppt.features import FeatureSet, extract_features, load_extractor
+from napari_deeppt.tiles import make_tile_grid
+
+
+@pytest.fixture(scope="module")
+def slide_and_grid(svs_slide):
+    slide = open_slide(svs_slide.path)
+    grid = make_tile_grid(slide, tile_px=128, mpp=1.0)
+    assert len(grid) >= 8
+    return slide, grid.subset(np.arange(8))
+
+
+def direct_features(model, tiles, size=224):
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float()
+    x = (
+        F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        .round()
+        .clamp(0, 255)
+        / 255.0
+    )
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model((x - mean) / std).numpy()
+
+
+def test_equals_direct_torchvision_forward(slide_and_grid, tmp_path):
+    """ResNet50 (random weights, seed 0): the pipeline's features are a plain forward pass."""
+    import torchvision
+
+    slide, grid = slide_and_grid
+    grid = grid.subset(np.arange(4))
+    fs = extract_features(
+        slide,
+        grid,
+        extractor="resnet50",
+        weights="random",
+        stain=None,
+        cache_dir=tmp_path,
+        progress=False,
+        dtype="float32",
+        batch_size=3,
+    )
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = torch.nn.Identity()
+    model.eval()
+    expected = direct_features(model, [grid.read_tile(slide, i) for i in range(len(grid))])
+    assert fs.features.shape == (4, 2048)
+    np.testing.assert_allclose(fs.features, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_stain_normalisation_changes_features_and_provenance(slide_and_grid, tmp_path):
+    slide, grid = slide_and_grid
+    common = {
+        "extractor": "resnet18",
+        "weights": "random",
+        "cache_dir": tmp_path,
+        "progress": False,
+    }
+    plain = extract_features(slide, grid, stain=None, **common)
+    macenko = extract_features(slide, grid, stain="macenko", **common)
+    assert plain.provenance["stain"]["method"] is None
+    assert macenko.provenance["stain"]["method"] == "macenko"
+    assert macenko.provenance["stain"]["stain_matrix"][0][0] == pytest.approx(0.5626)
+    assert not np.allclose(plain.features, macenko.features)
+
+
+def test_cache_hit_miss_and_invalidation(slide_and_grid, tmp_path, monkeypatch):
+    slide, grid = slide_and_grid
+    common = {
+        "extractor": "resnet18",
+        "weights": "random",
+        "cache_dir": tmp_path,
+        "progress": False,
+    }
+    first = extract_features(slide, grid, **common)
+    assert len(list(tmp_path.glob("*.zarr"))) == 1
+    import napari_deeppt.features.engine as engine
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran on a cache hit")
+
+    monkeypatch.setattr(engine, "_prepare_model", no_model)
+    again = extract_features(slide, grid, **common)
+    np.testing.assert_array_equal(again.features, first.features)
+    assert again.provenance["cache_key"] == first.provenance["cache_key"]
+    monkeypatch.undo()
+    for change in ({"stain": None}, {"dtype": "float32"}, {"seed": 1}):
+        extract_features(slide, grid, **{**common, **change})
+    extract_features(slide, grid.subset(np.arange(5)), **common)
+    assert len(list(tmp_path.glob("*.zarr"))) == 5  # every changed parameter: a new entry
+
+
+def test_cancel_leaves_no_complete_looking_entry(slide_and_grid, tmp_path):
+    slide, grid = slide_and_grid
+    token = CancelToken()
+    calls = []
+
+    def progress(done, total, message):
+        calls.append(done)
+        if done >= 2:
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        extract_features(
+            slide,
+            grid,
+            extractor="resnet18",
+            weights="random",
+            batch_size=2,
+            cache_dir=tmp_path,
+            progress=progress,
+            cancel=token,
+        )
+    assert max(calls) < len(grid)
+    assert list(tmp_path.iterdir()) == []  # nothing left, not even a partial store
+
+
+def test_missing_weights_error_says_where_to_put_them(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("NAPARI_DEEPPT_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_extractor("resnet50")
+    message = str(info.value)
+    assert "resnet50-11ad3fa6.pth" in message and str(tmp_path / "torch") in message
+    assert "weights=PATH" in message
+
+
+def test_weights_file_and_hub_cache_are_used(monkeypatch, tmp_path):
+    import torchvision
+
+    torch.manual_seed(5)
+    model = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "my-resnet18.pth"
+    torch.save(model.state_dict(), path)
+    loaded = load_extractor("resnet18", path)
+    assert loaded.weights_source == str(path) and len(loaded.weights_hash) == 16
+    assert torch.equal(loaded.model.conv1.weight, model.conv1.weight)
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(model.state_dict(), hub / "resnet18-f37072fd.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("NAPARI_DEEPPT_OFFLINE", "1")
+    assert load_extractor("resnet18").weights_source.endswith("resnet18-f37072fd.pth")
+    (tmp_path / "bad.pth").write_bytes(b"not weights")
+    with pytest.raises(WeightsNotFoundError, match="not a readable weights file"):
+        load_extractor("resnet18", tmp_path / "bad.pth")
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(WeightsNotFoundError, match="do not fit resnet18"):
+        load_extractor("resnet18", tmp_path / "r34.pth")
+
+
+def test_unknown_extractor_and_bad_arguments(slide_and_grid, tmp_path):
+    slide, grid = slide_and_grid
+    with pytest.raises(Exception, match="unknown feature extractor"):
+        extract_features(slide, grid, extractor="nope", weights="random", cache_dir=tmp_path)
+    with pytest.raises(Exception, match="unknown stain"):
+        extract_features(
+            slide, grid, extractor="resnet18", weights="random", stain="magic", cache_dir=tmp_path
+        )
+
+
+def test_exports(slide_and_grid, tmp_path):
+    slide, grid = slide_and_grid
+    fs = extract_features(
+        slide,
+        grid,
+        extractor="resnet18",
+        weights="random",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    np.testing.assert_array_equal(np.load(fs.to_npy(tmp_path / "f.npy")), fs.features)
+    import pandas as pd
+
+    table = pd.read_csv(fs.to_csv(tmp_path / "f.csv"))
+    assert list(table.columns[:3]) == ["x", "y", "tissue_fraction"] and table.shape == (8, 515)
+    import anndata
+
+    adata = anndata.read_h5ad(fs.to_h5ad(tmp_path / "f.h5ad"))
+    assert adata.n_obs == 8 and adata.obsm["features"].shape == (8, 512)
+    centres_um = (grid.xy + grid.size_level0 / 2) * grid.slide_mpp
+    np.testing.assert_allclose(adata.obsm["spatial"], centres_um)
+    saved = FeatureSet.load(fs.save(tmp_path / "copy.zarr"))
+    np.testing.assert_array_equal(saved.features, fs.features)
+    np.testing.assert_array_equal(saved.grid.xy, grid.xy)
+    with pytest.raises(FileExistsError):
+        fs.to_npy(tmp_path / "f.npy")
+
+
+def test_embedding_separates_tissue_types(tmp_path, svs_slide):
+    """Tiles of different synthetic tissues get different embedding colours."""
+    slide = open_slide(svs_slide.path)
+    grid = make_tile_grid(slide, tile_px=64, mpp=2.0, min_tissue=0.95)
+    fs = extract_features(
+        slide,
+        grid,
+        extractor="resnet18",
+        weights="random",
+        stain=None,
+        cache_dir=tmp_path,
+        progress=False,
+    )
+    rgb = fs.embedding_rgb()
+    assert rgb.shape == (*grid.grid_shape, 3)
+    colours = rgb[grid.rowcol[:, 0], grid.rowcol[:, 1]]
+    kinds = svs_slide.tissue_type_map(grid.centres[:, 0], grid.centres[:, 1])
+    means = {k: colours[kinds == k].mean(axis=0) for k in np.unique(kinds) if k >= 0}
+    assert len(means) >= 2
+    values = list(means.values())
+    assert max(np.abs(a - b).max() for a in values for b in values) > 0.2
+    assert np.isnan(rgb).any()  # glass cells are empty
