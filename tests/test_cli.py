@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from napari_deeppt.cli import main
 from napari_deeppt.samples import cmu1_small_region_path
 
@@ -84,3 +86,46 @@ def test_tiles_on_a_blank_slide_says_so(tmp_path, capsys):
 def test_tiles_without_mpp_asks_for_it(tmp_path, capsys, no_mpp_slide):
     assert main(["tiles", str(no_mpp_slide.path), "--out", str(tmp_path), "--quiet"]) == 2
     assert "--mpp" in capsys.readouterr().err
+
+
+def test_features_writes_exports_then_uses_the_cache(tmp_path, capsys, svs_slide):
+    import anndata
+
+    args = [
+        "features",
+        str(svs_slide.path),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--tile-px",
+        "128",
+        "--tile-mpp",
+        "2.0",
+        "--extractor",
+        "resnet18",
+        "--weights",
+        "random",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--formats",
+        "npy,csv,h5ad",
+    ]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "× 512 features" in first and " in " in first
+    features = np.load(tmp_path / "out" / "small.features.npy")
+    adata = anndata.read_h5ad(tmp_path / "out" / "small.features.h5ad")
+    assert adata.obsm["features"].shape == features.shape
+    assert main([*args, "--overwrite"]) == 0
+    assert "(from the cache)" in capsys.readouterr().out
+    assert main(args) == 2  # no silent overwrite
+
+
+def test_features_without_weights_offline_is_one_clear_line(
+    tmp_path, capsys, svs_slide, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("NAPARI_DEEPPT_OFFLINE", "1")
+    assert main(["features", str(svs_slide.path), "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet50-11ad3fa6.pth" in err and "Traceback" not in err

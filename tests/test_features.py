@@ -96,6 +96,7 @@ def test_cache_hit_miss_and_invalidation(slide_and_grid, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "_prepare_model", no_model)
     again = extract_features(slide, grid, **common)
     np.testing.assert_array_equal(again.features, first.features)
+    assert again.from_cache and not first.from_cache
     assert again.provenance["cache_key"] == first.provenance["cache_key"]
     monkeypatch.undo()
     for change in ({"stain": None}, {"dtype": "float32"}, {"seed": 1}):

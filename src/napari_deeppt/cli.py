@@ -222,6 +222,70 @@ def cmd_tiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from .features import extract_features
+    from .slide import open_slide
+    from .tiles import TileGrid, detect_and_tile
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = set(formats) - {"npy", "csv", "h5ad", "zarr"}
+    if unknown:
+        raise ValueError(f"unknown --formats {sorted(unknown)}; use npy, csv, h5ad, zarr")
+    if args.tiles and len(args.slides) != 1:
+        raise ValueError("--tiles takes the grid of one slide; give one SLIDE with it")
+    for path in args.slides:
+        slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
+        stem = _stem(slide.path)
+        targets = {fmt: out / f"{stem}.features.{fmt}" for fmt in formats}
+        existing = [str(t) for t in targets.values() if t.exists()]
+        if existing and not args.overwrite:
+            raise FileExistsError(
+                f"{', '.join(existing)} already exist; pass --overwrite to replace them"
+            )
+        if args.tiles:
+            grid = TileGrid.load(args.tiles)
+        else:
+            _, grid = detect_and_tile(
+                slide,
+                tile_px=args.tile_px,
+                mpp=args.tile_mpp,
+                min_tissue=args.min_tissue,
+                progress=not args.quiet,
+            )
+        features = extract_features(
+            slide,
+            grid,
+            extractor=args.extractor,
+            weights=args.weights,
+            device=args.device,
+            batch_size=args.batch_size,
+            stain=None if args.stain == "none" else args.stain,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+            dtype=args.dtype,
+            use_cache=not args.no_cache,
+        )
+        writers = {
+            "npy": features.to_npy,
+            "csv": features.to_csv,
+            "h5ad": features.to_h5ad,
+            "zarr": features.save,
+        }
+        for fmt, target in targets.items():
+            writers[fmt](target, overwrite=args.overwrite)
+        seconds = features.provenance.get("seconds") or 0.0
+        timing = " (from the cache)" if features.from_cache else f" in {seconds:.1f} s"
+        print(
+            f"{slide.path.name}: {len(features)} tiles × {features.feature_dim} features "
+            f"({args.extractor}, weights {features.provenance['weights_hash']}){timing}"
+        )
+        for target in targets.values():
+            print(f"  wrote {target}")
+    return 0
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".svs", ".tiff", ".tif", ".zarr"):
@@ -283,6 +347,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mpp_options(tiles)
     tiles.set_defaults(func=cmd_tiles)
 
+    feats = sub.add_parser(
+        "features",
+        help="tile features (ResNet50) of slides",
+        description="Detect tissue, cut tiles and extract features; writes "
+        "<stem>.features.{npy,csv,h5ad,zarr} per slide.",
+    )
+    feats.add_argument("slides", nargs="+", metavar="SLIDE")
+    feats.add_argument("--out", required=True, help="output folder")
+    feats.add_argument("--tiles", default=None, help="a tile grid CSV from 'deeppt tiles'")
+    feats.add_argument("--tile-px", type=int, default=512)
+    feats.add_argument("--tile-mpp", type=float, default=0.5)
+    feats.add_argument("--min-tissue", type=float, default=0.5)
+    feats.add_argument(
+        "--extractor", default="resnet50", help="resnet50 (DeepPT), resnet18, resnet34, timm:<name>"
+    )
+    feats.add_argument(
+        "--weights",
+        default=None,
+        help="weights file (.pth/.pt/.safetensors); "
+        "default: torchvision's cache; 'random' for tests only",
+    )
+    feats.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    feats.add_argument("--batch-size", type=int, default=None)
+    feats.add_argument("--stain", default="macenko", choices=["macenko", "reinhard", "none"])
+    feats.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    feats.add_argument("--formats", default="npy,h5ad", help="any of npy,csv,h5ad,zarr")
+    feats.add_argument("--cache-dir", default=None, help="feature cache folder")
+    feats.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    feats.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    feats.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_mpp_options(feats)
+    feats.set_defaults(func=cmd_features)
+
     demo = sub.add_parser("demo", help="run the main job on the bundled sample slides")
     demo.add_argument(
         "--out",
@@ -300,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DeepPTError, FileExistsError) as exc:
+    except (DeepPTError, FileExistsError, ValueError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

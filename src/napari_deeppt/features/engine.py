@@ -54,6 +54,7 @@ class FeatureSet:
     features: np.ndarray
     grid: TileGrid
     provenance: dict[str, Any]
+    from_cache: bool = False
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -428,7 +429,8 @@ def extract_features(
     cache_path = Path(cache_dir or cache_root() / "features") / f"{key}.zarr"
     if use_cache and cache_path.exists():
         try:
-            return FeatureSet.load(cache_path)
+            cached = FeatureSet.load(cache_path)
+            return FeatureSet(cached.features, cached.grid, cached.provenance, from_cache=True)
         except DeepPTError:
             pass  # unreadable entry: recompute and replace it
     dev = resolve_device(device)
