@@ -15,6 +15,7 @@ from ..slide import Slide
 
 __all__ = [
     "add_or_update",
+    "embedding_layer_data",
     "mask_layer_data",
     "slide_layer_data",
     "slide_layer_name",
@@ -119,3 +120,19 @@ def add_or_update(viewer: Any, layer_data: LayerData) -> Any:
         layer.metadata.update(kwargs.get("metadata", {}))
         return layer
     return getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+def embedding_layer_data(features: Any, slide_name: str) -> LayerData:
+    """First three principal components of tile features as an RGBA image at tile stride."""
+    rgb = features.embedding_rgb()
+    alpha = (~np.isnan(rgb[..., 0])).astype(np.float32)
+    rgba = np.concatenate([np.nan_to_num(rgb), alpha[..., None]], axis=-1)
+    grid = features.grid
+    kwargs = {
+        "name": f"{slide_name} feature embedding",
+        "rgb": True,
+        "opacity": 0.7,
+        "metadata": {"deeppt_features": features, "n_tiles": len(features)},
+        **_placed(grid.placement, (grid.slide_mpp, grid.slide_mpp)),
+    }
+    return (rgba, kwargs, "image")

@@ -224,7 +224,9 @@ def load_extractor(
     import torch
 
     spec = get_spec(name)
-    torch.manual_seed(seed)
+    # not torch.manual_seed: its dynamo guard imports triton, which can crash a process that
+    # already loaded Mesa's LLVM (napari on software GL); the CPU generator is what init uses
+    torch.default_generator.manual_seed(seed)
     model = spec.build()
     model.eval()
     if weights is not None and str(weights) == "random":

@@ -1,0 +1,170 @@
+"""Dock widget "Extract features": backbone features of the kept tiles, with an embedding layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+
+from ..errors import CancelledError
+from ..features.extractors import EXTRACTORS
+from ..slide import as_slide
+from ._jobs import Job, start_job
+from .layers import add_or_update, embedding_layer_data
+
+__all__ = ["FeaturesWidget"]
+
+
+class FeaturesWidget(Container):
+    """Pick a slide layer and its tiles layer, extract features, show the embedding."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        import napari
+
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._job: Job | None = None
+        self.result: Any = None
+        self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
+        self.tiles_layer = create_widget(
+            annotation=napari.layers.Labels,
+            label="tiles",
+            options={"tooltip": "the '<slide> tiles' layer"},
+        )
+        self.extractor = ComboBox(label="extractor", choices=sorted(EXTRACTORS), value="resnet50")
+        self.weights = FileEdit(
+            label="weights file", mode="r", value="", filter="*.pth *.pt *.safetensors"
+        )
+        self.random_weights = CheckBox(label="random weights (testing only)", value=False)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.batch_size = SpinBox(label="batch size (0 = auto)", value=0, min=0, max=4096)
+        self.stain = ComboBox(
+            label="stain", choices=["macenko", "reinhard", "none"], value="macenko"
+        )
+        self.run_button = PushButton(text="Extract features")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = Label(label="status", value="")
+        self.extend(
+            [
+                self.slide_layer,
+                self.tiles_layer,
+                self.extractor,
+                self.weights,
+                self.random_weights,
+                self.device,
+                self.batch_size,
+                self.stain,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+            ]
+        )
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+
+    def _busy(self, busy: bool) -> None:
+        self.run_button.enabled = not busy
+        self.cancel_button.enabled = busy
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, max(total, 1))
+        self.status.value = f"{done}/{total} tiles · {message}"
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        if isinstance(exc, CancelledError):
+            self.status.value = "cancelled; nothing was cached"
+        else:
+            self.status.value = f"error: {exc}"
+            show_error(str(exc))
+
+    def _finished(self) -> None:
+        self._job = None
+        self._busy(False)
+
+    def run(self) -> Job | None:
+        """Extract features in a thread worker; adds/updates the embedding layer."""
+        from ..features import extract_features
+        from . import guard_against_triton_llvm_clash
+
+        guard_against_triton_llvm_clash()
+
+        try:
+            layer = self.slide_layer.value
+            tiles = self.tiles_layer.value
+            if layer is None:
+                raise ValueError("choose a slide layer first")
+            grid = None if tiles is None else tiles.metadata.get("deeppt_grid")
+            if grid is None:
+                raise ValueError("choose the tiles layer made by 'Tissue & tiles' first")
+            slide = as_slide(layer)
+            weights_path = str(self.weights.value or "")
+            weights: Any = (
+                "random"
+                if self.random_weights.value
+                else (
+                    weights_path
+                    if weights_path not in ("", ".") and Path(weights_path).is_file()
+                    else None
+                )
+            )
+        except Exception as exc:
+            self._on_error(exc)
+            return None
+        name = layer.name
+
+        def on_result(features: Any) -> None:
+            self.result = features
+            add_or_update(self._viewer, embedding_layer_data(features, name))
+            where = (
+                "from the cache"
+                if features.from_cache
+                else (f"in {features.provenance.get('seconds', 0):.1f} s")
+            )
+            self.status.value = (
+                f"{len(features)} tiles × {features.feature_dim} features "
+                f"{where}; weights {features.provenance['weights_hash']}"
+            )
+
+        self._busy(True)
+        self.status.value = "loading the model…"
+        self._job = start_job(
+            extract_features,
+            {
+                "slide": slide,
+                "grid": grid,
+                "extractor": self.extractor.value,
+                "weights": weights,
+                "device": self.device.value,
+                "batch_size": self.batch_size.value or None,
+                "stain": None if self.stain.value == "none" else self.stain.value,
+                # torch.compile loads triton, whose LLVM clashes with Mesa's (software GL)
+                # inside a napari process; eager inference only here
+                "compile": False,
+            },
+            on_progress=self._on_progress,
+            on_result=on_result,
+            on_error=self._on_error,
+            on_finished=self._finished,
+        )
+        return self._job
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self.status.value = "cancelling…"
+            self._job.cancel()

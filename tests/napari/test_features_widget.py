@@ -1,0 +1,74 @@
+"""The "Extract features" dock: runs in a worker, adds an aligned embedding layer, cancels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_deeppt
+from napari_deeppt._napari.features_widget import FeaturesWidget
+
+
+@pytest.fixture
+def viewer_with_tiles(make_napari_viewer, svs_slide, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_DEEPPT_CACHE", str(tmp_path / "cache"))
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(svs_slide.path), plugin="napari-deeppt")[0]
+    napari_deeppt.make_tile_grid(layer, tile_px=64, mpp=2.0)  # console call adds the layer
+    return viewer, layer
+
+
+def _widget(viewer):
+    widget = FeaturesWidget(viewer)
+    widget.tiles_layer.value = viewer.layers["small tiles"]
+    widget.extractor.value = "resnet18"
+    widget.random_weights.value = True
+    widget.stain.value = "none"
+    return widget
+
+
+def test_extract_adds_embedding_aligned_with_tiles(qtbot, viewer_with_tiles):
+    viewer, slide_layer = viewer_with_tiles
+    widget = _widget(viewer)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=60_000)
+    layer = viewer.layers["small feature embedding"]
+    features = layer.metadata["deeppt_features"]
+    grid = features.grid
+    assert "tiles × 512 features" in widget.status.value
+    assert layer.data.shape == (*grid.grid_shape, 4)
+    r, c = grid.rowcol[0]
+    assert layer.data[r, c, 3] == 1.0  # kept tile: opaque
+    y0, x0 = slide_layer.world_to_data(layer.data_to_world((r, c)))
+    x, y = grid.xy[0]
+    assert x0 == pytest.approx(x + (grid.size_level0 - 1) / 2)
+    assert y0 == pytest.approx(y + (grid.size_level0 - 1) / 2)
+    assert np.isnan(features.embedding_rgb()).any()  # glass cells transparent
+    widget.run()  # second run: from the cache, layer replaced
+    qtbot.waitUntil(lambda: widget._job is None, timeout=60_000)
+    assert "from the cache" in widget.status.value
+    assert sum(lyr.name == "small feature embedding" for lyr in viewer.layers) == 1
+
+
+def test_cancel_within_one_batch(qtbot, viewer_with_tiles):
+    viewer, _ = viewer_with_tiles
+    widget = _widget(viewer)
+    widget.batch_size.value = 2
+    seen = []
+    job = widget.run()
+    job.worker.yielded.connect(lambda event: seen.append(event[0]))
+    qtbot.waitUntil(lambda: any(done >= 2 for done in seen), timeout=60_000)
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=30_000)
+    grid = viewer.layers["small tiles"].metadata["deeppt_grid"]
+    assert widget.status.value.startswith("cancelled")
+    assert max(seen) < len(grid)
+    assert "small feature embedding" not in viewer.layers
+
+
+def test_requires_a_tiles_layer(make_napari_viewer, svs_slide):
+    viewer = make_napari_viewer()
+    viewer.open(str(svs_slide.path), plugin="napari-deeppt")
+    widget = FeaturesWidget(viewer)
+    assert widget.run() is None
+    assert "Tissue & tiles" in widget.status.value
