@@ -39,6 +39,7 @@ def test_demo_writes_overview_pngs(tmp_path, svs_slide):
     from PIL import Image
 
     assert main(["demo", "--out", str(tmp_path), "--slide", str(svs_slide.path)]) == 0
+    assert (tmp_path / "small-tiles.png").exists()
     png = tmp_path / "small-overview.png"
     image = Image.open(png)
     assert max(image.size) == 1600

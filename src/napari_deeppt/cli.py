@@ -125,6 +125,7 @@ def _nice_length(value: float) -> float:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .samples import cmu1_small_region_path, synthetic_sample
     from .slide import open_slide
+    from .tiles import detect_and_tile
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +137,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"opened {slide}")
             png = write_overview_png(slide, out / f"{path.stem}-overview.png")
             print(f"  wrote {png}")
+            mask, grid = detect_and_tile(slide, tile_px=512, mpp=0.5)
+            area = f", {mask.area_um2 / 1e6:.2f} mm² of tissue" if mask.slide_mpp else ""
+            print(f"  {len(grid)} tiles of 512 px at 0.5 µm/px{area}")
+            tiles_png = write_tiles_overview_png(
+                slide, mask, grid, out / f"{path.stem}-tiles.png", overwrite=True
+            )
+            print(f"  wrote {tiles_png}")
     return 0
 
 

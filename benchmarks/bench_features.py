@@ -1,0 +1,105 @@
+"""Feature pipeline throughput against the bare model and a seed-style loop, in one run.
+
+- bare model: ResNet50 (random weights) on random 224² tensors, channels-last, same device;
+- pipeline: extract_features on a synthetic JPEG slide (512 px tiles at 0.5 µm/px, Macenko,
+  resize, normalisation, model), cache off;
+- seed-style loop: per-tile PIL resize to 224, ToTensor/Normalize, eager fp32, batches of 64,
+  as in the seed articles' scripts.
+
+Goals (2-core CPU): pipeline ≥ 0.85 × bare model, ≥ 2 × the seed-style loop.
+
+    python benchmarks/bench_features.py [--tiles 96] [--device auto] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiles", type=int, default=96)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile (+freezing on CPU)")
+    args = parser.parse_args()
+
+    import torch
+    from PIL import Image
+
+    from napari_deeppt import extract_features, open_slide
+    from napari_deeppt.devices import resolve_device
+    from napari_deeppt.features.engine import _prepare_model
+    from napari_deeppt.features.extractors import load_extractor
+    from napari_deeppt.io import cache_root
+    from napari_deeppt.synthetic import (
+        GENERATOR_VERSION,
+        default_sample_spec,
+        write_synthetic_slide,
+    )
+    from napari_deeppt.tiles import make_tile_grid
+
+    device = resolve_device(args.device)
+    batch = args.batch_size or (256 if device.type == "cuda" else 32)
+    folder = cache_root() / "benchmarks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"features-8192-v{GENERATOR_VERSION}.svs"
+    if not path.exists():
+        write_synthetic_slide(path, default_sample_spec(8192, 8192, 0.5))
+    slide = open_slide(path)
+    grid = make_tile_grid(slide, tile_px=512, mpp=0.5, min_tissue=0.9)
+    grid = grid.subset(np.arange(min(args.tiles, len(grid))))
+    n = len(grid)
+    print(f"device {device}, {torch.get_num_threads()} threads, {n} tiles, batch {batch}")
+
+    model = _prepare_model(load_extractor("resnet50", "random").model, device,
+                           args.compile, n if args.compile else 0)
+    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(
+        memory_format=torch.channels_last)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    with torch.inference_mode(), autocast:
+        model(x)  # warm-up (and compile)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        done = 0
+        while done < n:
+            model(x)
+            done += batch
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        bare = done / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    extract_features(slide, grid, extractor="resnet50", weights="random", device=device,
+                     batch_size=batch, use_cache=False, progress=False,
+                     compile=args.compile)
+    pipeline = n / (time.perf_counter() - t)
+
+    seed_model = load_extractor("resnet50", "random").model.eval().to(device)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    t = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, n, 64):
+            tensors = []
+            for i in range(start, min(start + 64, n)):
+                tile = Image.fromarray(grid.read_tile(slide, i)).resize((224, 224))
+                arr = torch.from_numpy(np.asarray(tile)).permute(2, 0, 1).float() / 255
+                tensors.append((arr - mean) / std)
+            seed_model(torch.stack(tensors).to(device)).cpu()
+    seed = n / (time.perf_counter() - t)
+
+    print(f"bare model:       {bare:8.1f} tiles/s")
+    print(f"pipeline:         {pipeline:8.1f} tiles/s  ratio to bare {pipeline / bare:.2f} "
+          "(goal ≥ 0.85)")
+    print(f"seed-style loop:  {seed:8.1f} tiles/s  pipeline / seed {pipeline / seed:.2f} "
+          "(goal ≥ 2)")
+
+
+if __name__ == "__main__":
+    main()
