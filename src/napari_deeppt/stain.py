@@ -196,7 +196,7 @@ def macenko_normalize(
     return_fitted: bool = False,
     device: Any = None,
     min_fit_fraction: float = 0.01,
-    fit_max_pixels: int | None = 65536,
+    fit_max_pixels: int | None = 8192,
 ) -> Any:
     """Macenko stain normalisation of a batch of uint8 RGB tiles.
 
@@ -217,8 +217,9 @@ def macenko_normalize(
     min_fit_fraction
         A tile needs at least this fraction of stained pixels to be fitted.
     fit_max_pixels
-        Fit on an evenly strided subsample of at most this many pixels per tile (the
-        percentiles barely move; 512² tiles fit 4× faster). None fits on every pixel.
+        Fit on an evenly strided subsample of at most this many pixels per tile (every 6th
+        pixel of a 512² tile each way; the percentiles barely move and the fit is ~20×
+        faster). None fits on every pixel.
 
     Returns
     -------
@@ -245,7 +246,7 @@ def macenko_transforms(
     *,
     device: Any = None,
     min_fit_fraction: float = 0.01,
-    fit_max_pixels: int | None = 65536,
+    fit_max_pixels: int | None = 8192,
 ) -> tuple[Any, Any, Any, bool, bool]:
     """Fit every tile and return its ``(3, 3)`` optical-density map.
 

@@ -240,10 +240,33 @@ def _stain_config(stain: Any, fit_max_pixels: int | None) -> dict[str, Any]:
     )
 
 
+def resize_uint8(batch: Any, size: int) -> Any:
+    """Antialiased bilinear resize of uint8 ``(B, H, W, 3)`` tiles to ``(B, size, size, 3)``.
+
+    On the CPU torch resizes uint8 channels-last images directly (a vectorised path ~30×
+    faster than going through float); elsewhere through float32, rounded back to uint8.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if batch.shape[1] == size and batch.shape[2] == size:
+        return batch
+    images = batch.permute(0, 3, 1, 2)  # a channels-last view, no copy
+    if batch.device.type == "cpu":
+        out = F.interpolate(
+            images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    else:
+        out = F.interpolate(
+            images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.permute(0, 2, 3, 1)
+
+
 def preprocess_batch(batch: Any, spec: Any, stain: dict[str, Any]) -> Any:
     """uint8 ``(B, H, W, 3)`` tensor on the device → normalised ``(B, 3, S, S)`` float tensor."""
     import torch
-    import torch.nn.functional as F
 
     from ..stain import (
         MacenkoTarget,
@@ -267,12 +290,7 @@ def preprocess_batch(batch: Any, spec: Any, stain: dict[str, Any]) -> Any:
         transform, fitted, _, _, _ = macenko_transforms(
             batch, target, fit_max_pixels=stain["fit_max_pixels"]
         )
-    images = batch.permute(0, 3, 1, 2).float()
-    if images.shape[-1] != size or images.shape[-2] != size:
-        images = F.interpolate(
-            images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
-    resized = images.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    resized = resize_uint8(batch, size)
     if method == "macenko":
         resized = apply_od_transform(resized.contiguous(), transform, fitted, stain["io"])
     elif method == "reinhard":
@@ -285,22 +303,37 @@ def preprocess_batch(batch: Any, spec: Any, stain: dict[str, Any]) -> Any:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def _prepare_model(model: Any, device: Any, compile_mode: Any, n_tiles: int) -> Any:
+_PREPARED: dict[tuple[Any, ...], Any] = {}
+
+
+def _prepare_model(
+    model: Any, device: Any, compile_mode: Any, n_tiles: int, key: tuple[Any, ...] | None = None
+) -> Any:
+    """Move to the device in channels-last, optionally ``torch.compile`` (freezing on CPU).
+
+    Prepared models are kept per ``key`` (extractor, weights, device, compile), so a cohort
+    pays for loading and compiling once per process.
+    """
     import torch
 
-    model = model.to(device).to(memory_format=torch.channels_last).eval()
     want = compile_mode is True or (compile_mode == "auto" and n_tiles >= 2048)
-    if not want:
-        return model
-    try:
-        import torch._inductor.config as inductor_config
+    full_key = None if key is None else (*key, str(device), want)
+    if full_key is not None and full_key in _PREPARED:
+        return _PREPARED[full_key]
+    model = model.to(device).to(memory_format=torch.channels_last).eval()
+    if want:
+        try:
+            import torch._inductor.config as inductor_config
 
-        if device.type == "cpu":
-            inductor_config.freezing = True
-        return torch.compile(model)
-    except Exception as exc:  # compile is an optimisation: never a reason to fail
-        warnings.warn(f"torch.compile unavailable ({exc}); running eagerly", stacklevel=3)
-        return model
+            if device.type == "cpu":
+                inductor_config.freezing = True
+            model = torch.compile(model)
+        except Exception as exc:  # compile is an optimisation: never a reason to fail
+            warnings.warn(f"torch.compile unavailable ({exc}); running eagerly", stacklevel=3)
+    if full_key is not None:
+        _PREPARED.clear()  # keep one model: they are large
+        _PREPARED[full_key] = model
+    return model
 
 
 def _cache_key(
@@ -356,7 +389,7 @@ def extract_features(
     dtype: str = "float16",
     workers: int | None = None,
     compile: Any = "auto",
-    fit_max_pixels: int | None = 65536,
+    fit_max_pixels: int | None = 8192,
     use_cache: bool = True,
     seed: int = 0,
 ) -> FeatureSet:
@@ -392,7 +425,8 @@ def extract_features(
     compile
         ``True``, ``False`` or ``"auto"`` (compile only for ≥ 2048 tiles, where it pays).
     fit_max_pixels
-        Pixels per tile used to fit Macenko (see :func:`~napari_deeppt.stain.macenko_normalize`).
+        Pixels per tile used to fit Macenko (see :func:`~napari_deeppt.stain.macenko_normalize`;
+        default 8192, every 6th pixel of a 512² tile each way).
     use_cache
         Read and write the cache.
     seed
@@ -453,7 +487,10 @@ def extract_features(
     if len(grid) == 0:
         result = FeatureSet(np.zeros((0, spec.feature_dim), dtype), grid, provenance)
         return result
-    model = _prepare_model(loaded.model, dev, compile, len(grid))
+    model = _prepare_model(
+        loaded.model, dev, compile, len(grid), key=(extractor, loaded.weights_hash)
+    )
+    compiled = hasattr(model, "_orig_mod")
     autocast = (
         torch.autocast(
             "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -482,9 +519,11 @@ def extract_features(
                 filled += 1
                 if filled == batch or start + filled == len(grid):
                     check_cancelled(cancel, "feature extraction")
-                    images = staging[:filled].to(dev, non_blocking=True)
+                    # a compiled model sees one shape only (no recompiling for the last batch)
+                    rows = batch if compiled else filled
+                    images = staging[:rows].to(dev, non_blocking=True)
                     feats = model(preprocess_batch(images, spec, stain_config)).float()
-                    block = feats.cpu().numpy().astype(dtype)
+                    block = feats[:filled].cpu().numpy().astype(dtype)
                     out[start : start + filled] = block
                     if store is not None:
                         store["features"][start : start + filled] = block
