@@ -66,3 +66,15 @@ class NoTissueWarning(UserWarning):
 
 class WeightsNotFoundError(DeepPTError, FileNotFoundError):
     """Model weights are not available (offline, missing file, wrong architecture)."""
+
+
+class BundleError(DeepPTError, ValueError):
+    """A model bundle file is missing, corrupt or not a napari-deeppt bundle."""
+
+
+class BundleMismatchError(DeepPTError, ValueError):
+    """Features, genes or tiles do not match what a model bundle expects."""
+
+
+class ExpressionTableError(DeepPTError, ValueError):
+    """An expression matrix or manifest cannot be used as given (names what and where)."""

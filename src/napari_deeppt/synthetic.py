@@ -23,7 +23,9 @@ __all__ = [
     "TissueRegion",
     "TissueType",
     "default_sample_spec",
+    "SyntheticCohort",
     "write_giant_slide",
+    "write_synthetic_cohort",
     "write_synthetic_slide",
 ]
 
@@ -562,3 +564,93 @@ def write_giant_slide(
                 )
     os.replace(tmp, path)
     return replace(spec, path=path)
+
+
+@dataclass(frozen=True)
+class SyntheticCohort:
+    """A synthetic cohort whose expression truth is known.
+
+    Each slide holds one piece of every tissue type, of random size; a *driven* gene's
+    log2(expression + 1) is ``5 + 4 · Σ_t weight[gene, t] · fraction_t + noise`` where
+    ``fraction_t`` is the share of the slide's tissue area of type ``t``; *noise* genes ignore
+    the slide.
+    """
+
+    manifest: Path
+    expression: Path
+    slides: tuple[SyntheticSlide, ...]
+    fractions: np.ndarray
+    driven: dict[str, np.ndarray]
+    noise_genes: tuple[str, ...]
+
+
+def write_synthetic_cohort(
+    directory: str | os.PathLike[str],
+    n_slides: int = 24,
+    n_patients: int | None = None,
+    size: int = 1024,
+    mpp: float = 1.0,
+    n_driven: int = 4,
+    n_noise: int = 4,
+    noise: float = 0.1,
+    seed: int = 0,
+    genes_as_rows: bool = True,
+) -> SyntheticCohort:
+    """Write slides, ``manifest.csv`` and ``expression.csv`` for a synthetic cohort.
+
+    Parameters
+    ----------
+    directory
+        Output folder (created).
+    n_slides, n_patients
+        Samples, and patients they belong to (default: one or two slides per patient).
+    size, mpp
+        Slide side in pixels and µm per pixel.
+    n_driven, n_noise
+        Genes driven by tissue composition, and pure-noise genes.
+    noise
+        Standard deviation of the noise added to driven genes (log2 scale).
+    genes_as_rows
+        Write the expression table genes × samples (True) or samples × genes.
+    """
+    import pandas as pd
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_types = len(DEFAULT_TISSUE_TYPES)
+    n_patients = n_patients or max(2, (2 * n_slides) // 3)
+    patients = [f"P{i % n_patients:03d}" for i in range(n_slides)]
+    slides, fractions = [], []
+    for i in range(n_slides):
+        regions = []
+        for t in range(n_types):
+            r = size * rng.uniform(0.06, 0.16)
+            cx = size * (t + 0.5) / n_types
+            regions.append(TissueRegion(cx, size * rng.uniform(0.3, 0.7), r, r * 1.4, t))
+        spec = SyntheticSlide(size, size, mpp, regions=tuple(regions), seed=seed * 1000 + i,
+                              objective_power=round(10 / mpp, 1))
+        path = directory / f"slide{i:03d}.tif"
+        if not path.exists():
+            write_synthetic_slide(path, spec, format="tiff", compression="zlib",
+                                  level_factors=(4,), associated=False)
+        slides.append(replace(spec, path=path))
+        areas = np.array([r.area_px for r in regions])
+        fractions.append(areas / areas.sum())
+    fractions_arr = np.array(fractions)
+    driven = {f"DRIVEN{g}": rng.uniform(-1, 1, n_types) for g in range(n_driven)}
+    log_expr = {}
+    for gene, weight in driven.items():
+        log_expr[gene] = 5 + 4 * fractions_arr @ weight + rng.normal(0, noise, n_slides)
+    noise_genes = tuple(f"NOISE{g}" for g in range(n_noise))
+    for gene in noise_genes:
+        log_expr[gene] = 5 + rng.normal(0, 0.5, n_slides)
+    samples = [f"S{i:03d}" for i in range(n_slides)]
+    table = pd.DataFrame({g: 2.0 ** v - 1 for g, v in log_expr.items()}, index=samples)
+    expression = directory / "expression.csv"
+    (table.T if genes_as_rows else table).to_csv(expression)
+    manifest = directory / "manifest.csv"
+    pd.DataFrame({"slide": [s.path.name for s in slides], "sample_id": samples,
+                  "patient_id": patients}).to_csv(manifest, index=False)
+    return SyntheticCohort(manifest, expression, tuple(slides), fractions_arr, driven,
+                           noise_genes)

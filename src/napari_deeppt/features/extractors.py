@@ -63,6 +63,7 @@ class ExtractorSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     extra: dict[str, Any] = field(default_factory=dict)
+    needs_weights: bool = True
 
 
 EXTRACTORS: dict[str, ExtractorSpec] = {}
@@ -109,6 +110,32 @@ register_extractor(
         weights_name="ResNet34_Weights.IMAGENET1K_V1",
     )
 )
+
+
+class _ColourStats:
+    """Fixed colour/texture statistics of a tile (no weights): for tests, demos and baselines.
+
+    Per channel: mean, standard deviation, 10th/50th/90th percentile of the normalised input
+    and the mean absolute horizontal/vertical gradient → 21 features.
+    """
+
+    def __new__(cls) -> Any:
+        import torch
+
+        class ColourStats(torch.nn.Module):
+            def forward(self, x: Any) -> Any:
+                flat = x.flatten(2)
+                q = torch.quantile(flat.float(), torch.tensor([0.1, 0.5, 0.9], device=x.device),
+                                   dim=2).permute(1, 2, 0).flatten(1)
+                gx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(2, 3))
+                gy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(2, 3))
+                return torch.cat([flat.mean(2), flat.std(2), q, gx, gy], dim=1)
+
+        return ColourStats()
+
+
+register_extractor(ExtractorSpec("colour-stats", _ColourStats, 21, input_size=64,
+                                 needs_weights=False))
 
 
 def _timm_spec(name: str) -> ExtractorSpec:
@@ -229,6 +256,8 @@ def load_extractor(
     torch.default_generator.manual_seed(seed)
     model = spec.build()
     model.eval()
+    if not spec.needs_weights:
+        return LoadedExtractor(spec, model, "none (a fixed function)", "none")
     if weights is not None and str(weights) == "random":
         return LoadedExtractor(
             spec, model, f"random initialisation (seed {seed})", f"random-{seed}"
