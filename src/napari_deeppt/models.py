@@ -51,14 +51,21 @@ class AutoEncoder(_torch_nn().Module):  # type: ignore[misc]
 class MLPRegression(_torch_nn().Module):  # type: ignore[misc]
     """DeepPT's regressor: Linear(512→512), Dropout(0.2), Linear(512→n_genes)."""
 
-    def __init__(self, n_genes: int, in_dim: int = 512, hidden: int = 512, dropout: float = 0.2,
-                 output_bias: Any = None) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        in_dim: int = 512,
+        hidden: int = 512,
+        dropout: float = 0.2,
+        output_bias: Any = None,
+    ) -> None:
         import torch
 
         nn = _torch_nn()
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Dropout(dropout),
-                                 nn.Linear(hidden, n_genes))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.Linear(hidden, n_genes)
+        )
         if output_bias is not None:
             with torch.no_grad():
                 self.net[2].bias.copy_(torch.as_tensor(output_bias, dtype=torch.float32))
@@ -103,11 +110,18 @@ class ModelBundle:
         return len(self.genes)
 
     def metadata(self) -> dict[str, Any]:
-        return {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "genes": self.genes,
-                "transform": self.transform, "feature": self.feature,
-                "latent_dim": self.latent_dim, "training": self.training,
-                "metrics": self.metrics, "demo": self.demo,
-                "n_models": len(self.ensemble)}
+        return {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "genes": self.genes,
+            "transform": self.transform,
+            "feature": self.feature,
+            "latent_dim": self.latent_dim,
+            "training": self.training,
+            "metrics": self.metrics,
+            "demo": self.demo,
+            "n_models": len(self.ensemble),
+        }
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write one file (torch, ``weights_only``-safe: tensors, lists and a JSON string)."""
@@ -139,18 +153,23 @@ class ModelBundle:
                 raise ValueError("not a napari-deeppt model bundle")
             meta = json.loads(payload["metadata_json"])
             bundle = cls(
-                genes=list(meta["genes"]), transform=meta["transform"],
-                feature=meta["feature"], autoencoder=payload["autoencoder"],
-                ensemble=list(payload["ensemble"]), latent_dim=int(meta["latent_dim"]),
-                training=meta.get("training", {}), metrics=meta.get("metrics", {}),
+                genes=list(meta["genes"]),
+                transform=meta["transform"],
+                feature=meta["feature"],
+                autoencoder=payload["autoencoder"],
+                ensemble=list(payload["ensemble"]),
+                latent_dim=int(meta["latent_dim"]),
+                training=meta.get("training", {}),
+                metrics=meta.get("metrics", {}),
                 demo=bool(meta.get("demo", False)),
             )
             bundle.build()  # the tensors must fit the architecture
         except BundleError:
             raise
         except Exception as exc:
-            raise BundleError(f"{path}: not a readable napari-deeppt model bundle "
-                              f"({type(exc).__name__}: {exc})") from exc
+            raise BundleError(
+                f"{path}: not a readable napari-deeppt model bundle ({type(exc).__name__}: {exc})"
+            ) from exc
         return bundle
 
     def build(self) -> tuple[Any, list[Any]]:
@@ -165,8 +184,9 @@ class ModelBundle:
             models.append(model.eval())
         return autoencoder.eval(), models
 
-    def predict_tiles(self, features: np.ndarray, device: Any = "cpu",
-                      batch_size: int = 4096) -> np.ndarray:
+    def predict_tiles(
+        self, features: np.ndarray, device: Any = "cpu", batch_size: int = 4096
+    ) -> np.ndarray:
         """Per-tile predictions ``(n_tiles, n_genes)``, the mean over the ensemble."""
         import torch
 
@@ -177,9 +197,10 @@ class ModelBundle:
         out = np.empty((features.shape[0], self.n_genes), np.float32)
         with torch.inference_mode():
             for start in range(0, features.shape[0], batch_size):
-                x = torch.as_tensor(np.asarray(features[start:start + batch_size], np.float32),
-                                    device=device)
+                x = torch.as_tensor(
+                    np.asarray(features[start : start + batch_size], np.float32), device=device
+                )
                 z = autoencoder.encode(x)
                 preds = torch.stack([m(z) for m in models]).mean(dim=0)
-                out[start:start + len(x)] = preds.cpu().numpy()
+                out[start : start + len(x)] = preds.cpu().numpy()
         return out

@@ -19,11 +19,11 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_TISSUE_TYPES",
+    "SyntheticCohort",
     "SyntheticSlide",
     "TissueRegion",
     "TissueType",
     "default_sample_spec",
-    "SyntheticCohort",
     "write_giant_slide",
     "write_synthetic_cohort",
     "write_synthetic_slide",
@@ -628,12 +628,19 @@ def write_synthetic_cohort(
             r = size * rng.uniform(0.06, 0.16)
             cx = size * (t + 0.5) / n_types
             regions.append(TissueRegion(cx, size * rng.uniform(0.3, 0.7), r, r * 1.4, t))
-        spec = SyntheticSlide(size, size, mpp, regions=tuple(regions), seed=seed * 1000 + i,
-                              objective_power=round(10 / mpp, 1))
+        spec = SyntheticSlide(
+            size,
+            size,
+            mpp,
+            regions=tuple(regions),
+            seed=seed * 1000 + i,
+            objective_power=round(10 / mpp, 1),
+        )
         path = directory / f"slide{i:03d}.tif"
         if not path.exists():
-            write_synthetic_slide(path, spec, format="tiff", compression="zlib",
-                                  level_factors=(4,), associated=False)
+            write_synthetic_slide(
+                path, spec, format="tiff", compression="zlib", level_factors=(4,), associated=False
+            )
         slides.append(replace(spec, path=path))
         areas = np.array([r.area_px for r in regions])
         fractions.append(areas / areas.sum())
@@ -646,11 +653,11 @@ def write_synthetic_cohort(
     for gene in noise_genes:
         log_expr[gene] = 5 + rng.normal(0, 0.5, n_slides)
     samples = [f"S{i:03d}" for i in range(n_slides)]
-    table = pd.DataFrame({g: 2.0 ** v - 1 for g, v in log_expr.items()}, index=samples)
+    table = pd.DataFrame({g: 2.0**v - 1 for g, v in log_expr.items()}, index=samples)
     expression = directory / "expression.csv"
     (table.T if genes_as_rows else table).to_csv(expression)
     manifest = directory / "manifest.csv"
-    pd.DataFrame({"slide": [s.path.name for s in slides], "sample_id": samples,
-                  "patient_id": patients}).to_csv(manifest, index=False)
-    return SyntheticCohort(manifest, expression, tuple(slides), fractions_arr, driven,
-                           noise_genes)
+    pd.DataFrame(
+        {"slide": [s.path.name for s in slides], "sample_id": samples, "patient_id": patients}
+    ).to_csv(manifest, index=False)
+    return SyntheticCohort(manifest, expression, tuple(slides), fractions_arr, driven, noise_genes)

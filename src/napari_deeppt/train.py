@@ -78,13 +78,15 @@ def read_manifest(path: str | Path) -> Any:
         raise ExpressionTableError(f"{path}: not a readable manifest CSV ({exc})") from exc
     missing = [c for c in ("slide", "sample_id", "patient_id") if c not in table.columns]
     if missing:
-        raise ExpressionTableError(f"{path}: the manifest lacks column(s) {missing}; it needs "
-                                   "slide, sample_id, patient_id")
+        raise ExpressionTableError(
+            f"{path}: the manifest lacks column(s) {missing}; it needs slide, sample_id, patient_id"
+        )
     duplicated = table["sample_id"][table["sample_id"].duplicated()].tolist()
     if duplicated:
         raise ExpressionTableError(f"{path}: duplicated sample_id(s) {duplicated[:5]}")
-    table["slide"] = [str(p if Path(p).is_absolute() else (path.parent / p))
-                      for p in table["slide"]]
+    table["slide"] = [
+        str(p if Path(p).is_absolute() else (path.parent / p)) for p in table["slide"]
+    ]
     return table.reset_index(drop=True)
 
 
@@ -104,9 +106,11 @@ def read_expression(path: str | Path, sample_ids: list[str]) -> Any:
             import anndata
 
             adata = anndata.read_h5ad(path)
-            table = pd.DataFrame(np.asarray(adata.X.todense() if hasattr(adata.X, "todense")
-                                            else adata.X), index=adata.obs_names,
-                                 columns=adata.var_names)
+            table = pd.DataFrame(
+                np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X),
+                index=adata.obs_names,
+                columns=adata.var_names,
+            )
         else:
             table = pd.read_csv(path, sep=None, engine="python", index_col=0)
     except Exception as exc:
@@ -121,7 +125,8 @@ def read_expression(path: str | Path, sample_ids: list[str]) -> Any:
         raise ExpressionTableError(
             f"{path}: {len(absent)} manifest sample(s) have no expression: {absent[:8]}"
             + (" …" if len(absent) > 8 else "")
-            + f" (the table's samples look like {list(table.index[:3])})")
+            + f" (the table's samples look like {list(table.index[:3])})"
+        )
     duplicated = table.columns[table.columns.duplicated()].unique().tolist()
     if duplicated:
         raise ExpressionTableError(f"{path}: duplicated gene(s) {duplicated[:8]}")
@@ -131,16 +136,23 @@ def read_expression(path: str | Path, sample_ids: list[str]) -> Any:
     if bad.any().any():
         gene = bad.any()[bad.any()].index[0]
         sample = bad[gene][bad[gene]].index[0]
-        raise ExpressionTableError(f"{path}: non-numeric value {table.at[sample, gene]!r} "
-                                   f"for gene {gene!r}, sample {sample!r}")
+        raise ExpressionTableError(
+            f"{path}: non-numeric value {table.at[sample, gene]!r} "
+            f"for gene {gene!r}, sample {sample!r}"
+        )
     if numeric.isna().any().any():
         gene = numeric.columns[numeric.isna().any()][0]
         raise ExpressionTableError(f"{path}: missing values, e.g. gene {gene!r}")
     return numeric.astype(np.float64)
 
 
-def select_genes(expression: Any, genes: list[str] | None = None, min_mean: float | None = None,
-                 top_n: int | None = None, rank_by: str = "variance") -> list[str]:
+def select_genes(
+    expression: Any,
+    genes: list[str] | None = None,
+    min_mean: float | None = None,
+    top_n: int | None = None,
+    rank_by: str = "variance",
+) -> list[str]:
     """Genes to model: an explicit list, or filtered by mean and ranked by variance/mean."""
     if genes is not None:
         unknown = [g for g in genes if g not in expression.columns]
@@ -163,9 +175,11 @@ def select_genes(expression: Any, genes: list[str] | None = None, min_mean: floa
 def apply_transform(values: np.ndarray, transform: str, where: str = "the expression") -> Any:
     if transform == "log2p1":
         if (values < 0).any():
-            raise ExpressionTableError(f"{where} has negative values; log2(x + 1) needs counts "
-                                       "or TPM ≥ 0 (pass transform='none' for values already "
-                                       "on a log scale)")
+            raise ExpressionTableError(
+                f"{where} has negative values; log2(x + 1) needs counts "
+                "or TPM ≥ 0 (pass transform='none' for values already "
+                "on a log scale)"
+            )
         return np.log2(values + 1.0)
     if transform == "none":
         return values
@@ -199,8 +213,7 @@ def holm_sidak(pvalues: np.ndarray) -> np.ndarray:
     return out
 
 
-def gene_metrics(pred: np.ndarray, truth: np.ndarray, genes: list[str], alpha: float = 0.05
-                 ) -> Any:
+def gene_metrics(pred: np.ndarray, truth: np.ndarray, genes: list[str], alpha: float = 0.05) -> Any:
     """Per-gene Pearson R, two-sided p, Holm–Šidák adjusted p, significance."""
     import pandas as pd
     from scipy import stats
@@ -212,17 +225,26 @@ def gene_metrics(pred: np.ndarray, truth: np.ndarray, genes: list[str], alpha: f
     p = 2 * stats.t.sf(np.abs(t), df=max(n - 2, 1))
     p = np.where(np.isnan(r), np.nan, p)
     adjusted = holm_sidak(p)
-    return pd.DataFrame({"gene": genes, "pearson_r": r, "p_value": p,
-                         "p_holm_sidak": adjusted,
-                         "significant": (adjusted < alpha) & (r > 0)}).set_index("gene")
+    return pd.DataFrame(
+        {
+            "gene": genes,
+            "pearson_r": r,
+            "p_value": p,
+            "p_holm_sidak": adjusted,
+            "significant": (adjusted < alpha) & (r > 0),
+        }
+    ).set_index("gene")
 
 
 def summarise(metrics: Any) -> dict[str, Any]:
     r = metrics["pearson_r"].dropna().sort_values(ascending=False)
-    return {"genes": int(len(metrics)), "significant": int(metrics["significant"].sum()),
-            "r_above_0.4": int((r > 0.4).sum()),
-            "median_r_top_1000": float(r.iloc[:1000].median()) if len(r) else float("nan"),
-            "median_r": float(r.median()) if len(r) else float("nan")}
+    return {
+        "genes": len(metrics),
+        "significant": int(metrics["significant"].sum()),
+        "r_above_0.4": int((r > 0.4).sum()),
+        "median_r_top_1000": float(r.iloc[:1000].median()) if len(r) else float("nan"),
+        "median_r": float(r.median()) if len(r) else float("nan"),
+    }
 
 
 # -- training -------------------------------------------------------------------------------
@@ -230,15 +252,15 @@ def _group_folds(groups: np.ndarray, k: int, rng: np.random.Generator) -> list[n
     """Indices of each fold, whole groups (patients) per fold."""
     unique = np.array(sorted(set(groups)))
     if len(unique) < k:
-        raise DeepPTError(f"{k}-fold cross-validation needs at least {k} patients, "
-                          f"got {len(unique)}")
+        raise DeepPTError(
+            f"{k}-fold cross-validation needs at least {k} patients, got {len(unique)}"
+        )
     rng.shuffle(unique)
     folds = np.array_split(unique, k)
     return [np.flatnonzero(np.isin(groups, fold)) for fold in folds]
 
 
-def _fit_autoencoder(tiles: Any, settings: TrainingSettings, seed: int,
-                     cancel: CancelLike) -> Any:
+def _fit_autoencoder(tiles: Any, settings: TrainingSettings, seed: int, cancel: CancelLike) -> Any:
     import torch
 
     from .models import AutoEncoder
@@ -251,7 +273,7 @@ def _fit_autoencoder(tiles: Any, settings: TrainingSettings, seed: int,
         check_cancelled(cancel, "training")
         order = torch.randperm(tiles.shape[0], generator=gen)
         for start in range(0, tiles.shape[0], settings.ae_batch):
-            x = tiles[order[start:start + settings.ae_batch]]
+            x = tiles[order[start : start + settings.ae_batch]]
             loss = torch.nn.functional.mse_loss(model(x), x)
             optimiser.zero_grad()
             loss.backward()
@@ -266,17 +288,24 @@ def _slide_predictions(model: Any, latents: list[Any], indices: np.ndarray) -> A
         return torch.stack([model(latents[i]).mean(dim=0) for i in indices])
 
 
-def _fit_regressor(latents: list[Any], targets: Any, train_idx: np.ndarray,
-                   val_idx: np.ndarray, settings: TrainingSettings, seed: int,
-                   cancel: CancelLike) -> tuple[dict[str, Any], float, int]:
+def _fit_regressor(
+    latents: list[Any],
+    targets: Any,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    settings: TrainingSettings,
+    seed: int,
+    cancel: CancelLike,
+) -> tuple[dict[str, Any], float, int]:
     import torch
 
     from .models import MLPRegression
 
     torch.default_generator.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = MLPRegression(targets.shape[1], in_dim=settings.latent_dim,
-                          output_bias=targets[train_idx].mean(dim=0))
+    model = MLPRegression(
+        targets.shape[1], in_dim=settings.latent_dim, output_bias=targets[train_idx].mean(dim=0)
+    )
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     truth_val = targets[val_idx].numpy()
     best_r, best_state, best_epoch, waited = -np.inf, None, 0, 0
@@ -285,20 +314,27 @@ def _fit_regressor(latents: list[Any], targets: Any, train_idx: np.ndarray,
         model.train()
         order = rng.permutation(train_idx)
         for start in range(0, len(order), settings.batch_slides):
-            batch = order[start:start + settings.batch_slides]
+            batch = order[start : start + settings.batch_slides]
             counts = torch.tensor([latents[i].shape[0] for i in batch])
             x = torch.cat([latents[i] for i in batch])
             segment = torch.repeat_interleave(torch.arange(len(batch)), counts)
             tile_pred = model(x)
-            slide_pred = torch.zeros(len(batch), tile_pred.shape[1]).index_add_(
-                0, segment, tile_pred) / counts[:, None]
+            slide_pred = (
+                torch.zeros(len(batch), tile_pred.shape[1]).index_add_(0, segment, tile_pred)
+                / counts[:, None]
+            )
             loss = torch.nn.functional.mse_loss(slide_pred, targets[batch])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         model.eval()
-        r = np.nanmean(pearson_columns(_slide_predictions(model, latents, val_idx).numpy(),
-                                       truth_val)) if len(val_idx) > 2 else -float(loss)
+        r = (
+            np.nanmean(
+                pearson_columns(_slide_predictions(model, latents, val_idx).numpy(), truth_val)
+            )
+            if len(val_idx) > 2
+            else -float(loss)
+        )
         r = -np.inf if np.isnan(r) else float(r)
         if r > best_r or best_state is None:
             best_r, best_epoch, waited = r, epoch, 0
@@ -310,8 +346,15 @@ def _fit_regressor(latents: list[Any], targets: Any, train_idx: np.ndarray,
     return best_state, best_r, best_epoch
 
 
-def _ensemble(latents: list[Any], targets: Any, pool: np.ndarray, groups: np.ndarray,
-              settings: TrainingSettings, seed: int, cancel: CancelLike) -> list[dict]:
+def _ensemble(
+    latents: list[Any],
+    targets: Any,
+    pool: np.ndarray,
+    groups: np.ndarray,
+    settings: TrainingSettings,
+    seed: int,
+    cancel: CancelLike,
+) -> list[dict]:
     """Inner-fold models over ``pool`` (each early-stopped on its own held-out patients)."""
     rng = np.random.default_rng(seed)
     folds = _group_folds(groups[pool], settings.inner_folds, rng)
@@ -319,8 +362,9 @@ def _ensemble(latents: list[Any], targets: Any, pool: np.ndarray, groups: np.nda
     for k, fold in enumerate(folds):
         val_idx = pool[fold]
         train_idx = np.setdiff1d(pool, val_idx)
-        state, _, _ = _fit_regressor(latents, targets, train_idx, val_idx, settings,
-                                     seed * 100 + k, cancel)
+        state, _, _ = _fit_regressor(
+            latents, targets, train_idx, val_idx, settings, seed * 100 + k, cancel
+        )
         states.append(state)
     return states
 
@@ -332,8 +376,9 @@ def _encode(autoencoder: Any, features: list[Any]) -> list[Any]:
         return [autoencoder.encode(f) for f in features]
 
 
-def _ensemble_predict(states: list[dict], latents: list[Any], indices: np.ndarray,
-                      n_genes: int, latent_dim: int) -> np.ndarray:
+def _ensemble_predict(
+    states: list[dict], latents: list[Any], indices: np.ndarray, n_genes: int, latent_dim: int
+) -> np.ndarray:
     from .models import MLPRegression
 
     preds = []
@@ -407,8 +452,9 @@ def train(
     out = Path(out)
     for target in (out, out.with_suffix(".genes.csv"), out.with_suffix(".heldout.csv")):
         if target.exists() and not overwrite:
-            raise FileExistsError(f"{target}: already exists; pass overwrite=True "
-                                  "(--overwrite) to replace it")
+            raise FileExistsError(
+                f"{target}: already exists; pass overwrite=True (--overwrite) to replace it"
+            )
     options = TrainingSettings(**settings)
     table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
     samples = list(table["sample_id"])
@@ -422,14 +468,25 @@ def train(
     with make_progress(progress, len(table), "features per slide", unit="slide") as bar:
         for path in table["slide"]:
             check_cancelled(cancel, "training")
-            _, grid = detect_and_tile(path, tile_px=tile_px, mpp=tile_mpp,
-                                      min_tissue=min_tissue)
+            _, grid = detect_and_tile(path, tile_px=tile_px, mpp=tile_mpp, min_tissue=min_tissue)
             if len(grid) == 0:
-                raise DeepPTError(f"{path}: no tissue tiles; remove it from the manifest or "
-                                  "adjust min_tissue")
-            feature_sets.append(extract_features(
-                path, grid, extractor=extractor, weights=weights, device=device, stain=stain,
-                cache_dir=cache_dir, progress=False, cancel=cancel, seed=options.seed))
+                raise DeepPTError(
+                    f"{path}: no tissue tiles; remove it from the manifest or adjust min_tissue"
+                )
+            feature_sets.append(
+                extract_features(
+                    path,
+                    grid,
+                    extractor=extractor,
+                    weights=weights,
+                    device=device,
+                    stain=stain,
+                    cache_dir=cache_dir,
+                    progress=False,
+                    cancel=cancel,
+                    seed=options.seed,
+                )
+            )
             bar.update()
     features = [torch.tensor(fs.features, dtype=torch.float32) for fs in feature_sets]
 
@@ -440,37 +497,56 @@ def train(
     with make_progress(progress, steps, "cross-validation", unit="fold") as bar:
         for k, test_idx in enumerate(outer):
             train_idx = np.setdiff1d(np.arange(len(samples)), test_idx)
-            autoencoder = _fit_autoencoder(torch.cat([features[i] for i in train_idx]),
-                                           options, options.seed + k, cancel)
+            autoencoder = _fit_autoencoder(
+                torch.cat([features[i] for i in train_idx]), options, options.seed + k, cancel
+            )
             latents = _encode(autoencoder, features)
-            states = _ensemble(latents, targets, train_idx, groups, options,
-                               options.seed + 17 * (k + 1), cancel)
-            heldout[test_idx] = _ensemble_predict(states, latents, test_idx, len(chosen),
-                                                  options.latent_dim)
+            states = _ensemble(
+                latents, targets, train_idx, groups, options, options.seed + 17 * (k + 1), cancel
+            )
+            heldout[test_idx] = _ensemble_predict(
+                states, latents, test_idx, len(chosen), options.latent_dim
+            )
             bar.update()
         metrics = gene_metrics(heldout, values, chosen)
         summary = summarise(metrics)
         autoencoder = _fit_autoencoder(torch.cat(features), options, options.seed, cancel)
         latents = _encode(autoencoder, features)
-        states = _ensemble(latents, targets, np.arange(len(samples)), groups, options,
-                           options.seed, cancel)
+        states = _ensemble(
+            latents, targets, np.arange(len(samples)), groups, options, options.seed, cancel
+        )
         bar.update()
 
     first = feature_sets[0]
     bundle = ModelBundle(
-        genes=chosen, transform=transform,
+        genes=chosen,
+        transform=transform,
         feature={
-            "extractor": extractor, "weights_hash": first.provenance["weights_hash"],
-            "feature_dim": first.feature_dim, "tile_px": tile_px, "tile_mpp": tile_mpp,
-            "min_tissue": min_tissue, "stain": first.provenance["stain"],
+            "extractor": extractor,
+            "weights_hash": first.provenance["weights_hash"],
+            "feature_dim": first.feature_dim,
+            "tile_px": tile_px,
+            "tile_mpp": tile_mpp,
+            "min_tissue": min_tissue,
+            "stain": first.provenance["stain"],
         },
         autoencoder={k: v.detach().clone() for k, v in autoencoder.state_dict().items()},
-        ensemble=states, latent_dim=options.latent_dim,
-        training={**asdict(options), "n_samples": len(samples),
-                  "n_patients": int(len(set(groups))), "expression": str(expression),
-                  "gene_selection": {"genes": genes is not None, "min_mean": min_mean,
-                                     "top_n": top_n, "rank_by": rank_by}},
-        metrics=summary, demo=demo,
+        ensemble=states,
+        latent_dim=options.latent_dim,
+        training={
+            **asdict(options),
+            "n_samples": len(samples),
+            "n_patients": len(set(groups)),
+            "expression": str(expression),
+            "gene_selection": {
+                "genes": genes is not None,
+                "min_mean": min_mean,
+                "top_n": top_n,
+                "rank_by": rank_by,
+            },
+        },
+        metrics=summary,
+        demo=demo,
     )
     from .io import atomic_path
 
@@ -481,4 +557,3 @@ def train(
     with atomic_path(out.with_suffix(".heldout.csv"), overwrite=overwrite) as tmp:
         heldout_table.to_csv(tmp)
     return TrainingResult(out, metrics, summary, heldout_table)
-

@@ -125,8 +125,13 @@ class _ColourStats:
         class ColourStats(torch.nn.Module):
             def forward(self, x: Any) -> Any:
                 flat = x.flatten(2)
-                q = torch.quantile(flat.float(), torch.tensor([0.1, 0.5, 0.9], device=x.device),
-                                   dim=2).permute(1, 2, 0).flatten(1)
+                q = (
+                    torch.quantile(
+                        flat.float(), torch.tensor([0.1, 0.5, 0.9], device=x.device), dim=2
+                    )
+                    .permute(1, 2, 0)
+                    .flatten(1)
+                )
                 gx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(2, 3))
                 gy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(2, 3))
                 return torch.cat([flat.mean(2), flat.std(2), q, gx, gy], dim=1)
@@ -134,8 +139,9 @@ class _ColourStats:
         return ColourStats()
 
 
-register_extractor(ExtractorSpec("colour-stats", _ColourStats, 21, input_size=64,
-                                 needs_weights=False))
+register_extractor(
+    ExtractorSpec("colour-stats", _ColourStats, 21, input_size=64, needs_weights=False)
+)
 
 
 def _timm_spec(name: str) -> ExtractorSpec:
