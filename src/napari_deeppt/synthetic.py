@@ -645,7 +645,9 @@ def write_synthetic_cohort(
         areas = np.array([r.area_px for r in regions])
         fractions.append(areas / areas.sum())
     fractions_arr = np.array(fractions)
-    driven = {f"DRIVEN{g}": rng.uniform(-1, 1, n_types) for g in range(n_driven)}
+    # each driven gene weighs the tissue types from -1 to +1 in its own order, so every one
+    # varies as much with composition
+    driven = {f"DRIVEN{g}": rng.permutation(np.linspace(-1, 1, n_types)) for g in range(n_driven)}
     log_expr = {}
     for gene, weight in driven.items():
         log_expr[gene] = 5 + 4 * fractions_arr @ weight + rng.normal(0, noise, n_slides)

@@ -1,0 +1,269 @@
+"""Prediction: a slide (or its features) and a model bundle → slide- and tile-level expression."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BundleMismatchError, DeepPTError
+from .hooks import publish
+from .progress import CancelLike, ProgressLike
+from .slide import as_slide
+
+__all__ = ["Prediction", "predict", "predict_from_features"]
+
+
+@dataclass(eq=False)
+class Prediction:
+    """Predicted expression of one slide.
+
+    Attributes
+    ----------
+    slide_expression
+        pandas Series, genes → slide-level prediction (the mean over tiles), on the bundle's
+        scale (``transform``).
+    tile_expression
+        ``(n_tiles, n_genes)`` float32: the per-tile outputs (spatial expression maps).
+    grid
+        The tiles (``grid.xy[i]`` is row ``i``).
+    genes, transform
+        Output genes and the scale they are on (``"log2p1"`` = log2(x + 1)).
+    """
+
+    slide_expression: Any
+    tile_expression: np.ndarray
+    grid: Any
+    genes: list[str]
+    transform: str
+    slide_name: str = ""
+    bundle_path: str = ""
+    demo: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"Prediction({self.slide_name!r}: {len(self.genes)} genes × "
+            f"{len(self.grid)} tiles, {self.transform}{', DEMO MODEL' if self.demo else ''})"
+        )
+
+    def gene_index(self, gene: str) -> int:
+        try:
+            return self.genes.index(gene)
+        except ValueError:
+            raise BundleMismatchError(
+                f"gene {gene!r} is not predicted by this model "
+                f"({len(self.genes)} genes, e.g. {self.genes[:5]})"
+            ) from None
+
+    def tile_map(self, gene: str) -> np.ndarray:
+        """``(rows, cols)`` raster at tile stride of one gene's tile predictions (NaN off tissue)."""
+        return self.grid.raster(self.tile_expression[:, self.gene_index(gene)], fill=np.nan)
+
+    def top_genes(self, n: int = 20) -> Any:
+        return self.slide_expression.sort_values(ascending=False).head(n)
+
+    def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Slide-level expression: one row per gene (gene, value, transform)."""
+        import pandas as pd
+
+        from .io import atomic_path
+
+        table = pd.DataFrame(
+            {
+                "gene": self.genes,
+                "expression": self.slide_expression.values,
+                "transform": self.transform,
+            }
+        )
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            table.to_csv(tmp, index=False)
+        return Path(path)
+
+    def to_anndata(self) -> Any:
+        """Tile-level AnnData: tiles × genes, ``obsm["spatial"]`` tile centres in µm."""
+        import anndata
+        import pandas as pd
+
+        grid = self.grid
+        obs = pd.DataFrame(
+            {
+                "x_level0": grid.xy[:, 0],
+                "y_level0": grid.xy[:, 1],
+                "row": grid.rowcol[:, 0],
+                "col": grid.rowcol[:, 1],
+                "tissue_fraction": grid.tissue_fraction,
+            },
+            index=[f"tile{i}" for i in range(len(grid))],
+        )
+        adata = anndata.AnnData(
+            X=self.tile_expression.astype(np.float32),
+            obs=obs,
+            var=pd.DataFrame(index=list(self.genes)),
+        )
+        adata.obsm["spatial"] = grid.centres.astype(np.float64) * grid.slide_mpp
+        adata.uns["deeppt"] = {
+            "transform": self.transform,
+            "slide": self.slide_name,
+            "bundle": self.bundle_path,
+            "demo_model": self.demo,
+            "spatial_units": "micrometer",
+        }
+        return adata
+
+    def to_h5ad(self, path: str | Path, overwrite: bool = False) -> Path:
+        from .io import atomic_path
+
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            self.to_anndata().write_h5ad(tmp)
+        return Path(path)
+
+
+def _load_bundle(bundle: Any) -> tuple[Any, str]:
+    from .models import ModelBundle
+
+    if isinstance(bundle, ModelBundle):
+        return bundle, ""
+    return ModelBundle.load(bundle), str(bundle)
+
+
+def _stain_for(config: dict[str, Any]) -> Any:
+    from .stain import MacenkoTarget, ReinhardTarget
+
+    method = config.get("method")
+    if method is None:
+        return None
+    if method == "macenko":
+        return MacenkoTarget(
+            tuple(map(tuple, config["stain_matrix"])),
+            tuple(config["max_concentrations"]),
+            config["io"],
+            config["alpha"],
+            config["beta"],
+        )
+    if method == "reinhard":
+        return ReinhardTarget(tuple(config["mean"]), tuple(config["std"]))
+    raise BundleMismatchError(f"the bundle names an unknown stain method {method!r}")
+
+
+def predict_from_features(features: Any, bundle: Any, device: Any = "cpu") -> Prediction:
+    """Predict from a :class:`~napari_deeppt.features.FeatureSet`, after checking it fits."""
+    import pandas as pd
+
+    model, bundle_path = _load_bundle(bundle)
+    expected, got = model.feature, features.provenance
+    problems = []
+    if got.get("extractor") != expected.get("extractor"):
+        problems.append(
+            f"extractor {got.get('extractor')!r} (the model needs {expected.get('extractor')!r})"
+        )
+    if got.get("weights_hash") != expected.get("weights_hash"):
+        problems.append(
+            f"weights {got.get('weights_hash')!r} (the model needs "
+            f"{expected.get('weights_hash')!r})"
+        )
+    if features.feature_dim != int(expected["feature_dim"]):
+        problems.append(
+            f"{features.feature_dim} features per tile (the model needs {expected['feature_dim']})"
+        )
+    grid_params = got.get("grid", {}).get("params", {})
+    for key, name in (("tile_px", "tile_px"), ("tile_mpp", "mpp")):
+        if (
+            key in expected
+            and grid_params.get(name) is not None
+            and float(grid_params[name]) != float(expected[key])
+        ):
+            problems.append(f"{name}={grid_params[name]} (the model needs {expected[key]})")
+    if (got.get("stain") or {}).get("method") != (expected.get("stain") or {}).get("method"):
+        problems.append(
+            f"stain {(got.get('stain') or {}).get('method')!r} (the model needs "
+            f"{(expected.get('stain') or {}).get('method')!r})"
+        )
+    if problems:
+        raise BundleMismatchError(
+            f"{bundle_path or 'the model'} does not fit these features: "
+            + "; ".join(problems)
+            + ". Extract features with the model's settings (predict() does this for you)."
+        )
+    tiles = model.predict_tiles(features.features, device=device)
+    slide_values = tiles.mean(axis=0) if len(tiles) else np.full(model.n_genes, np.nan)
+    name = Path(features.grid.slide_path).name
+    return Prediction(
+        slide_expression=pd.Series(slide_values, index=model.genes, name=name),
+        tile_expression=tiles,
+        grid=features.grid,
+        genes=list(model.genes),
+        transform=model.transform,
+        slide_name=name,
+        bundle_path=bundle_path,
+        demo=model.demo,
+        provenance={"features": got, "bundle": model.metadata()},
+    )
+
+
+def predict(
+    slide: Any,
+    bundle: Any,
+    *,
+    grid: Any = None,
+    weights: Any = None,
+    device: Any = "auto",
+    cache_dir: str | Path | None = None,
+    progress: ProgressLike = True,
+    cancel: CancelLike = None,
+) -> Prediction:
+    """Predict a slide's expression with a model bundle.
+
+    Tissue, tiles and features are made with the bundle's own settings (extractor, weights,
+    tile size and resolution, stain), from the feature cache when possible.
+
+    Parameters
+    ----------
+    slide
+        A :class:`~napari_deeppt.slide.Slide`, a path, or a napari layer from this plugin (then
+        the expression layers are also added next to it).
+    bundle
+        A ``.deeppt`` file or a :class:`~napari_deeppt.models.ModelBundle`.
+    grid
+        Tiles to use; must have the bundle's tile size and resolution.
+    weights
+        Weights file of the extractor, if not in torchvision's cache.
+    device, cache_dir, progress, cancel
+        As for :func:`~napari_deeppt.features.extract_features`.
+    """
+    from .features import extract_features
+    from .tiles import detect_and_tile
+
+    source, slide = slide, as_slide(slide)
+    model, bundle_path = _load_bundle(bundle)
+    feature = model.feature
+    if grid is None:
+        _, grid = detect_and_tile(
+            slide,
+            tile_px=int(feature["tile_px"]),
+            mpp=float(feature["tile_mpp"]),
+            min_tissue=float(feature.get("min_tissue", 0.5)),
+            progress=progress,
+            cancel=cancel,
+        )
+    if len(grid) == 0:
+        raise DeepPTError(f"{slide.path}: no tissue tiles to predict from")
+    if weights is None and feature.get("weights_hash") == "random-0":
+        weights = "random"
+    features = extract_features(
+        slide,
+        grid,
+        extractor=feature["extractor"],
+        weights=weights,
+        device=device,
+        stain=_stain_for(feature.get("stain") or {}),
+        cache_dir=cache_dir,
+        progress=progress,
+        cancel=cancel,
+    )
+    prediction = predict_from_features(features, model)
+    prediction.bundle_path = bundle_path or prediction.bundle_path
+    publish(source, prediction)
+    return prediction

@@ -1,0 +1,227 @@
+"""Training and prediction on a synthetic cohort whose truth we control."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_deeppt import CancelToken
+from napari_deeppt.errors import (
+    BundleError,
+    BundleMismatchError,
+    CancelledError,
+    ExpressionTableError,
+)
+from napari_deeppt.models import ModelBundle
+from napari_deeppt.predict import predict, predict_from_features
+from napari_deeppt.synthetic import (
+    SyntheticSlide,
+    TissueRegion,
+    write_synthetic_cohort,
+    write_synthetic_slide,
+)
+from napari_deeppt.train import holm_sidak, read_expression, read_manifest, train
+
+FEATURES = {"extractor": "colour-stats", "tile_px": 64, "tile_mpp": 1.0, "stain": None}
+# small cohort: fewer folds and epochs than DeepPT, more (smaller) batches and a larger lr
+FAST = {
+    "outer_folds": 3,
+    "inner_folds": 3,
+    "max_epochs": 300,
+    "patience": 50,
+    "lr": 1e-3,
+    "batch_slides": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return write_synthetic_cohort(
+        tmp_path_factory.mktemp("cohort"), n_slides=40, seed=1, noise=0.05
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "model.deeppt"
+    cache = tmp_path_factory.mktemp("cache")
+    result = train(
+        cohort.manifest,
+        cohort.expression,
+        out,
+        cache_dir=cache,
+        progress=False,
+        demo=True,
+        **FEATURES,
+        **FAST,
+    )
+    return result, cache
+
+
+def test_driven_genes_are_predicted_and_noise_genes_are_not_significant(cohort, trained):
+    result, _ = trained
+    metrics = result.gene_metrics
+    for gene in cohort.driven:
+        assert metrics.loc[gene, "pearson_r"] > 0.8, metrics
+        assert metrics.loc[gene, "significant"]
+    for gene in cohort.noise_genes:
+        assert not metrics.loc[gene, "significant"], metrics
+    assert result.summary["significant"] == len(cohort.driven)
+    assert result.bundle_path.exists()
+    genes_csv = pd.read_csv(result.bundle_path.with_suffix(".genes.csv"), index_col=0)
+    assert list(genes_csv.columns) == ["pearson_r", "p_value", "p_holm_sidak", "significant"]
+    heldout = pd.read_csv(result.bundle_path.with_suffix(".heldout.csv"), index_col=0)
+    assert heldout.shape == (40, 8)
+
+
+def test_bundle_round_trip_and_metadata(trained):
+    result, _ = trained
+    bundle = ModelBundle.load(result.bundle_path)
+    assert bundle.genes[:4] == ["DRIVEN0", "DRIVEN1", "DRIVEN2", "DRIVEN3"]
+    assert bundle.transform == "log2p1" and bundle.demo
+    assert bundle.feature["extractor"] == "colour-stats" and bundle.feature["tile_px"] == 64
+    assert len(bundle.ensemble) == 3 and bundle.training["outer_folds"] == 3
+    assert bundle.metrics["significant"] == 4
+
+
+def test_tile_map_is_high_where_the_driving_tissue_is(cohort, trained, tmp_path):
+    result, cache = trained
+    gene, weights = max(cohort.driven.items(), key=lambda kv: np.ptp(kv[1]))
+    best, worst = int(np.argmax(weights)), int(np.argmin(weights))
+    spec = SyntheticSlide(
+        1024,
+        1024,
+        1.0,
+        seed=99,
+        regions=(TissueRegion(200, 500, 150, 220, best), TissueRegion(800, 500, 150, 220, worst)),
+    )
+    slide = write_synthetic_slide(
+        tmp_path / "new.tif",
+        spec,
+        format="tiff",
+        compression="zlib",
+        level_factors=(4,),
+        associated=False,
+    )
+    prediction = predict(slide.path, result.bundle_path, cache_dir=cache, progress=False)
+    kinds = spec.tissue_type_map(prediction.grid.centres[:, 0], prediction.grid.centres[:, 1])
+    values = prediction.tile_expression[:, prediction.gene_index(gene)]
+    assert values[kinds == best].mean() > values[kinds == worst].mean() + 0.5
+    assert prediction.slide_expression[gene] == pytest.approx(values.mean(), rel=1e-5)
+    raster = prediction.tile_map(gene)
+    r, c = prediction.grid.rowcol[0]
+    assert raster[r, c] == pytest.approx(values[0]) and np.isnan(raster).any()
+
+
+def test_exports(trained, cohort, tmp_path):
+    import anndata
+
+    result, cache = trained
+    prediction = predict(cohort.slides[0].path, result.bundle_path, cache_dir=cache, progress=False)
+    table = pd.read_csv(prediction.to_csv(tmp_path / "slide.csv"))
+    assert list(table.columns) == ["gene", "expression", "transform"] and len(table) == 8
+    adata = anndata.read_h5ad(prediction.to_h5ad(tmp_path / "tiles.h5ad"))
+    assert adata.shape == (len(prediction.grid), 8) and list(adata.var_names[:1]) == ["DRIVEN0"]
+    np.testing.assert_allclose(
+        adata.obsm["spatial"], prediction.grid.centres * prediction.grid.slide_mpp
+    )
+
+
+def test_features_from_another_extractor_are_refused(trained, cohort):
+    from napari_deeppt.features import extract_features
+
+    result, cache = trained
+    other = extract_features(
+        cohort.slides[0].path,
+        None,
+        extractor="resnet18",
+        weights="random",
+        cache_dir=cache,
+        progress=False,
+    )
+    with pytest.raises(BundleMismatchError, match="extractor 'resnet18'"):
+        predict_from_features(other, result.bundle_path)
+
+
+def test_corrupt_and_foreign_bundles(tmp_path):
+    import torch
+
+    (tmp_path / "junk.deeppt").write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="not a readable"):
+        ModelBundle.load(tmp_path / "junk.deeppt")
+    torch.save({"format": "something-else"}, tmp_path / "foreign.deeppt")
+    with pytest.raises(BundleError, match="not a napari-deeppt model bundle"):
+        ModelBundle.load(tmp_path / "foreign.deeppt")
+    with pytest.raises(BundleError, match="no such model bundle"):
+        ModelBundle.load(tmp_path / "missing.deeppt")
+
+
+def test_gene_missing_from_the_bundle(trained, cohort):
+    result, cache = trained
+    prediction = predict(cohort.slides[1].path, result.bundle_path, cache_dir=cache, progress=False)
+    with pytest.raises(BundleMismatchError, match="'TP53' is not predicted"):
+        prediction.tile_map("TP53")
+
+
+def test_never_overwrites_and_cancels_cleanly(trained, cohort, tmp_path):
+    result, cache = trained
+    with pytest.raises(FileExistsError):
+        train(
+            cohort.manifest,
+            cohort.expression,
+            result.bundle_path,
+            cache_dir=cache,
+            progress=False,
+            **FEATURES,
+            **FAST,
+        )
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError):
+        train(
+            cohort.manifest,
+            cohort.expression,
+            tmp_path / "x.deeppt",
+            cache_dir=cache,
+            progress=False,
+            cancel=token,
+            **FEATURES,
+            **FAST,
+        )
+    assert not (tmp_path / "x.deeppt").exists()
+
+
+def test_expression_table_errors(cohort, tmp_path):
+    manifest = read_manifest(cohort.manifest)
+    samples = list(manifest["sample_id"])
+    table = pd.read_csv(cohort.expression, index_col=0)  # genes × samples
+    assert read_expression(cohort.expression, samples).shape == (40, 8)  # orientation found
+    table.drop(columns=["S003", "S007"]).to_csv(tmp_path / "missing.csv")
+    with pytest.raises(ExpressionTableError, match=r"2 manifest sample\(s\).*S003.*S007"):
+        read_expression(tmp_path / "missing.csv", samples)
+    pd.concat([table, table.iloc[:1]]).to_csv(tmp_path / "dup.csv")
+    with pytest.raises(ExpressionTableError, match="duplicated gene.*DRIVEN0"):
+        read_expression(tmp_path / "dup.csv", samples)
+    bad = table.astype(object)
+    bad.iloc[2, 5] = "n/a?"
+    bad.to_csv(tmp_path / "text.csv")
+    with pytest.raises(ExpressionTableError, match="non-numeric value 'n/a\\?'"):
+        read_expression(tmp_path / "text.csv", samples)
+    (table - 1000).to_csv(tmp_path / "neg.csv")
+    with pytest.raises(ExpressionTableError, match="negative values"):
+        train(
+            cohort.manifest,
+            tmp_path / "neg.csv",
+            tmp_path / "m.deeppt",
+            progress=False,
+            **FEATURES,
+            **FAST,
+        )
+
+
+def test_holm_sidak_known_values():
+    adjusted = holm_sidak(np.array([0.01, 0.02, 0.03, 0.5, np.nan]))
+    expected = [1 - 0.99**4, 1 - 0.98**3, 1 - 0.97**2, 0.5]
+    np.testing.assert_allclose(adjusted[:4], expected, rtol=1e-12)
+    assert np.isnan(adjusted[4])
