@@ -201,7 +201,7 @@ def test_expression_table_errors(cohort, tmp_path):
     with pytest.raises(ExpressionTableError, match=r"2 manifest sample\(s\).*S003.*S007"):
         read_expression(tmp_path / "missing.csv", samples)
     pd.concat([table, table.iloc[:1]]).to_csv(tmp_path / "dup.csv")
-    with pytest.raises(ExpressionTableError, match="duplicated gene.*DRIVEN0"):
+    with pytest.raises(ExpressionTableError, match=r"duplicated gene.*DRIVEN0"):
         read_expression(tmp_path / "dup.csv", samples)
     bad = table.astype(object)
     bad.iloc[2, 5] = "n/a?"

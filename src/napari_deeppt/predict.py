@@ -59,7 +59,7 @@ class Prediction:
             ) from None
 
     def tile_map(self, gene: str) -> np.ndarray:
-        """``(rows, cols)`` raster at tile stride of one gene's tile predictions (NaN off tissue)."""
+        """``(rows, cols)`` raster at tile stride of a gene's tile predictions, NaN off tissue."""
         return self.grid.raster(self.tile_expression[:, self.gene_index(gene)], fill=np.nan)
 
     def top_genes(self, n: int = 20) -> Any:
