@@ -36,6 +36,11 @@ _EXPORTS = {
     "extract_features": "features",
     "FeatureSet": "features",
     "load_extractor": "features",
+    "train": "train",
+    "TrainingResult": "train",
+    "predict": "predict",
+    "Prediction": "predict",
+    "ModelBundle": "models",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -51,12 +56,15 @@ if TYPE_CHECKING:  # pragma: no cover
         SlideReadError,
     )
     from .features import FeatureSet, extract_features, load_extractor
+    from .models import ModelBundle
+    from .predict import Prediction, predict
     from .progress import CancelToken
     from .slide import Slide, open_slide
     from .stain import DEEPPT_TARGET, fit_macenko_target, macenko_normalize, reinhard_normalize
     from .synthetic import SyntheticSlide, write_synthetic_slide
     from .tiles import TileGrid, detect_and_tile, make_tile_grid
     from .tissue import TissueMask, detect_tissue
+    from .train import TrainingResult, train
 
 
 def __getattr__(name: str) -> Any:
