@@ -40,6 +40,8 @@ def test_demo_writes_overview_pngs(tmp_path, svs_slide):
 
     assert main(["demo", "--out", str(tmp_path), "--slide", str(svs_slide.path)]) == 0
     assert (tmp_path / "small-tiles.png").exists()
+    for name in ("small.expression.csv", "small.tiles.h5ad", "small.expression.png"):
+        assert (tmp_path / name).exists(), name  # the demo model's prediction
     png = tmp_path / "small-overview.png"
     image = Image.open(png)
     assert max(image.size) == 1600
@@ -130,3 +132,75 @@ def test_features_without_weights_offline_is_one_clear_line(
     assert main(["features", str(svs_slide.path), "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "resnet50-11ad3fa6.pth" in err and "Traceback" not in err
+
+
+def test_train_and_predict_commands(tmp_path, capsys):
+    from napari_deeppt.synthetic import write_synthetic_cohort
+
+    cohort = write_synthetic_cohort(tmp_path / "cohort", n_slides=12, seed=3, size=768)
+    model = tmp_path / "m.deeppt"
+    args = [
+        "train",
+        str(cohort.manifest),
+        str(cohort.expression),
+        "--out",
+        str(model),
+        "--extractor",
+        "colour-stats",
+        "--tile-px",
+        "64",
+        "--tile-mpp",
+        "1.0",
+        "--stain",
+        "none",
+        "--outer-folds",
+        "2",
+        "--inner-folds",
+        "2",
+        "--max-epochs",
+        "20",
+        "--lr",
+        "1e-3",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "significant (Holm–Šidák)" in out and model.exists()
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "predict",
+                str(cohort.slides[0].path),
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "pred"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "slide000.tif: 8 genes" in out
+    for name in ("slide000.expression.csv", "slide000.tiles.h5ad", "slide000.expression.png"):
+        assert (tmp_path / "pred" / name).exists()
+    (tmp_path / "bad.deeppt").write_bytes(b"x")
+    assert (
+        main(
+            [
+                "predict",
+                str(cohort.slides[0].path),
+                "--model",
+                str(tmp_path / "bad.deeppt"),
+                "--out",
+                str(tmp_path / "p2"),
+            ]
+        )
+        == 2
+    )
+    assert "not a readable napari-deeppt model bundle" in capsys.readouterr().err

@@ -123,7 +123,9 @@ def _nice_length(value: float) -> float:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .samples import cmu1_small_region_path, synthetic_sample
+    from .models import ModelBundle
+    from .predict import predict
+    from .samples import cmu1_small_region_path, demo_bundle, synthetic_sample
     from .slide import open_slide
     from .tiles import detect_and_tile
 
@@ -132,18 +134,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     slides = (
         [Path(args.slide)] if args.slide else [cmu1_small_region_path(), synthetic_sample().path]
     )
+    print("training (or reusing) the DEMO model on a synthetic cohort…")
+    bundle = ModelBundle.load(demo_bundle(progress=not args.quiet))
+    print(
+        f"  demo model: {len(bundle.genes)} synthetic genes, held-out: "
+        f"{bundle.metrics['significant']} significant"
+    )
     for path in slides:
         with open_slide(path) as slide:
+            stem = _stem(slide.path)
             print(f"opened {slide}")
-            png = write_overview_png(slide, out / f"{path.stem}-overview.png")
+            png = write_overview_png(slide, out / f"{stem}-overview.png")
             print(f"  wrote {png}")
             mask, grid = detect_and_tile(slide, tile_px=512, mpp=0.5)
             area = f", {mask.area_um2 / 1e6:.2f} mm² of tissue" if mask.slide_mpp else ""
             print(f"  {len(grid)} tiles of 512 px at 0.5 µm/px{area}")
             tiles_png = write_tiles_overview_png(
-                slide, mask, grid, out / f"{path.stem}-tiles.png", overwrite=True
+                slide, mask, grid, out / f"{stem}-tiles.png", overwrite=True
             )
             print(f"  wrote {tiles_png}")
+            prediction = predict(slide, bundle, progress=not args.quiet)
+            gene = prediction.top_genes(1).index[0]
+            files = [
+                prediction.to_csv(out / f"{stem}.expression.csv", overwrite=True),
+                prediction.to_h5ad(out / f"{stem}.tiles.h5ad", overwrite=True),
+                write_expression_png(
+                    slide, prediction, gene, out / f"{stem}.expression.png", overwrite=True
+                ),
+            ]
+            print(
+                f"  DEMO MODEL prediction from {len(prediction.grid)} tiles; top: "
+                + ", ".join(f"{g} {v:.2f}" for g, v in prediction.top_genes(3).items())
+            )
+            for file in files:
+                print(f"  wrote {file}")
     return 0
 
 
@@ -294,6 +318,140 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    genes = None
+    if args.genes:
+        genes = [g.strip() for g in args.genes.split(",") if g.strip()]
+    elif args.genes_file:
+        genes = [g.strip() for g in Path(args.genes_file).read_text().split() if g.strip()]
+    result = train(
+        args.manifest,
+        args.expression,
+        args.out,
+        extractor=args.extractor,
+        weights=args.weights,
+        tile_px=args.tile_px,
+        tile_mpp=args.tile_mpp,
+        min_tissue=args.min_tissue,
+        stain=None if args.stain == "none" else args.stain,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        transform=args.transform,
+        genes=genes,
+        min_mean=args.min_mean,
+        top_n=args.top_n,
+        rank_by=args.rank_by,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        outer_folds=args.outer_folds,
+        inner_folds=args.inner_folds,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        lr=args.lr,
+        batch_slides=args.batch_slides,
+        seed=args.seed,
+    )
+    s = result.summary
+    print(
+        f"{s['genes']} genes: {s['significant']} significant (Holm–Šidák), "
+        f"{s['r_above_0.4']} with R > 0.4, median R of the top 1000 "
+        f"{s['median_r_top_1000']:.3f}"
+    )
+    print(f"  wrote {result.bundle_path}")
+    print(f"  wrote {result.bundle_path.with_suffix('.genes.csv')}")
+    print(f"  wrote {result.bundle_path.with_suffix('.heldout.csv')}")
+    return 0
+
+
+def write_expression_png(
+    slide: Any,
+    prediction: Any,
+    gene: str,
+    path: Path,
+    max_size: int = 1200,
+    overwrite: bool = False,
+) -> Path:
+    """Thumbnail beside the same thumbnail with one gene's tile map over it (viridis)."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    from .io import atomic_path
+
+    thumb = Image.fromarray(slide.get_thumbnail(max_size)[..., :3]).convert("RGB")
+    raster = prediction.tile_map(gene)
+    finite = raster[np.isfinite(raster)]
+    lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+    scaled = np.clip((raster - lo) / max(hi - lo, 1e-9), 0, 1)
+    rgba = (colormaps["viridis"](np.nan_to_num(scaled)) * 255).astype(np.uint8)
+    rgba[..., 3] = np.where(np.isfinite(raster), 190, 0)
+    grid = prediction.grid
+    scale = thumb.width / slide.dimensions[0]
+    stride = grid.stride_level0 * scale
+    overlay = Image.fromarray(rgba, "RGBA").resize(
+        (max(1, round(raster.shape[1] * stride)), max(1, round(raster.shape[0] * stride))),
+        Image.Resampling.NEAREST,
+    )
+    right = thumb.copy()
+    right.paste(overlay, (0, 0), overlay)
+    canvas = Image.new("RGB", (thumb.width * 2 + 10, thumb.height + 40), (255, 255, 255))
+    canvas.paste(thumb, (0, 40))
+    canvas.paste(right, (thumb.width + 10, 40))
+    label = f"{gene} predicted per tile ({prediction.transform}, {lo:.2f} to {hi:.2f})" + (
+        "  -  DEMO MODEL trained on synthetic data" if prediction.demo else ""
+    )
+    ImageDraw.Draw(canvas).text((10, 12), label, fill=(0, 0, 0))
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .models import ModelBundle
+    from .predict import predict
+    from .slide import open_slide
+
+    bundle = ModelBundle.load(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.slides:
+        slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
+        stem = _stem(slide.path)
+        targets = [
+            out / f"{stem}.expression.csv",
+            out / f"{stem}.tiles.h5ad",
+            out / f"{stem}.expression.png",
+        ]
+        existing = [str(t) for t in targets if t.exists()]
+        if existing and not args.overwrite:
+            raise FileExistsError(
+                f"{', '.join(existing)} already exist; pass --overwrite to replace them"
+            )
+        prediction = predict(
+            slide,
+            bundle,
+            weights=args.weights,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )
+        prediction.bundle_path = str(args.model)
+        prediction.to_csv(targets[0], overwrite=args.overwrite)
+        prediction.to_h5ad(targets[1], overwrite=args.overwrite)
+        gene = args.gene or prediction.top_genes(1).index[0]
+        write_expression_png(slide, prediction, gene, targets[2], overwrite=args.overwrite)
+        demo = " (DEMO MODEL: synthetic data)" if prediction.demo else ""
+        print(
+            f"{slide.path.name}: {len(prediction.genes)} genes from {len(prediction.grid)} "
+            f"tiles{demo}; top: "
+            + ", ".join(f"{g} {v:.2f}" for g, v in prediction.top_genes(3).items())
+        )
+        for target in targets:
+            print(f"  wrote {target}")
+    return 0
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".svs", ".tiff", ".tif", ".zarr"):
@@ -388,6 +546,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mpp_options(feats)
     feats.set_defaults(func=cmd_features)
 
+    tr = sub.add_parser(
+        "train",
+        help="train a DeepPT model bundle",
+        description="Train on slides with matched expression; writes the "
+        "bundle, <out>.genes.csv (per-gene held-out R, p, Holm–Šidák) and "
+        "<out>.heldout.csv.",
+    )
+    tr.add_argument("manifest", help="CSV: slide, sample_id, patient_id")
+    tr.add_argument("expression", help="CSV/TSV (either orientation) or .h5ad")
+    tr.add_argument("--out", required=True, help="bundle file to write (.deeppt)")
+    tr.add_argument("--extractor", default="resnet50")
+    tr.add_argument("--weights", default=None)
+    tr.add_argument("--tile-px", type=int, default=512)
+    tr.add_argument("--tile-mpp", type=float, default=0.5)
+    tr.add_argument("--min-tissue", type=float, default=0.5)
+    tr.add_argument("--stain", default="macenko", choices=["macenko", "reinhard", "none"])
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--cache-dir", default=None)
+    tr.add_argument("--transform", default="log2p1", choices=["log2p1", "none"])
+    tr.add_argument("--genes", default=None, help="comma-separated genes to model")
+    tr.add_argument("--genes-file", default=None, help="file with one gene per line")
+    tr.add_argument("--min-mean", type=float, default=None)
+    tr.add_argument("--top-n", type=int, default=None)
+    tr.add_argument("--rank-by", default="variance", choices=["variance", "mean"])
+    tr.add_argument("--outer-folds", type=int, default=5)
+    tr.add_argument("--inner-folds", type=int, default=5)
+    tr.add_argument("--max-epochs", type=int, default=200)
+    tr.add_argument("--patience", type=int, default=20)
+    tr.add_argument("--lr", type=float, default=1e-4)
+    tr.add_argument("--batch-slides", type=int, default=16)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--overwrite", action="store_true")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser(
+        "predict",
+        help="predict expression of slides with a bundle",
+        description="Writes <stem>.expression.csv (slide level), "
+        "<stem>.tiles.h5ad (tile level) and <stem>.expression.png.",
+    )
+    pr.add_argument("slides", nargs="+", metavar="SLIDE")
+    pr.add_argument("--model", required=True, help="model bundle (.deeppt)")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--gene", default=None, help="gene shown in the PNG (default: the highest)")
+    pr.add_argument("--weights", default=None, help="extractor weights file")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--cache-dir", default=None)
+    pr.add_argument("--overwrite", action="store_true")
+    pr.add_argument("--quiet", action="store_true")
+    _add_mpp_options(pr)
+    pr.set_defaults(func=cmd_predict)
+
     demo = sub.add_parser("demo", help="run the main job on the bundled sample slides")
     demo.add_argument(
         "--out",
@@ -395,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (its demo files are replaced on each run)",
     )
     demo.add_argument("--slide", default=None, help="use this slide instead of the samples")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
     return parser
 
