@@ -14,14 +14,14 @@ from napari_deeppt.errors import (
     ExpressionTableError,
 )
 from napari_deeppt.models import ModelBundle
-from napari_deeppt.predict import predict, predict_from_features
+from napari_deeppt.prediction import predict, predict_from_features
 from napari_deeppt.synthetic import (
     SyntheticSlide,
     TissueRegion,
     write_synthetic_cohort,
     write_synthetic_slide,
 )
-from napari_deeppt.train import holm_sidak, read_expression, read_manifest, train
+from napari_deeppt.training import holm_sidak, read_expression, read_manifest, train
 
 FEATURES = {"extractor": "colour-stats", "tile_px": 64, "tile_mpp": 1.0, "stain": None}
 # small cohort: fewer folds and epochs than DeepPT, more (smaller) batches and a larger lr

@@ -36,10 +36,10 @@ _EXPORTS = {
     "extract_features": "features",
     "FeatureSet": "features",
     "load_extractor": "features",
-    "train": "train",
-    "TrainingResult": "train",
-    "predict": "predict",
-    "Prediction": "predict",
+    "train": "training",
+    "TrainingResult": "training",
+    "predict": "prediction",
+    "Prediction": "prediction",
     "ModelBundle": "models",
 }
 
@@ -57,14 +57,14 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .features import FeatureSet, extract_features, load_extractor
     from .models import ModelBundle
-    from .predict import Prediction, predict
+    from .prediction import Prediction, predict
     from .progress import CancelToken
     from .slide import Slide, open_slide
     from .stain import DEEPPT_TARGET, fit_macenko_target, macenko_normalize, reinhard_normalize
     from .synthetic import SyntheticSlide, write_synthetic_slide
     from .tiles import TileGrid, detect_and_tile, make_tile_grid
     from .tissue import TissueMask, detect_tissue
-    from .train import TrainingResult, train
+    from .training import TrainingResult, train
 
 
 def __getattr__(name: str) -> Any:

@@ -124,7 +124,7 @@ def _nice_length(value: float) -> float:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .models import ModelBundle
-    from .predict import predict
+    from .prediction import predict
     from .samples import cmu1_small_region_path, demo_bundle, synthetic_sample
     from .slide import open_slide
     from .tiles import detect_and_tile
@@ -319,7 +319,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .training import train
 
     genes = None
     if args.genes:
@@ -409,7 +409,7 @@ def write_expression_png(
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .models import ModelBundle
-    from .predict import predict
+    from .prediction import predict
     from .slide import open_slide
 
     bundle = ModelBundle.load(args.model)

@@ -86,7 +86,7 @@ class ModelBundle:
         Target transform the outputs are on (``"log2p1"``: log2(x + 1), or ``"none"``).
     feature
         What the features must be: extractor, weights hash, feature_dim, tile and stain
-        parameters. :func:`~napari_deeppt.predict.predict` checks it.
+        parameters. :func:`~napari_deeppt.prediction.predict` checks it.
     autoencoder, ensemble
         State dicts.
     training, metrics

@@ -39,7 +39,7 @@ def demo_bundle(directory: Path | None = None, progress: bool = True) -> Path:
     for trying the pipeline only: never for real slides' biology.
     """
     from .synthetic import write_synthetic_cohort
-    from .train import train
+    from .training import train
 
     directory = Path(directory) if directory else cache_root() / "demo"
     bundle = directory / f"demo-model-v{GENERATOR_VERSION}.deeppt"

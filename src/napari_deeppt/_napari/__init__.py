@@ -24,9 +24,10 @@ def _viewer_of(layer: Any) -> Any:
 def _show_result(source: Any, result: Any) -> None:
     from napari.layers import Layer
 
+    from ..prediction import Prediction
     from ..tiles import TileGrid
     from ..tissue import TissueMask
-    from .layers import add_or_update, mask_layer_data, tiles_layer_data
+    from .layers import add_or_update, mask_layer_data, show_expression, tiles_layer_data
 
     if not isinstance(source, Layer):
         return
@@ -37,6 +38,8 @@ def _show_result(source: Any, result: Any) -> None:
         add_or_update(viewer, mask_layer_data(result, source.name))
     elif isinstance(result, TileGrid):
         add_or_update(viewer, tiles_layer_data(result, source.name))
+    elif isinstance(result, Prediction):
+        show_expression(viewer, result, result.top_genes(1).index[0], source.name)
 
 
 def guard_against_triton_llvm_clash() -> bool:

@@ -16,7 +16,10 @@ from ..slide import Slide
 __all__ = [
     "add_or_update",
     "embedding_layer_data",
+    "expression_layer_data",
     "mask_layer_data",
+    "robust_limits",
+    "show_expression",
     "slide_layer_data",
     "slide_layer_name",
     "tiles_layer_data",
@@ -136,3 +139,45 @@ def embedding_layer_data(features: Any, slide_name: str) -> LayerData:
         **_placed(grid.placement, (grid.slide_mpp, grid.slide_mpp)),
     }
     return (rgba, kwargs, "image")
+
+
+def robust_limits(values: np.ndarray) -> tuple[float, float]:
+    """2nd–98th percentile of the finite values (a flat map gets a unit-wide range)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(finite, [2, 98]))
+    return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
+
+
+def expression_layer_data(prediction: Any, gene: str, slide_name: str) -> LayerData:
+    """One gene's tile predictions as a float image at tile stride; NaN (clear) off tissue."""
+    raster = prediction.tile_map(gene).astype(np.float32)
+    grid = prediction.grid
+    kwargs = {
+        "name": f"{slide_name} expression",
+        "colormap": "viridis",
+        "contrast_limits": robust_limits(raster),
+        "opacity": 0.75,
+        "metadata": {
+            "deeppt_prediction": prediction,
+            "gene": gene,
+            "transform": prediction.transform,
+            "demo_model": prediction.demo,
+        },
+        **_placed(grid.placement, (grid.slide_mpp, grid.slide_mpp)),
+    }
+    return (raster, kwargs, "image")
+
+
+def show_expression(viewer: Any, prediction: Any, gene: str, slide_name: str) -> Any:
+    """Add or update the expression layer for ``gene`` with a visible colour bar."""
+    data = expression_layer_data(prediction, gene, slide_name)
+    layer = add_or_update(viewer, data)
+    layer.contrast_limits = data[1]["contrast_limits"]
+    layer.metadata.update(data[1]["metadata"])
+    try:
+        layer.colorbar.visible = True
+    except AttributeError:  # napari without colour bars
+        pass
+    return layer

@@ -1,0 +1,218 @@
+"""Dock widget "Predict expression": a slide and a model bundle → expression maps and tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    Table,
+    create_widget,
+)
+
+from ..errors import CancelledError
+from ..slide import as_slide
+from ._jobs import Job, start_job
+from .layers import robust_limits, show_expression
+
+__all__ = ["PredictWidget"]
+
+
+class PredictWidget(Container):
+    """Predict with a ``.deeppt`` bundle; pick a gene (type to search) to show its map."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        import napari
+
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._job: Job | None = None
+        self.prediction: Any = None
+        self._slide_name = ""
+        self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
+        self.bundle = FileEdit(label="model bundle", mode="r", filter="*.deeppt")
+        self.weights = FileEdit(
+            label="extractor weights", mode="r", filter="*.pth *.pt *.safetensors"
+        )
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.run_button = PushButton(text="Predict expression")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = Label(label="status", value="")
+        self.gene = ComboBox(label="gene", choices=[], nullable=True)
+        self.top_n = SpinBox(label="top genes", value=20, min=1, max=500)
+        self.table = Table(label="slide-level", value={"gene": [], "expression": []})
+        self.export_csv_button = PushButton(text="Export slide CSV…", enabled=False)
+        self.export_h5ad_button = PushButton(text="Export tiles h5ad…", enabled=False)
+        self.extend(
+            [
+                self.slide_layer,
+                self.bundle,
+                self.weights,
+                self.device,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+                self.gene,
+                self.top_n,
+                self.table,
+                self.export_csv_button,
+                self.export_h5ad_button,
+            ]
+        )
+        self._make_gene_box_searchable()
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.gene.changed.connect(self.show_gene)
+        self.top_n.changed.connect(self._fill_table)
+        self.export_csv_button.changed.connect(lambda: self._export("csv"))
+        self.export_h5ad_button.changed.connect(lambda: self._export("h5ad"))
+
+    def _make_gene_box_searchable(self) -> None:
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QCompleter
+
+        box = self.gene.native
+        box.setEditable(True)
+        box.setInsertPolicy(box.InsertPolicy.NoInsert)
+        completer = QCompleter(box.model(), box)
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        box.setCompleter(completer)
+
+    # -- running ------------------------------------------------------------------------------
+    def _busy(self, busy: bool) -> None:
+        self.run_button.enabled = not busy
+        self.cancel_button.enabled = busy
+        done = not busy and self.prediction is not None
+        self.export_csv_button.enabled = done
+        self.export_h5ad_button.enabled = done
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, max(total, 1))
+        self.status.value = f"{message} ({done}/{total})"
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        if isinstance(exc, CancelledError):
+            self.status.value = "cancelled; layers unchanged"
+        else:
+            self.status.value = f"error: {exc}"
+            show_error(str(exc))
+
+    def _finished(self) -> None:
+        self._job = None
+        self._busy(False)
+
+    def run(self) -> Job | None:
+        """Predict in a thread worker; then fill the gene picker, the table and the layer."""
+        from ..prediction import predict
+        from . import guard_against_triton_llvm_clash
+
+        guard_against_triton_llvm_clash()
+        try:
+            layer = self.slide_layer.value
+            if layer is None:
+                raise ValueError("choose a slide layer first")
+            bundle_path = Path(str(self.bundle.value or ""))
+            if not bundle_path.is_file():
+                raise ValueError("choose a model bundle (.deeppt) first")
+            from ..models import ModelBundle
+
+            bundle = ModelBundle.load(bundle_path)
+            slide = as_slide(layer)
+            weights_path = str(self.weights.value or "")
+            weights = (
+                weights_path
+                if weights_path not in ("", ".") and Path(weights_path).is_file()
+                else None
+            )
+        except Exception as exc:
+            self._on_error(exc)
+            return None
+        self._slide_name = layer.name
+
+        def on_result(prediction: Any) -> None:
+            prediction.bundle_path = str(bundle_path)
+            self.prediction = prediction
+            self.gene.changed.disconnect(self.show_gene)
+            self.gene.choices = list(prediction.genes)
+            self.gene.changed.connect(self.show_gene)
+            top = prediction.top_genes(1).index[0]
+            self.gene.value = top
+            self.show_gene(top)
+            self._fill_table()
+            demo = " — DEMO MODEL (synthetic data)" if prediction.demo else ""
+            self.status.value = (
+                f"{len(prediction.genes)} genes from {len(prediction.grid)} "
+                f"tiles ({prediction.transform}){demo}"
+            )
+
+        self._busy(True)
+        self.status.value = "running…"
+        self._job = start_job(
+            predict,
+            {"slide": slide, "bundle": bundle, "weights": weights, "device": self.device.value},
+            on_progress=self._on_progress,
+            on_result=on_result,
+            on_error=self._on_error,
+            on_finished=self._finished,
+        )
+        return self._job
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self.status.value = "cancelling…"
+            self._job.cancel()
+
+    # -- showing ------------------------------------------------------------------------------
+    def show_gene(self, gene: str | None = None) -> Any:
+        """Switch the expression layer to ``gene`` (no recomputation)."""
+        gene = gene or self.gene.value
+        if self.prediction is None or not gene or gene not in self.prediction.genes:
+            return None
+        layer = show_expression(self._viewer, self.prediction, gene, self._slide_name)
+        low, high = robust_limits(layer.data)
+        self.status.value = (
+            f"{gene}: {self.prediction.slide_expression[gene]:.3f} "
+            f"(slide mean), tiles {low:.2f}–{high:.2f}"
+        )
+        return layer
+
+    def _fill_table(self) -> None:
+        if self.prediction is None:
+            return
+        top = self.prediction.top_genes(self.top_n.value)
+        self.table.value = {
+            "gene": list(top.index),
+            "expression": [round(float(v), 4) for v in top.values],
+        }
+
+    def export(self, kind: str, path: str | Path) -> Path:
+        """Write the slide-level CSV (``kind="csv"``) or tile-level h5ad (``"h5ad"``)."""
+        if self.prediction is None:
+            raise ValueError("nothing to export: run a prediction first")
+        if kind == "csv":
+            return self.prediction.to_csv(path)
+        return self.prediction.to_h5ad(path)
+
+    def _export(self, kind: str) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        suffix = ".expression.csv" if kind == "csv" else ".tiles.h5ad"
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export", self._slide_name + suffix)
+        if path:
+            try:
+                self.status.value = f"wrote {self.export(kind, path)}"
+            except Exception as exc:
+                self._on_error(exc)

@@ -1,0 +1,71 @@
+"""The "Predict expression" dock and the console call: aligned maps, instant gene switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_deeppt
+from napari_deeppt._napari.predict_widget import PredictWidget
+from napari_deeppt.samples import demo_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle_path():
+    return demo_bundle(progress=False)  # trained once per session on a synthetic cohort
+
+
+@pytest.fixture
+def viewer_with_slide(make_napari_viewer, svs_slide):
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(svs_slide.path), plugin="napari-deeppt")[0]
+    return viewer, layer
+
+
+def test_predict_dock_adds_aligned_map_table_and_switches_genes(
+    qtbot, viewer_with_slide, bundle_path, tmp_path
+):
+    viewer, slide_layer = viewer_with_slide
+    widget = PredictWidget(viewer)
+    widget.bundle.value = bundle_path
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    prediction = widget.prediction
+    assert prediction is not None and "DEMO MODEL" in widget.status.value
+    layer = viewer.layers["small expression"]
+    assert layer.colorbar.visible
+    first = widget.gene.value
+    assert layer.metadata["gene"] == first
+    np.testing.assert_array_equal(layer.data, prediction.tile_map(first).astype(np.float32))
+    # a tile's map pixel sits on that tile
+    grid = prediction.grid
+    r, c = grid.rowcol[0]
+    y0, x0 = slide_layer.world_to_data(layer.data_to_world((r, c)))
+    assert x0 == pytest.approx(grid.xy[0, 0] + (grid.size_level0 - 1) / 2)
+    assert y0 == pytest.approx(grid.xy[0, 1] + (grid.size_level0 - 1) / 2)
+    # switching genes updates the same layer without recomputing
+    other = next(g for g in prediction.genes if g != first)
+    widget.gene.value = other
+    assert viewer.layers["small expression"].metadata["gene"] == other
+    np.testing.assert_array_equal(
+        viewer.layers["small expression"].data, prediction.tile_map(other).astype(np.float32)
+    )
+    assert sum(lyr.name == "small expression" for lyr in viewer.layers) == 1
+    assert widget.table.value["data"][0][0] == prediction.top_genes(1).index[0]
+    assert widget.export("csv", tmp_path / "s.csv").exists()
+    assert widget.export("h5ad", tmp_path / "t.h5ad").exists()
+
+
+def test_console_predict_with_a_layer_adds_the_map(viewer_with_slide, bundle_path):
+    viewer, layer = viewer_with_slide
+    prediction = napari_deeppt.predict(layer, bundle_path, progress=False)
+    assert viewer.layers["small expression"].metadata["deeppt_prediction"] is prediction
+
+
+def test_bad_bundle_is_reported(viewer_with_slide, tmp_path):
+    viewer, _ = viewer_with_slide
+    (tmp_path / "bad.deeppt").write_bytes(b"nope")
+    widget = PredictWidget(viewer)
+    widget.bundle.value = tmp_path / "bad.deeppt"
+    assert widget.run() is None
+    assert "not a readable napari-deeppt model bundle" in widget.status.value
