@@ -225,3 +225,59 @@ def test_holm_sidak_known_values():
     expected = [1 - 0.99**4, 1 - 0.98**3, 1 - 0.97**2, 0.5]
     np.testing.assert_allclose(adjusted[:4], expected, rtol=1e-12)
     assert np.isnan(adjusted[4])
+
+
+def test_spatial_transcriptomics_spots(cohort, tmp_path):
+    """Spots (a tile centred on each) as samples, CV grouped by slide, metrics per gene."""
+    from napari_deeppt.synthetic import write_synthetic_spots
+
+    spots, counts, driven = write_synthetic_spots(
+        tmp_path / "st", cohort.slides[:4], spacing_px=64, seed=0
+    )
+    result = train(
+        spots,
+        counts,
+        tmp_path / "st.deeppt",
+        extractor="colour-stats",
+        tile_px=64,
+        tile_mpp=0.5,
+        stain=None,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        outer_folds=2,
+        inner_folds=2,
+        max_epochs=100,
+        patience=20,
+        lr=1e-3,
+        batch_slides=64,
+    )
+    metrics = result.gene_metrics
+    driven_r = metrics.loc[list(driven), "pearson_r"]
+    assert (driven_r > 0.7).all() and driven_r.mean() > 0.8, metrics
+    assert not metrics.loc[["SPOT_NOISE0", "SPOT_NOISE1"], "significant"].any()
+    bundle = ModelBundle.load(result.bundle_path)
+    assert bundle.feature["mode"] == "spots" and bundle.feature["tile_px"] == 64
+    assert result.heldout.shape[0] == len(pd.read_csv(spots))
+    # the spot model predicts whole slides tile by tile, like a bulk model
+    prediction = predict(
+        cohort.slides[5].path, result.bundle_path, cache_dir=tmp_path / "cache", progress=False
+    )
+    assert prediction.tile_expression.shape[1] == len(bundle.genes)
+
+
+def test_spot_table_errors(tmp_path):
+    from napari_deeppt.training import read_spots
+
+    (tmp_path / "s.csv").write_text("slide,x\na.tif,1\n")
+    with pytest.raises(ExpressionTableError, match=r"lacks column\(s\) \['y'\]"):
+        read_spots(tmp_path / "s.csv")
+
+
+def test_expression_from_h5ad(cohort, tmp_path):
+    import anndata
+
+    manifest = read_manifest(cohort.manifest)
+    table = pd.read_csv(cohort.expression, index_col=0).T  # samples × genes
+    anndata.AnnData(table.astype(np.float32)).write_h5ad(tmp_path / "expr.h5ad")
+    loaded = read_expression(tmp_path / "expr.h5ad", list(manifest["sample_id"]))
+    np.testing.assert_allclose(loaded.to_numpy(), table.to_numpy(), rtol=1e-6)

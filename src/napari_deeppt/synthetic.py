@@ -27,6 +27,7 @@ __all__ = [
     "write_giant_slide",
     "write_synthetic_cohort",
     "write_synthetic_slide",
+    "write_synthetic_spots",
 ]
 
 #: Optical density per unit concentration of haematoxylin and eosin (columns) in R, G, B.
@@ -663,3 +664,59 @@ def write_synthetic_cohort(
         {"slide": [s.path.name for s in slides], "sample_id": samples, "patient_id": patients}
     ).to_csv(manifest, index=False)
     return SyntheticCohort(manifest, expression, tuple(slides), fractions_arr, driven, noise_genes)
+
+
+def write_synthetic_spots(
+    directory: str | os.PathLike[str],
+    slides: tuple[SyntheticSlide, ...] | list[SyntheticSlide],
+    spacing_px: float = 100.0,
+    spot_diameter_um: float = 55.0,
+    n_driven: int = 3,
+    n_noise: int = 2,
+    noise: float = 0.2,
+    seed: int = 0,
+) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """Spatial-transcriptomics-like data for ``slides``: ``spots.csv`` and ``counts.csv``.
+
+    Spots sit on a square lattice over the tissue; a driven gene's log2(count + 1) is
+    ``4 + 2 · weight[gene, tissue type under the spot] + noise``; noise genes ignore it.
+    Returns the two paths and the driven genes' weights.
+    """
+    import pandas as pd
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_types = len(DEFAULT_TISSUE_TYPES)
+    driven = {
+        f"SPOT_DRIVEN{g}": rng.permutation(np.linspace(-1, 1, n_types)) for g in range(n_driven)
+    }
+    rows, kinds = [], []
+    for slide in slides:
+        ys, xs = np.mgrid[
+            spacing_px / 2 : slide.height : spacing_px, spacing_px / 2 : slide.width : spacing_px
+        ]
+        kind = slide.tissue_type_map(xs.ravel(), ys.ravel())
+        for x, y, k in zip(xs.ravel(), ys.ravel(), kind):
+            if k >= 0:
+                rows.append(
+                    {
+                        "spot_id": f"{Path(slide.path).stem}_{len(rows)}",
+                        "slide": os.path.relpath(slide.path, directory),
+                        "x": float(x),
+                        "y": float(y),
+                        "spot_diameter_um": spot_diameter_um,
+                    }
+                )
+                kinds.append(int(k))
+    kinds_arr = np.array(kinds)
+    spots = pd.DataFrame(rows)
+    counts = {}
+    for gene, weight in driven.items():
+        counts[gene] = 2.0 ** (4 + 2 * weight[kinds_arr] + rng.normal(0, noise, len(rows))) - 1
+    for g in range(n_noise):
+        counts[f"SPOT_NOISE{g}"] = 2.0 ** (4 + rng.normal(0, 0.5, len(rows))) - 1
+    spots_path, counts_path = directory / "spots.csv", directory / "counts.csv"
+    spots.to_csv(spots_path, index=False)
+    pd.DataFrame(counts, index=spots["spot_id"]).to_csv(counts_path)
+    return spots_path, counts_path, driven

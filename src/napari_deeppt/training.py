@@ -25,6 +25,8 @@ __all__ = [
     "holm_sidak",
     "read_expression",
     "read_manifest",
+    "read_spots",
+    "spot_grid",
     "train",
 ]
 
@@ -389,6 +391,116 @@ def _ensemble_predict(
     return np.mean(preds, axis=0)
 
 
+def _cross_validate(
+    features: list[Any],
+    targets: Any,
+    groups: np.ndarray,
+    genes: list[str],
+    options: TrainingSettings,
+    progress: ProgressLike,
+    cancel: CancelLike,
+) -> tuple[np.ndarray, Any, dict[str, Any], Any, list[dict]]:
+    """Outer folds by group (held-out predictions, metrics), then the final model on all.
+
+    ``features[i]`` is the ``(n_tiles, D)`` tensor of sample ``i`` (one tile for a spot).
+    """
+    import torch
+
+    n = len(features)
+    rng = np.random.default_rng(options.seed)
+    outer = _group_folds(groups, options.outer_folds, rng)
+    heldout = np.zeros(tuple(targets.shape), np.float32)
+    with make_progress(progress, options.outer_folds + 1, "cross-validation", unit="fold") as bar:
+        for k, test_idx in enumerate(outer):
+            train_idx = np.setdiff1d(np.arange(n), test_idx)
+            autoencoder = _fit_autoencoder(
+                torch.cat([features[i] for i in train_idx]), options, options.seed + k, cancel
+            )
+            latents = _encode(autoencoder, features)
+            states = _ensemble(
+                latents, targets, train_idx, groups, options, options.seed + 17 * (k + 1), cancel
+            )
+            heldout[test_idx] = _ensemble_predict(
+                states, latents, test_idx, len(genes), options.latent_dim
+            )
+            bar.update()
+        metrics = gene_metrics(heldout, targets.numpy(), genes)
+        autoencoder = _fit_autoencoder(torch.cat(features), options, options.seed, cancel)
+        latents = _encode(autoencoder, features)
+        states = _ensemble(latents, targets, np.arange(n), groups, options, options.seed, cancel)
+        bar.update()
+    return heldout, metrics, summarise(metrics), autoencoder, states
+
+
+def _write_outputs(out: Path, bundle: Any, metrics: Any, heldout: Any, overwrite: bool) -> None:
+    from .io import atomic_path
+
+    bundle.save(out, overwrite=overwrite)
+    with atomic_path(out.with_suffix(".genes.csv"), overwrite=overwrite) as tmp:
+        metrics.to_csv(tmp)
+    with atomic_path(out.with_suffix(".heldout.csv"), overwrite=overwrite) as tmp:
+        heldout.to_csv(tmp)
+
+
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    for target in (out, out.with_suffix(".genes.csv"), out.with_suffix(".heldout.csv")):
+        if target.exists() and not overwrite:
+            raise FileExistsError(
+                f"{target}: already exists; pass overwrite=True (--overwrite) to replace it"
+            )
+
+
+def read_spots(path: str | Path) -> Any:
+    """A spot table CSV: ``slide``, ``x``, ``y`` (level-0 px), optional ``spot_id``,
+    ``spot_diameter_um``. Relative slide paths are resolved against the table's folder."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep=None, engine="python")
+    except Exception as exc:
+        raise ExpressionTableError(f"{path}: not a readable spot table ({exc})") from exc
+    missing = [c for c in ("slide", "x", "y") if c not in table.columns]
+    if missing:
+        raise ExpressionTableError(
+            f"{path}: the spot table lacks column(s) {missing}; it "
+            "needs slide, x, y (level-0 pixels) and optionally spot_id"
+        )
+    if "spot_id" not in table.columns:
+        table["spot_id"] = [f"{Path(s).stem}_{i}" for i, s in enumerate(table["slide"])]
+    table["spot_id"] = table["spot_id"].astype(str)
+    duplicated = table["spot_id"][table["spot_id"].duplicated()].tolist()
+    if duplicated:
+        raise ExpressionTableError(f"{path}: duplicated spot_id(s) {duplicated[:5]}")
+    table["slide"] = [
+        str(p if Path(p).is_absolute() else (path.parent / p)) for p in table["slide"]
+    ]
+    return table.reset_index(drop=True)
+
+
+def spot_grid(slide: Any, x: np.ndarray, y: np.ndarray, tile_px: int, tile_mpp: float) -> Any:
+    """A tile grid with one tile of ``tile_px`` at ``tile_mpp`` centred on each spot."""
+    from .tiles import TileGrid, TileGridParams
+
+    mpp0 = slide.require_mpp("spot tiles")
+    size0 = tile_px * tile_mpp / mpp0
+    n = len(x)
+    xy = np.round(np.stack([np.asarray(x, float), np.asarray(y, float)], 1) - size0 / 2)
+    return TileGrid(
+        xy=xy.astype(np.int64),
+        rowcol=np.stack([np.zeros(n, np.int64), np.arange(n)], 1),
+        tissue_fraction=np.ones(n, np.float32),
+        edge_fraction=np.full(n, np.nan, np.float32),
+        grid_shape=(1, max(n, 1)),
+        size_level0=float(size0),
+        stride_level0=float(size0),
+        params=TileGridParams(tile_px=tile_px, mpp=tile_mpp, min_tissue=0.0),
+        slide_dimensions=slide.dimensions,
+        slide_mpp=float(mpp0),
+        slide_path=str(slide.path),
+    )
+
+
 def train(
     manifest: str | Path | Any,
     expression: str | Path,
@@ -396,7 +508,7 @@ def train(
     *,
     extractor: str = "resnet50",
     weights: Any = None,
-    tile_px: int = 512,
+    tile_px: int | None = None,
     tile_mpp: float = 0.5,
     min_tissue: float = 0.5,
     stain: Any = "macenko",
@@ -418,14 +530,19 @@ def train(
     Parameters
     ----------
     manifest
-        Cohort manifest CSV (``slide, sample_id, patient_id``) or a DataFrame of it.
+        Cohort manifest CSV (``slide, sample_id, patient_id``) or a DataFrame of it — or a
+        spot table (``slide, x, y`` in level-0 px, ``spot_id``) for spatial
+        transcriptomics: each spot is a sample whose one tile is centred on it, and
+        cross-validation groups spots by slide.
     expression
-        Expression matrix (CSV/TSV, samples × genes or genes × samples, or ``.h5ad``).
+        Expression matrix (CSV/TSV, samples × genes or genes × samples, or ``.h5ad``); for
+        spots, the counts (spots × genes or genes × spots).
     out
         Bundle file to write (``.deeppt``); ``<out>.genes.csv`` and ``<out>.heldout.csv``
         are written beside it. Never overwritten unless ``overwrite``.
     extractor, weights, tile_px, tile_mpp, min_tissue, stain, device, cache_dir
-        Feature settings (see :func:`~napari_deeppt.features.extract_features`).
+        Feature settings (see :func:`~napari_deeppt.features.extract_features`); ``tile_px``
+        defaults to 512 (DeepPT) for slides and 224 for spots (112 µm at 0.5 µm/px).
     transform
         ``"log2p1"`` (log2(x + 1), default) or ``"none"``; stored in the bundle.
     genes, min_mean, top_n, rank_by
@@ -450,12 +567,32 @@ def train(
     from .tiles import detect_and_tile
 
     out = Path(out)
-    for target in (out, out.with_suffix(".genes.csv"), out.with_suffix(".heldout.csv")):
-        if target.exists() and not overwrite:
-            raise FileExistsError(
-                f"{target}: already exists; pass overwrite=True (--overwrite) to replace it"
-            )
+    _refuse_existing(out, overwrite)
     options = TrainingSettings(**settings)
+    if _is_spot_table(manifest):
+        return _train_spots(
+            manifest,
+            expression,
+            out,
+            options,
+            extractor=extractor,
+            weights=weights,
+            tile_px=tile_px or 224,
+            tile_mpp=tile_mpp,
+            stain=stain,
+            device=device,
+            cache_dir=cache_dir,
+            transform=transform,
+            genes=genes,
+            min_mean=min_mean,
+            top_n=top_n,
+            rank_by=rank_by,
+            demo=demo,
+            overwrite=overwrite,
+            progress=progress,
+            cancel=cancel,
+        )
+    tile_px = tile_px or 512
     table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
     samples = list(table["sample_id"])
     expr = read_expression(expression, samples)
@@ -490,32 +627,9 @@ def train(
             bar.update()
     features = [torch.tensor(fs.features, dtype=torch.float32) for fs in feature_sets]
 
-    rng = np.random.default_rng(options.seed)
-    outer = _group_folds(groups, options.outer_folds, rng)
-    heldout = np.zeros(values.shape, np.float32)
-    steps = options.outer_folds + 1
-    with make_progress(progress, steps, "cross-validation", unit="fold") as bar:
-        for k, test_idx in enumerate(outer):
-            train_idx = np.setdiff1d(np.arange(len(samples)), test_idx)
-            autoencoder = _fit_autoencoder(
-                torch.cat([features[i] for i in train_idx]), options, options.seed + k, cancel
-            )
-            latents = _encode(autoencoder, features)
-            states = _ensemble(
-                latents, targets, train_idx, groups, options, options.seed + 17 * (k + 1), cancel
-            )
-            heldout[test_idx] = _ensemble_predict(
-                states, latents, test_idx, len(chosen), options.latent_dim
-            )
-            bar.update()
-        metrics = gene_metrics(heldout, values, chosen)
-        summary = summarise(metrics)
-        autoencoder = _fit_autoencoder(torch.cat(features), options, options.seed, cancel)
-        latents = _encode(autoencoder, features)
-        states = _ensemble(
-            latents, targets, np.arange(len(samples)), groups, options, options.seed, cancel
-        )
-        bar.update()
+    heldout, metrics, summary, autoencoder, states = _cross_validate(
+        features, targets, groups, chosen, options, progress, cancel
+    )
 
     first = feature_sets[0]
     bundle = ModelBundle(
@@ -548,12 +662,121 @@ def train(
         metrics=summary,
         demo=demo,
     )
-    from .io import atomic_path
-
-    bundle.save(out, overwrite=overwrite)
-    with atomic_path(out.with_suffix(".genes.csv"), overwrite=overwrite) as tmp:
-        metrics.to_csv(tmp)
     heldout_table = pd.DataFrame(heldout, index=samples, columns=chosen)
-    with atomic_path(out.with_suffix(".heldout.csv"), overwrite=overwrite) as tmp:
-        heldout_table.to_csv(tmp)
+    _write_outputs(out, bundle, metrics, heldout_table, overwrite)
     return TrainingResult(out, metrics, summary, heldout_table)
+
+
+def _is_spot_table(table: Any) -> bool:
+    import pandas as pd
+
+    if isinstance(table, pd.DataFrame):
+        columns = set(table.columns)
+    else:
+        try:
+            columns = set(pd.read_csv(table, sep=None, engine="python", nrows=1).columns)
+        except Exception:
+            return False
+    return {"x", "y"} <= columns and "patient_id" not in columns
+
+
+def _train_spots(
+    spots: Any,
+    counts: Any,
+    out: Path,
+    options: TrainingSettings,
+    *,
+    extractor: str,
+    weights: Any,
+    tile_px: int,
+    tile_mpp: float,
+    stain: Any,
+    device: Any,
+    cache_dir: Any,
+    transform: str,
+    genes: list[str] | None,
+    min_mean: float | None,
+    top_n: int | None,
+    rank_by: str,
+    demo: bool,
+    overwrite: bool,
+    progress: ProgressLike,
+    cancel: CancelLike,
+) -> TrainingResult:
+    """Spatial transcriptomics: one sample per spot, CV grouped by slide."""
+    import pandas as pd
+    import torch
+
+    from .features import extract_features
+    from .models import ModelBundle
+    from .slide import open_slide
+
+    table = spots if isinstance(spots, pd.DataFrame) else read_spots(spots)
+    spot_ids = list(table["spot_id"])
+    expr = read_expression(counts, spot_ids)
+    chosen = select_genes(expr, genes, min_mean, top_n, rank_by)
+    values = apply_transform(expr[chosen].to_numpy(), transform, f"{counts}")
+    targets = torch.tensor(values, dtype=torch.float32)
+    groups = table["slide"].to_numpy()
+    features: list[Any] = [None] * len(table)
+    provenance: dict[str, Any] = {}
+    slides = list(dict.fromkeys(table["slide"]))
+    with make_progress(progress, len(slides), "spot features per slide", unit="slide") as bar:
+        for path in slides:
+            check_cancelled(cancel, "training")
+            rows = np.flatnonzero(table["slide"].to_numpy() == path)
+            slide = open_slide(path)
+            grid = spot_grid(
+                slide, table["x"].to_numpy()[rows], table["y"].to_numpy()[rows], tile_px, tile_mpp
+            )
+            fs = extract_features(
+                slide,
+                grid,
+                extractor=extractor,
+                weights=weights,
+                device=device,
+                stain=stain,
+                cache_dir=cache_dir,
+                progress=False,
+                cancel=cancel,
+                seed=options.seed,
+            )
+            provenance = fs.provenance
+            for j, row in enumerate(rows):
+                features[row] = torch.tensor(fs.features[j : j + 1], dtype=torch.float32)
+            bar.update()
+    heldout, metrics, summary, autoencoder, states = _cross_validate(
+        features, targets, groups, chosen, options, progress, cancel
+    )
+    bundle = ModelBundle(
+        genes=chosen,
+        transform=transform,
+        feature={
+            "extractor": extractor,
+            "weights_hash": provenance["weights_hash"],
+            "feature_dim": int(features[0].shape[1]),
+            "tile_px": tile_px,
+            "tile_mpp": tile_mpp,
+            "min_tissue": 0.5,
+            "stain": provenance["stain"],
+            "mode": "spots",
+        },
+        autoencoder={k: v.detach().clone() for k, v in autoencoder.state_dict().items()},
+        ensemble=states,
+        latent_dim=options.latent_dim,
+        training={
+            **asdict(options),
+            "mode": "spots",
+            "n_samples": len(spot_ids),
+            "n_slides": len(slides),
+            "expression": str(counts),
+        },
+        metrics=summary,
+        demo=demo,
+    )
+    _write_outputs(
+        out, bundle, metrics, pd.DataFrame(heldout, index=spot_ids, columns=chosen), overwrite
+    )
+    return TrainingResult(
+        out, metrics, summary, pd.DataFrame(heldout, index=spot_ids, columns=chosen)
+    )
