@@ -41,6 +41,8 @@ _EXPORTS = {
     "predict": "prediction",
     "Prediction": "prediction",
     "ModelBundle": "models",
+    "response_scores": "response",
+    "read_partners": "response",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .features import FeatureSet, extract_features, load_extractor
     from .models import ModelBundle
     from .prediction import Prediction, predict
+    from .response import read_partners, response_scores
     from .progress import CancelToken
     from .slide import Slide, open_slide
     from .stain import DEEPPT_TARGET, fit_macenko_target, macenko_normalize, reinhard_normalize

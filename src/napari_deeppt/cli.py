@@ -452,6 +452,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_response(args: argparse.Namespace) -> int:
+    from .response import response_scores
+
+    result = response_scores(
+        args.expression, args.partners, quantile=args.quantile, threshold=args.threshold
+    )
+    out = Path(args.out)
+    result.to_csv(out, overwrite=args.overwrite)
+    for drug, genes in result.missing_partners.items():
+        print(
+            f"warning: {drug}: partner(s) not among the predicted genes: {', '.join(genes[:10])}",
+            file=sys.stderr,
+        )
+    for message in result.messages:
+        print(f"warning: {message}", file=sys.stderr)
+    scored = result.scores.columns[result.scores.notna().any()]
+    responders = result.responders[scored].sum()
+    print(
+        f"{len(result.scores)} samples × {len(scored)} drugs scored (SELECT-style matching "
+        f"score; inactive below the cohort's {result.quantile:.0%} quantile; responder at "
+        f"≥ {result.threshold})"
+    )
+    for drug in scored:
+        print(f"  {drug}: {int(responders[drug])} predicted responder(s)")
+    print(f"  wrote {out}")
+    return 0
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".svs", ".tiff", ".tif", ".zarr"):
@@ -598,6 +626,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true")
     _add_mpp_options(pr)
     pr.set_defaults(func=cmd_predict)
+
+    rs = sub.add_parser(
+        "response",
+        help="treatment-response scores from predicted expression",
+        description="SELECT-style matching scores (an approximation of "
+        "ENLIGHT) of every sample for every drug in a partner table; writes "
+        "a samples × drugs CSV.",
+    )
+    rs.add_argument("expression", help="cohort predictions, samples × genes (CSV)")
+    rs.add_argument("partners", help="CSV: drug, partner (gene), type (SL or SR)")
+    rs.add_argument("--out", required=True, help="scores CSV to write")
+    rs.add_argument(
+        "--quantile",
+        type=float,
+        default=0.33,
+        help="a partner is inactive below this cohort quantile (0.33)",
+    )
+    rs.add_argument(
+        "--threshold",
+        type=float,
+        default=0.54,
+        help="predicted responder at this matching score or above (0.54)",
+    )
+    rs.add_argument("--overwrite", action="store_true")
+    rs.set_defaults(func=cmd_response)
 
     demo = sub.add_parser("demo", help="run the main job on the bundled sample slides")
     demo.add_argument(

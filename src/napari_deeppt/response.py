@@ -1,0 +1,216 @@
+"""Treatment response from predicted expression: a SELECT-style matching score.
+
+ENLIGHT (Dinstag et al., Med 2023) scores a drug by how a tumour's expression matches the
+drug's genetic-interaction partners; its partner lists and exact formula are not public, so
+the user supplies the partners, and this module follows its published predecessor SELECT
+(Lee et al., Cell 2021):
+
+- a partner gene is *inactive* in a sample when its expression is below the cohort's 33rd
+  percentile (``quantile``);
+- SL score = fraction of the drug's synthetic-lethal partners that are inactive (more
+  predict response); SR score = fraction of its synthetic-rescue partners that are inactive
+  (more predict resistance);
+- matching score = mean of the available parts among (SL score, 1 − SR score), in [0, 1];
+  a sample is a predicted responder when the score ≥ ``threshold`` (0.54, the ENLIGHT–DeepPT
+  cut-off).
+
+This approximates ENLIGHT; it is not ENLIGHT.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ExpressionTableError
+
+__all__ = ["ResponseResult", "read_partners", "response_scores"]
+
+_TYPES = {
+    "sl": "SL",
+    "synthetic lethal": "SL",
+    "synthetic_lethal": "SL",
+    "sr": "SR",
+    "synthetic rescue": "SR",
+    "synthetic_rescue": "SR",
+}
+
+
+def read_partners(partners: Any) -> Any:
+    """Partner table (CSV or DataFrame): ``drug``, ``partner`` (gene), ``type`` (SL or SR)."""
+    import pandas as pd
+
+    where = "the partner table"
+    if not isinstance(partners, pd.DataFrame):
+        where = str(partners)
+        try:
+            partners = pd.read_csv(partners, sep=None, engine="python", dtype=str)
+        except Exception as exc:
+            raise ExpressionTableError(f"{where}: not a readable partner table ({exc})") from exc
+    table = partners.rename(columns={c: c.strip().lower() for c in partners.columns})
+    table = table.rename(
+        columns={
+            "gene": "partner",
+            "partner_gene": "partner",
+            "interaction": "type",
+            "interaction_type": "type",
+        }
+    )
+    missing = [c for c in ("drug", "partner", "type") if c not in table.columns]
+    if missing:
+        raise ExpressionTableError(
+            f"{where}: lacks column(s) {missing}; it needs drug, partner (gene) and type (SL or SR)"
+        )
+    kinds = table["type"].astype(str).str.strip().str.lower().map(_TYPES)
+    if kinds.isna().any():
+        bad = table.loc[kinds.isna(), "type"].unique().tolist()
+        raise ExpressionTableError(
+            f"{where}: unknown interaction type(s) {bad}; use SL "
+            "(synthetic lethal) or SR (synthetic rescue)"
+        )
+    table = table.assign(
+        type=kinds,
+        drug=table["drug"].astype(str).str.strip(),
+        partner=table["partner"].astype(str).str.strip(),
+    )
+    return table[["drug", "partner", "type"]].drop_duplicates().reset_index(drop=True)
+
+
+@dataclass
+class ResponseResult:
+    """Scores of every sample for every drug.
+
+    Attributes
+    ----------
+    scores
+        samples × drugs matching scores in [0, 1] (NaN for a drug with no usable partner).
+    sl_score, sr_score
+        samples × drugs fractions of inactive SL / SR partners (NaN when a drug has none).
+    responders
+        samples × drugs, ``scores ≥ threshold`` (False where the score is NaN).
+    missing_partners
+        drug → partner genes absent from the expression (reported, not silently dropped).
+    messages
+        One line per drug that could not be scored, and why.
+    """
+
+    scores: Any
+    sl_score: Any
+    sr_score: Any
+    responders: Any
+    threshold: float
+    quantile: float
+    missing_partners: dict[str, list[str]] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
+        """samples × drugs matching scores."""
+        from .io import atomic_path
+
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            self.scores.to_csv(tmp, float_format="%.4f")
+        return Path(path)
+
+    def long_table(self) -> Any:
+        """One row per sample and drug: score, SL/SR parts, responder."""
+        import pandas as pd
+
+        parts = {
+            "score": self.scores,
+            "sl_score": self.sl_score,
+            "sr_score": self.sr_score,
+            "responder": self.responders,
+        }
+        frames = [frame.stack(future_stack=True).rename(name) for name, frame in parts.items()]
+        table = pd.concat(frames, axis=1)
+        table.index.names = ["sample", "drug"]
+        return table.reset_index()
+
+
+def response_scores(
+    expression: Any, partners: Any, quantile: float = 0.33, threshold: float = 0.54
+) -> ResponseResult:
+    """Matching scores of a cohort's samples for every drug in the partner table.
+
+    Parameters
+    ----------
+    expression
+        samples × genes predicted expression (DataFrame, or a CSV with samples as rows or
+        columns); the cohort defines what "low" means, so pass all samples together.
+    partners
+        Partner table (see :func:`read_partners`).
+    quantile
+        Inactivity cut-off as a cohort quantile (SELECT: 0.33).
+    threshold
+        Responder cut-off on the matching score (ENLIGHT–DeepPT: 0.54).
+    """
+    import pandas as pd
+
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    table = read_partners(partners)
+    expr = _read_expression(expression, set(table["partner"]))
+    if len(expr) < 3:
+        raise ExpressionTableError(
+            f"the cohort has {len(expr)} sample(s); cohort percentiles need at least 3"
+        )
+    cutoff = expr.quantile(quantile, axis=0)
+    inactive = expr.lt(cutoff, axis=1)
+    drugs = list(dict.fromkeys(table["drug"]))
+    sl = pd.DataFrame(np.nan, index=expr.index, columns=drugs)
+    sr = pd.DataFrame(np.nan, index=expr.index, columns=drugs)
+    missing: dict[str, list[str]] = {}
+    messages: list[str] = []
+    for drug in drugs:
+        rows = table[table["drug"] == drug]
+        absent = sorted(set(rows["partner"]) - set(expr.columns))
+        if absent:
+            missing[drug] = absent
+        usable = rows[rows["partner"].isin(expr.columns)]
+        for kind, frame in (("SL", sl), ("SR", sr)):
+            genes = usable.loc[usable["type"] == kind, "partner"].tolist()
+            if genes:
+                frame[drug] = inactive[genes].mean(axis=1)
+        if usable.empty:
+            messages.append(
+                f"{drug}: no score — none of its {len(rows)} partner(s) "
+                f"({', '.join(sorted(rows['partner'])[:6])}) is among the "
+                "predicted genes"
+            )
+    parts = np.stack([sl.to_numpy(float), 1.0 - sr.to_numpy(float)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a drug with no part: NaN
+        matching = pd.DataFrame(np.nanmean(parts, axis=0), index=expr.index, columns=drugs)
+    responders = matching.ge(threshold) & matching.notna()
+    return ResponseResult(matching, sl, sr, responders, threshold, quantile, missing, messages)
+
+
+def _read_expression(expression: Any, partner_genes: set[str]) -> Any:
+    import pandas as pd
+
+    if isinstance(expression, pd.Series):
+        raise ExpressionTableError(
+            "response scores need a cohort (samples × genes), not one "
+            "sample: cohort percentiles define 'inactive'"
+        )
+    if not isinstance(expression, pd.DataFrame):
+        try:
+            expression = pd.read_csv(expression, sep=None, engine="python", index_col=0)
+        except Exception as exc:
+            raise ExpressionTableError(
+                f"{expression}: not a readable expression table ({exc})"
+            ) from exc
+    expression.index = expression.index.astype(str)
+    expression.columns = expression.columns.astype(str)
+    if len(partner_genes & set(expression.index)) > len(partner_genes & set(expression.columns)):
+        expression = expression.T
+    numeric = expression.apply(pd.to_numeric, errors="coerce")
+    if numeric.isna().all().all():
+        raise ExpressionTableError("the expression table holds no numeric values")
+    return numeric
