@@ -60,8 +60,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .features import FeatureSet, extract_features, load_extractor
     from .models import ModelBundle
     from .prediction import Prediction, predict
-    from .response import read_partners, response_scores
     from .progress import CancelToken
+    from .response import read_partners, response_scores
     from .slide import Slide, open_slide
     from .stain import DEEPPT_TARGET, fit_macenko_target, macenko_normalize, reinhard_normalize
     from .synthetic import SyntheticSlide, write_synthetic_slide
