@@ -480,6 +480,34 @@ def cmd_response(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .cohort import run_cohort
+
+    result = run_cohort(
+        args.manifest,
+        args.model,
+        args.out,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        weights=args.weights,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+    )
+    counts = result.report["status"].value_counts().to_dict()
+    print(f"{len(result.report)} slides: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for _, row in result.report[result.report["status"] == "error"].iterrows():
+        print(f"  error: {row['sample_id']}: {row['error']}", file=sys.stderr)
+    print(
+        f"  wrote {result.out / 'cohort_expression.csv'} ({result.expression.shape[0]} "
+        f"samples × {result.expression.shape[1]} genes)"
+    )
+    print(f"  wrote {result.out / 'run_report.csv'}")
+    return 0 if "error" not in counts else 1
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".svs", ".tiff", ".tif", ".zarr"):
@@ -626,6 +654,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true")
     _add_mpp_options(pr)
     pr.set_defaults(func=cmd_predict)
+
+    rn = sub.add_parser(
+        "run",
+        help="predict a whole cohort on dask",
+        description="Tissue, tiles, features and predictions for every slide "
+        "of a manifest, one dask task per slide; resumable; writes "
+        "slides/<sample_id>.*, cohort_expression.csv and run_report.csv.",
+    )
+    rn.add_argument("manifest", help="CSV: slide, sample_id (patient_id optional)")
+    rn.add_argument("--model", required=True, help="model bundle (.deeppt)")
+    rn.add_argument("--out", required=True, help="output folder")
+    rn.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of an existing dask scheduler "
+        "(default: a local cluster sized to this machine; 'serial': no dask)",
+    )
+    rn.add_argument("--workers", type=int, default=None, help="local cluster workers")
+    rn.add_argument("--threads-per-worker", type=int, default=None)
+    rn.add_argument("--weights", default=None)
+    rn.add_argument("--device", default="auto")
+    rn.add_argument("--cache-dir", default=None)
+    rn.add_argument("--no-resume", action="store_true", help="recompute slides already done")
+    rn.add_argument("--quiet", action="store_true")
+    rn.set_defaults(func=cmd_run)
 
     rs = sub.add_parser(
         "response",
