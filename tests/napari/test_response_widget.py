@@ -1,0 +1,67 @@
+"""The "Treatment response" dock scores the open slide against its cohort."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from napari_deeppt._napari.layers import show_expression
+from napari_deeppt._napari.response_widget import ResponseWidget
+from napari_deeppt.prediction import Prediction
+from napari_deeppt.tiles import TileGrid, TileGridParams
+
+
+def fake_prediction(values: dict[str, float]) -> Prediction:
+    grid = TileGrid(
+        np.array([[0, 0]]),
+        np.array([[0, 0]]),
+        np.ones(1, np.float32),
+        np.full(1, np.nan, np.float32),
+        (1, 1),
+        512.0,
+        512.0,
+        TileGridParams(),
+        (512, 512),
+        0.5,
+        "case.svs",
+    )
+    genes = list(values)
+    return Prediction(
+        pd.Series(values),
+        np.array([list(values.values())], np.float32),
+        grid,
+        genes,
+        "log2p1",
+        slide_name="case.svs",
+    )
+
+
+def test_scores_the_open_slide_with_its_cohort(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    cohort = pd.DataFrame(
+        {"A": [2, 3, 4, 5, 6], "B": [6, 5, 4, 3, 2]}, index=[f"s{i}" for i in range(5)], dtype=float
+    )
+    cohort.to_csv(tmp_path / "cohort.csv")
+    pd.DataFrame(
+        {"drug": ["X", "X", "Y"], "partner": ["A", "B", "MISSING"], "type": ["SL", "SR", "SL"]}
+    ).to_csv(tmp_path / "partners.csv", index=False)
+    layer = show_expression(viewer, fake_prediction({"A": 1.0, "B": 7.0}), "A", "case")
+    widget = ResponseWidget(viewer)
+    widget.expression_layer.value = layer
+    widget.cohort.value = tmp_path / "cohort.csv"
+    widget.partners.value = tmp_path / "partners.csv"
+    result = widget.run()
+    # case: A = 1 is the cohort's lowest (inactive SL partner), B = 7 the highest (active SR)
+    assert result.scores.loc["case.svs", "X"] == 1.0
+    table = widget.table.value
+    assert table["data"][0][:3] == ["X", 1.0, "yes"]
+    assert "MISSING" in table["data"][1][4]
+    assert "1 predicted response(s)" in widget.status.value
+
+
+def test_needs_a_cohort(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    layer = show_expression(viewer, fake_prediction({"A": 1.0}), "A", "case")
+    widget = ResponseWidget(viewer)
+    widget.expression_layer.value = layer
+    assert widget.run() is None and "cohort" in widget.status.value
