@@ -43,11 +43,13 @@ _EXPORTS = {
     "ModelBundle": "models",
     "response_scores": "response",
     "read_partners": "response",
+    "run_cohort": "cohort",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .cohort import run_cohort
     from .errors import (
         CancelledError,
         DeepPTError,
