@@ -88,22 +88,13 @@ class Prediction:
         import pandas as pd
 
         grid = self.grid
-        obs = pd.DataFrame(
-            {
-                "x_level0": grid.xy[:, 0],
-                "y_level0": grid.xy[:, 1],
-                "row": grid.rowcol[:, 0],
-                "col": grid.rowcol[:, 1],
-                "tissue_fraction": grid.tissue_fraction,
-            },
-            index=[f"tile{i}" for i in range(len(grid))],
-        )
+        obs = grid.obs_table()
         adata = anndata.AnnData(
             X=self.tile_expression.astype(np.float32),
             obs=obs,
             var=pd.DataFrame(index=list(self.genes)),
         )
-        adata.obsm["spatial"] = grid.centres.astype(np.float64) * grid.slide_mpp
+        adata.obsm["spatial"] = grid.centres_um()
         adata.uns["deeppt"] = {
             "transform": self.transform,
             "slide": self.slide_name,

@@ -136,6 +136,25 @@ class TileGrid:
         """``(n, 2)`` level-0 centres ``(x, y)`` of the tiles (continuous coordinates)."""
         return self.xy + self.size_level0 / 2
 
+    def centres_um(self) -> np.ndarray:
+        """``(n, 2)`` tile centres ``(x, y)`` in µm from the slide's origin (for AnnData)."""
+        return self.centres.astype(np.float64) * self.slide_mpp
+
+    def obs_table(self) -> Any:
+        """One row per tile (``tile0``, ``tile1`` …): level-0 corner, grid cell, tissue."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "x_level0": self.xy[:, 0],
+                "y_level0": self.xy[:, 1],
+                "row": self.rowcol[:, 0],
+                "col": self.rowcol[:, 1],
+                "tissue_fraction": self.tissue_fraction,
+            },
+            index=[f"tile{i}" for i in range(len(self))],
+        )
+
     def raster(self, values: Any = None, fill: float = 0) -> np.ndarray:
         """One pixel per grid cell: ``values`` (default 1) at kept tiles, ``fill`` elsewhere."""
         values = np.ones(len(self), np.uint8) if values is None else np.asarray(values)

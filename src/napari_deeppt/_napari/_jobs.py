@@ -13,9 +13,11 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+
 from ..progress import CancelToken
 
-__all__ = ["Job", "start_job"]
+__all__ = ["Job", "JobWidget", "start_job"]
 
 _DONE = object()
 
@@ -99,3 +101,78 @@ def start_job(
         worker.finished.connect(on_finished)
     worker.start()
     return Job(worker, token)
+
+
+class JobWidget(Container):
+    """A dock that runs one core function at a time in a worker.
+
+    Provides the run and Cancel buttons, the progress bar, the status line and the
+    callbacks that keep them right; subclasses add their fields and call :meth:`_start`.
+    """
+
+    cancelled_message = "cancelled; layers unchanged"
+
+    def __init__(self, napari_viewer: Any, run_text: str) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._job: Job | None = None
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = Label(label="status", value="")
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+
+    def _controls(self) -> list[Any]:
+        return [self.run_button, self.cancel_button, self.progress, self.status]
+
+    def run(self) -> Job | None:  # pragma: no cover - every dock overrides it
+        raise NotImplementedError
+
+    def _busy(self, busy: bool) -> None:
+        self.run_button.enabled = not busy
+        self.cancel_button.enabled = busy
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, max(total, 1))
+        self.status.value = f"{message} ({done}/{total})"
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        from ..errors import CancelledError
+
+        if isinstance(exc, CancelledError):
+            self.status.value = self.cancelled_message
+        else:
+            self.status.value = f"error: {exc}"
+            show_error(str(exc))
+
+    def _finished(self) -> None:
+        self._job = None
+        self._busy(False)
+
+    def _start(
+        self,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        on_result: Callable[[Any], None],
+        status: str = "running…",
+    ) -> Job:
+        self._busy(True)
+        self.status.value = status
+        self._job = start_job(
+            func,
+            kwargs,
+            on_progress=self._on_progress,
+            on_result=on_result,
+            on_error=self._on_error,
+            on_finished=self._finished,
+        )
+        return self._job
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self.status.value = "cancelling…"
+            self._job.cancel()

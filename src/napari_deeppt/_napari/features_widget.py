@@ -5,36 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    Label,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-    create_widget,
-)
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox, create_widget
 
-from ..errors import CancelledError
 from ..features.extractors import EXTRACTORS
 from ..slide import as_slide
-from ._jobs import Job, start_job
+from ._jobs import Job, JobWidget
 from .layers import add_or_update, embedding_layer_data
 
 __all__ = ["FeaturesWidget"]
 
 
-class FeaturesWidget(Container):
+class FeaturesWidget(JobWidget):
     """Pick a slide layer and its tiles layer, extract features, show the embedding."""
+
+    cancelled_message = "cancelled; nothing was cached"
 
     def __init__(self, napari_viewer: Any) -> None:
         import napari
 
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self._job: Job | None = None
+        super().__init__(napari_viewer, "Extract features")
         self.result: Any = None
         self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
         self.tiles_layer = create_widget(
@@ -52,10 +41,6 @@ class FeaturesWidget(Container):
         self.stain = ComboBox(
             label="stain", choices=["macenko", "reinhard", "none"], value="macenko"
         )
-        self.run_button = PushButton(text="Extract features")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = Label(label="status", value="")
         self.extend(
             [
                 self.slide_layer,
@@ -66,36 +51,9 @@ class FeaturesWidget(Container):
                 self.device,
                 self.batch_size,
                 self.stain,
-                self.run_button,
-                self.cancel_button,
-                self.progress,
-                self.status,
+                *self._controls(),
             ]
         )
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
-
-    def _busy(self, busy: bool) -> None:
-        self.run_button.enabled = not busy
-        self.cancel_button.enabled = busy
-
-    def _on_progress(self, done: int, total: int, message: str) -> None:
-        self.progress.max = max(total, 1)
-        self.progress.value = min(done, max(total, 1))
-        self.status.value = f"{done}/{total} tiles · {message}"
-
-    def _on_error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        if isinstance(exc, CancelledError):
-            self.status.value = "cancelled; nothing was cached"
-        else:
-            self.status.value = f"error: {exc}"
-            show_error(str(exc))
-
-    def _finished(self) -> None:
-        self._job = None
-        self._busy(False)
 
     def run(self) -> Job | None:
         """Extract features in a thread worker; adds/updates the embedding layer."""
@@ -141,9 +99,7 @@ class FeaturesWidget(Container):
                 f"{where}; weights {features.provenance['weights_hash']}"
             )
 
-        self._busy(True)
-        self.status.value = "loading the model…"
-        self._job = start_job(
+        return self._start(
             extract_features,
             {
                 "slide": slide,
@@ -157,14 +113,6 @@ class FeaturesWidget(Container):
                 # inside a napari process; eager inference only here
                 "compile": False,
             },
-            on_progress=self._on_progress,
-            on_result=on_result,
-            on_error=self._on_error,
-            on_finished=self._finished,
+            on_result,
+            status="loading the model…",
         )
-        return self._job
-
-    def cancel(self) -> None:
-        if self._job is not None:
-            self.status.value = "cancelling…"
-            self._job.cancel()

@@ -5,35 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import (
-    ComboBox,
-    Container,
-    FileEdit,
-    Label,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-    Table,
-    create_widget,
-)
+from magicgui.widgets import ComboBox, FileEdit, PushButton, SpinBox, Table, create_widget
 
-from ..errors import CancelledError
 from ..slide import as_slide
-from ._jobs import Job, start_job
+from ._jobs import Job, JobWidget
 from .layers import robust_limits, show_expression
 
 __all__ = ["PredictWidget"]
 
 
-class PredictWidget(Container):
+class PredictWidget(JobWidget):
     """Predict with a ``.deeppt`` bundle; pick a gene (type to search) to show its map."""
 
     def __init__(self, napari_viewer: Any) -> None:
         import napari
 
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self._job: Job | None = None
+        super().__init__(napari_viewer, "Predict expression")
         self.prediction: Any = None
         self._slide_name = ""
         self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
@@ -42,10 +29,6 @@ class PredictWidget(Container):
             label="extractor weights", mode="r", filter="*.pth *.pt *.safetensors"
         )
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
-        self.run_button = PushButton(text="Predict expression")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = Label(label="status", value="")
         self.gene = ComboBox(label="gene", choices=[], nullable=True)
         self.top_n = SpinBox(label="top genes", value=20, min=1, max=500)
         self.table = Table(label="slide-level", value={"gene": [], "expression": []})
@@ -57,10 +40,7 @@ class PredictWidget(Container):
                 self.bundle,
                 self.weights,
                 self.device,
-                self.run_button,
-                self.cancel_button,
-                self.progress,
-                self.status,
+                *self._controls(),
                 self.gene,
                 self.top_n,
                 self.table,
@@ -69,8 +49,6 @@ class PredictWidget(Container):
             ]
         )
         self._make_gene_box_searchable()
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
         self.gene.changed.connect(self.show_gene)
         self.top_n.changed.connect(self._fill_table)
         self.export_csv_button.changed.connect(lambda: self._export("csv"))
@@ -90,29 +68,10 @@ class PredictWidget(Container):
 
     # -- running ------------------------------------------------------------------------------
     def _busy(self, busy: bool) -> None:
-        self.run_button.enabled = not busy
-        self.cancel_button.enabled = busy
+        super()._busy(busy)
         done = not busy and self.prediction is not None
         self.export_csv_button.enabled = done
         self.export_h5ad_button.enabled = done
-
-    def _on_progress(self, done: int, total: int, message: str) -> None:
-        self.progress.max = max(total, 1)
-        self.progress.value = min(done, max(total, 1))
-        self.status.value = f"{message} ({done}/{total})"
-
-    def _on_error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        if isinstance(exc, CancelledError):
-            self.status.value = "cancelled; layers unchanged"
-        else:
-            self.status.value = f"error: {exc}"
-            show_error(str(exc))
-
-    def _finished(self) -> None:
-        self._job = None
-        self._busy(False)
 
     def run(self) -> Job | None:
         """Predict in a thread worker; then fill the gene picker, the table and the layer."""
@@ -158,22 +117,11 @@ class PredictWidget(Container):
                 f"tiles ({prediction.transform}){demo}"
             )
 
-        self._busy(True)
-        self.status.value = "running…"
-        self._job = start_job(
+        return self._start(
             predict,
             {"slide": slide, "bundle": bundle, "weights": weights, "device": self.device.value},
-            on_progress=self._on_progress,
-            on_result=on_result,
-            on_error=self._on_error,
-            on_finished=self._finished,
+            on_result,
         )
-        return self._job
-
-    def cancel(self) -> None:
-        if self._job is not None:
-            self.status.value = "cancelling…"
-            self._job.cancel()
 
     # -- showing ------------------------------------------------------------------------------
     def show_gene(self, gene: str | None = None) -> Any:

@@ -8,32 +8,26 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FloatSpinBox,
-    Label,
-    ProgressBar,
     PushButton,
     SpinBox,
     create_widget,
 )
 
-from ..errors import CancelledError
 from ..slide import as_slide
-from ._jobs import Job, start_job
+from ._jobs import Job, JobWidget
 from .layers import add_or_update, mask_layer_data, tiles_layer_data
 
 __all__ = ["TissueTilesWidget"]
 
 
-class TissueTilesWidget(Container):
+class TissueTilesWidget(JobWidget):
     """Detect tissue, cut the tile grid and preview stain normalisation for a slide layer."""
 
     def __init__(self, napari_viewer: Any) -> None:
         import napari
 
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self._job: Job | None = None
+        super().__init__(napari_viewer, "Detect tissue and cut tiles")
         self._last: tuple[Any, Any, Any] | None = None  # (slide, grid, layer name)
 
         self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
@@ -61,10 +55,6 @@ class TissueTilesWidget(Container):
         self.stride_px = SpinBox(label="stride px (0 = tile)", value=0, min=0, max=8192)
         self.min_tissue = FloatSpinBox(label="min tissue", value=0.5, min=0.0, max=1.0, step=0.05)
         self.edge_filter = CheckBox(label="Sobel edge filter (DeepPT)", value=False)
-        self.run_button = PushButton(text="Detect tissue and cut tiles")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = Label(label="status", value="")
         self.preview_n = SpinBox(label="preview tiles", value=8, min=1, max=64)
         self.preview_method = ComboBox(
             label="method", choices=["macenko", "reinhard"], value="macenko"
@@ -86,42 +76,18 @@ class TissueTilesWidget(Container):
                 self.stride_px,
                 self.min_tissue,
                 self.edge_filter,
-                self.run_button,
-                self.cancel_button,
-                self.progress,
-                self.status,
+                *self._controls(),
                 self.preview_n,
                 self.preview_method,
                 self.preview_button,
             ]
         )
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
         self.preview_button.changed.connect(self.preview)
 
     # -- helpers ------------------------------------------------------------------------------
     def _busy(self, busy: bool) -> None:
-        self.run_button.enabled = not busy
+        super()._busy(busy)
         self.preview_button.enabled = not busy and self._last is not None
-        self.cancel_button.enabled = busy
-
-    def _on_progress(self, done: int, total: int, message: str) -> None:
-        self.progress.max = max(total, 1)
-        self.progress.value = min(done, max(total, 1))
-        self.status.value = f"{message} ({done}/{total})"
-
-    def _on_error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        if isinstance(exc, CancelledError):
-            self.status.value = "cancelled; layers unchanged"
-        else:
-            self.status.value = f"error: {exc}"
-            show_error(str(exc))
-
-    def _finished(self) -> None:
-        self._job = None
-        self._busy(False)
 
     def _slide(self) -> Any:
         layer = self.slide_layer.value
@@ -171,22 +137,9 @@ class TissueTilesWidget(Container):
             else:
                 self.status.value = f"{len(grid)} tiles kept of {rows * cols}{area}"
 
-        self._busy(True)
-        self.status.value = "running…"
-        self._job = start_job(
-            detect_and_tile,
-            {"slide": slide, "tissue": tissue, **grid_options},
-            on_progress=self._on_progress,
-            on_result=on_result,
-            on_error=self._on_error,
-            on_finished=self._finished,
+        return self._start(
+            detect_and_tile, {"slide": slide, "tissue": tissue, **grid_options}, on_result
         )
-        return self._job
-
-    def cancel(self) -> None:
-        if self._job is not None:
-            self.status.value = "cancelling…"
-            self._job.cancel()
 
     def preview(self) -> Job | None:
         """A mosaic of raw (top) vs normalised (bottom) tiles, beside the slide."""
@@ -223,13 +176,4 @@ class TissueTilesWidget(Container):
             self.status.value = f"preview: top raw, bottom {method}"
 
         job.__name__ = "preview_mosaic"
-        self._busy(True)
-        self._job = start_job(
-            job,
-            {},
-            on_progress=self._on_progress,
-            on_result=on_result,
-            on_error=self._on_error,
-            on_finished=self._finished,
-        )
-        return self._job
+        return self._start(job, {}, on_result, status="reading and normalising tiles…")

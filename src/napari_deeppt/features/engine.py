@@ -129,22 +129,9 @@ class FeatureSet:
     def to_anndata(self) -> Any:
         """AnnData: tiles as obs, ``obsm["spatial"]`` tile centres in µm, ``obsm["features"]``."""
         import anndata
-        import pandas as pd
 
-        mpp = self.grid.slide_mpp
-        centres = self.grid.centres.astype(np.float64) * mpp
-        obs = pd.DataFrame(
-            {
-                "x_level0": self.grid.xy[:, 0],
-                "y_level0": self.grid.xy[:, 1],
-                "row": self.grid.rowcol[:, 0],
-                "col": self.grid.rowcol[:, 1],
-                "tissue_fraction": self.grid.tissue_fraction,
-            },
-            index=[f"tile{i}" for i in range(len(self))],
-        )
-        adata = anndata.AnnData(obs=obs)
-        adata.obsm["spatial"] = centres
+        adata = anndata.AnnData(obs=self.grid.obs_table())
+        adata.obsm["spatial"] = self.grid.centres_um()
         adata.obsm["features"] = self.features.astype(np.float32)
         adata.uns["deeppt"] = {
             "provenance": json.dumps(self.provenance, default=str),
