@@ -51,7 +51,9 @@ def main() -> None:
         write_synthetic_slide(path, default_sample_spec(8192, 8192, 0.5))
     slide = open_slide(path)
     grid = make_tile_grid(slide, tile_px=512, mpp=0.5, min_tissue=0.9)
-    grid = grid.subset(np.arange(min(args.tiles, len(grid))))
+    n = min(args.tiles, len(grid))
+    n -= n % batch if n >= batch else 0  # whole batches: steady-state throughput
+    grid = grid.subset(np.arange(n))
     n = len(grid)
     print(f"device {device}, {torch.get_num_threads()} threads, {n} tiles, batch {batch}")
 

@@ -506,7 +506,8 @@ def extract_features(
                 filled += 1
                 if filled == batch or start + filled == len(grid):
                     check_cancelled(cancel, "feature extraction")
-                    # a compiled model sees one shape only (no recompiling for the last batch)
+                    # a compiled model sees one shape only: a short last batch is padded
+                    # (at most one batch of extra work per slide, instead of a recompile)
                     rows = batch if compiled else filled
                     images = staging[:rows].to(dev, non_blocking=True)
                     feats = model(preprocess_batch(images, spec, stain_config)).float()
