@@ -221,11 +221,7 @@ def cmd_tiles(args: argparse.Namespace) -> int:
         slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
         stem = _stem(slide.path)
         targets = [out / f"{stem}.tiles.csv", out / f"{stem}.tissue.npz", out / f"{stem}.tiles.png"]
-        existing = [str(t) for t in targets if t.exists()]
-        if existing and not args.overwrite:
-            raise FileExistsError(
-                f"{', '.join(existing)} already exist; pass --overwrite to replace them"
-            )
+        _refuse_existing(targets, args.overwrite)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoTissueWarning)
             mask, grid = detect_and_tile(
@@ -271,11 +267,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
         stem = _stem(slide.path)
         targets = {fmt: out / f"{stem}.features.{fmt}" for fmt in formats}
-        existing = [str(t) for t in targets.values() if t.exists()]
-        if existing and not args.overwrite:
-            raise FileExistsError(
-                f"{', '.join(existing)} already exist; pass --overwrite to replace them"
-            )
+        _refuse_existing(targets.values(), args.overwrite)
         if args.tiles:
             grid = TileGrid.load(args.tiles)
         else:
@@ -423,11 +415,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             out / f"{stem}.tiles.h5ad",
             out / f"{stem}.expression.png",
         ]
-        existing = [str(t) for t in targets if t.exists()]
-        if existing and not args.overwrite:
-            raise FileExistsError(
-                f"{', '.join(existing)} already exist; pass --overwrite to replace them"
-            )
+        _refuse_existing(targets, args.overwrite)
         prediction = predict(
             slide,
             bundle,
@@ -506,6 +494,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"  wrote {result.out / 'run_report.csv'}")
     return 0 if "error" not in counts else 1
+
+
+def _refuse_existing(targets: Any, overwrite: bool) -> None:
+    """Stop before any work if outputs exist and --overwrite was not given."""
+    existing = [str(t) for t in targets if Path(t).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist; pass --overwrite to replace them"
+        )
 
 
 def _stem(path: Path) -> str:
