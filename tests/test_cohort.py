@@ -137,3 +137,38 @@ def test_run_command_serial(manifest, bundle, tmp_path, capsys):
         == 1
     )
     assert "8 skipped" in capsys.readouterr().out
+
+
+def test_interrupt_leaves_only_complete_results_and_resumes(
+    manifest, bundle, serial, tmp_path, monkeypatch
+):
+    """Ctrl-C in the middle of writing a slide's results: nothing partial is left behind."""
+    import anndata
+
+    original = anndata.AnnData.write_h5ad
+    calls = {"n": 0}
+
+    def interrupted_write(self, filename, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with open(filename, "wb") as fh:
+                fh.write(b"half a file")
+            raise KeyboardInterrupt
+        return original(self, filename, *args, **kwargs)
+
+    monkeypatch.setattr(anndata.AnnData, "write_h5ad", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_cohort(manifest, bundle, tmp_path, scheduler="serial", progress=False)
+    names = sorted(p.name for p in (tmp_path / "slides").iterdir())
+    assert names == [
+        "S000.expression.csv",
+        "S000.tiles.h5ad",
+        "S001.expression.csv",
+        "S001.tiles.h5ad",
+    ]
+    monkeypatch.undo()
+    resumed = run_cohort(manifest, bundle, tmp_path, scheduler="serial", progress=False)
+    statuses = resumed.report.set_index("sample_id")["status"]
+    assert (statuses[["S000", "S001"]] == "skipped").all()
+    assert (statuses.drop(["S000", "S001", "BAD"]) == "ok").all()
+    pd.testing.assert_frame_equal(resumed.expression, serial.expression, rtol=1e-6)
