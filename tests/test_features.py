@@ -259,3 +259,39 @@ def test_memory_stays_flat_as_the_slide_grows(svs_slide, tmp_path):
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peaks[160] < peaks[40] + 2**20, peaks
+
+
+def test_jpeg_tiles_decoded_by_torchvision_equal_tifffile(tmp_path):
+    """The (GPU) JPEG path, run on the CPU: same pixels as tifffile, so the same features."""
+    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.samples import cmu1_small_region_path
+
+    slide = open_slide(cmu1_small_region_path())  # Aperio RGB-colourspace JPEG + JPEGTables
+    grid = make_tile_grid(slide, tile_px=240, mpp=slide.mpp, min_tissue=0.5)
+    reader = JpegTileReader.for_grid(slide, grid)
+    assert reader is not None and reader.rgb_colourspace
+    indices = np.arange(min(6, len(grid)))
+    decoded = reader.read_batch(indices, "cpu").numpy()
+    expected = np.stack([grid.read_tile(slide, int(i)) for i in indices])
+    np.testing.assert_array_equal(decoded, expected)
+    common = {
+        "extractor": "resnet18",
+        "weights": "random",
+        "stain": "macenko",
+        "cache_dir": tmp_path,
+        "progress": False,
+        "dtype": "float32",
+        "batch_size": 4,
+    }
+    direct = extract_features(slide, grid.subset(indices), gpu_decode=True, **common)
+    plain = extract_features(slide, grid.subset(indices), gpu_decode=False, **common)
+    assert direct.provenance["reader"] == "torchvision-jpeg"
+    assert plain.provenance["reader"] == "tiles"
+    np.testing.assert_allclose(direct.features, plain.features, rtol=1e-5, atol=1e-5)
+
+
+def test_jpeg_reader_only_for_jpeg_tiles(tiff_slide):
+    from napari_deeppt.features.jpeg import JpegTileReader
+
+    slide = open_slide(tiff_slide.path)  # zlib tiles
+    assert JpegTileReader.for_grid(slide, make_tile_grid(slide, tile_px=128)) is None

@@ -45,6 +45,8 @@ class LevelSource:
     """
 
     ndim = 3
+    #: The TIFF page behind this level, when there is one (direct JPEG decoding uses it).
+    tiff_page: Any = None
 
     def __init__(
         self,

@@ -203,7 +203,9 @@ def open_tiff(path: Path) -> SlideParts:
     for index, (series, level) in enumerate(level_series):
         array, axes, chunks = _level_array(tif, series, level)
         n_channels = 3 if _is_rgba(series) else None
-        sources.append(LevelSource(array, axes, path, f"level {index}", chunks, n_channels))
+        source = LevelSource(array, axes, path, f"level {index}", chunks, n_channels)
+        source.tiff_page = series.levels[level].keyframe  # for direct (GPU) JPEG decoding
+        sources.append(source)
     sources.sort(key=lambda src: -src.shape[0] * src.shape[1])
 
     associated: dict[str, LevelSource] = {}

@@ -331,6 +331,7 @@ def _cache_key(
     spec: Any,
     stain: dict[str, Any],
     dtype: str,
+    reader: str = "tiles",
 ) -> tuple[str, dict[str, Any]]:
     from .. import __version__
 
@@ -356,6 +357,7 @@ def _cache_key(
         "stain": stain,
         "dtype": dtype,
         "deeppt_major": __version__.split(".")[0],
+        "reader": reader,
     }
     key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
     return key[:24], fields
@@ -379,6 +381,7 @@ def extract_features(
     fit_max_pixels: int | None = 8192,
     use_cache: bool = True,
     seed: int = 0,
+    gpu_decode: Any = "auto",
 ) -> FeatureSet:
     """Features of every kept tile of a slide, streamed, cached with their provenance.
 
@@ -416,6 +419,10 @@ def extract_features(
         default 8192, every 6th pixel of a 512² tile each way).
     use_cache
         Read and write the cache.
+    gpu_decode
+        Decode the slide's JPEG tiles with ``torchvision.io.decode_jpeg`` on the device,
+        batched, instead of with tifffile on the CPU: ``"auto"`` on CUDA when the level is
+        JPEG-tiled, ``True`` wherever possible (also on the CPU), ``False`` never.
     seed
         Seeds random weights (``weights="random"``).
 
@@ -446,7 +453,22 @@ def extract_features(
     stain_config = _stain_config(stain, fit_max_pixels)
     loaded = load_extractor(extractor, weights, seed=seed)
     spec = loaded.spec
-    key, fields = _cache_key(slide, grid, extractor, loaded.weights_hash, spec, stain_config, dtype)
+    dev = resolve_device(device)
+    reader = None
+    if gpu_decode is True or (gpu_decode == "auto" and dev.type == "cuda"):
+        from .jpeg import JpegTileReader
+
+        reader = JpegTileReader.for_grid(slide, grid)
+    key, fields = _cache_key(
+        slide,
+        grid,
+        extractor,
+        loaded.weights_hash,
+        spec,
+        stain_config,
+        dtype,
+        "torchvision-jpeg" if reader is not None else "tiles",
+    )
     cache_path = Path(cache_dir or cache_root() / "features") / f"{key}.zarr"
     if use_cache and cache_path.exists():
         try:
@@ -454,7 +476,6 @@ def extract_features(
             return FeatureSet(cached.features, cached.grid, cached.provenance, from_cache=True)
         except DeepPTError:
             pass  # unreadable entry: recompute and replace it
-    dev = resolve_device(device)
     provenance = {
         **fields,
         "slide_path": str(slide.path),
@@ -485,11 +506,6 @@ def extract_features(
         if dev.type == "cuda"
         else _null()
     )
-    tile_px = grid.tile_px
-    staging = torch.empty((batch, tile_px, tile_px, 3), dtype=torch.uint8)
-    if dev.type == "cuda":
-        staging = staging.pin_memory()
-    staging_np = staging.numpy()  # shares memory: tiles are copied in without a tensor each
     out = np.empty((len(grid), spec.feature_dim), dtype)
     writer = atomic_path(cache_path, overwrite=cache_path.exists()) if use_cache else _null()
     with writer as tmp:
@@ -499,32 +515,59 @@ def extract_features(
             torch.inference_mode(),
             autocast,
         ):
-            filled, start = 0, 0
             t0 = time.perf_counter()
-            for _, tile in grid.iter_tiles(slide, workers=workers, prefetch=2 * batch):
-                staging_np[filled] = tile
-                filled += 1
-                if filled == batch or start + filled == len(grid):
-                    check_cancelled(cancel, "feature extraction")
-                    # a compiled model sees one shape only: a short last batch is padded
-                    # (at most one batch of extra work per slide, instead of a recompile)
-                    rows = batch if compiled else filled
-                    images = staging[:rows].to(dev, non_blocking=True)
-                    feats = model(preprocess_batch(images, spec, stain_config)).float()
-                    block = feats[:filled].cpu().numpy().astype(dtype)
-                    out[start : start + filled] = block
-                    if store is not None:
-                        store["features"][start : start + filled] = block
-                    start += filled
-                    filled = 0
-                    rate = start / max(time.perf_counter() - t0, 1e-9)
-                    eta = (len(grid) - start) / max(rate, 1e-9)
-                    bar.update(len(block), f"{rate:.1f} tiles/s, ETA {_format_eta(eta)}")
+            batches = _device_batches(slide, grid, reader, batch, dev, compiled, workers)
+            for start, filled, images in batches:
+                check_cancelled(cancel, "feature extraction")
+                feats = model(preprocess_batch(images, spec, stain_config)).float()
+                block = feats[:filled].cpu().numpy().astype(dtype)
+                out[start : start + filled] = block
+                if store is not None:
+                    store["features"][start : start + filled] = block
+                done = start + filled
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                eta = (len(grid) - done) / max(rate, 1e-9)
+                bar.update(len(block), f"{rate:.1f} tiles/s, ETA {_format_eta(eta)}")
         provenance["seconds"] = round(time.perf_counter() - started, 3)
         if store is not None:
             store.attrs["provenance"] = json.loads(json.dumps(provenance, default=str))
             store.attrs["complete"] = True
     return FeatureSet(out, grid, provenance)
+
+
+def _device_batches(
+    slide: Any, grid: TileGrid, reader: Any, batch: int, dev: Any, compiled: bool, workers: int
+) -> Any:
+    """Yield ``(start, n_tiles, uint8 images on the device)`` batch by batch.
+
+    A compiled model sees one shape only, so a short last batch is padded (at most one batch
+    of extra work per slide, instead of a recompile).
+    """
+    import torch
+
+    if reader is not None:  # decode the file's JPEG tiles on the device
+        for start in range(0, len(grid), batch):
+            indices = np.arange(start, min(start + batch, len(grid)))
+            images = reader.read_batch(indices, dev)
+            if compiled and len(indices) < batch:
+                pad = images.new_zeros((batch - len(indices), *images.shape[1:]))
+                images = torch.cat([images, pad])
+            yield start, len(indices), images
+        return
+    tile_px = grid.tile_px
+    staging = torch.empty((batch, tile_px, tile_px, 3), dtype=torch.uint8)
+    if dev.type == "cuda":
+        staging = staging.pin_memory()
+    staging_np = staging.numpy()  # shares memory: tiles are copied in without a tensor each
+    filled, start = 0, 0
+    for _, tile in grid.iter_tiles(slide, workers=workers, prefetch=2 * batch):
+        staging_np[filled] = tile
+        filled += 1
+        if filled == batch or start + filled == len(grid):
+            rows = batch if compiled else filled
+            yield start, filled, staging[:rows].to(dev, non_blocking=True)
+            start += filled
+            filled = 0
 
 
 def _format_eta(seconds: float) -> str:
