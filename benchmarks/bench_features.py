@@ -22,6 +22,9 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=96)
+    parser.add_argument("--size", type=int, default=8192,
+                        help="side of the synthetic slide in px at 0.5 µm/px (use ≥ 40000 "
+                        "for thousands of tiles on a GPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile (+freezing on CPU)")
@@ -46,9 +49,9 @@ def main() -> None:
     batch = args.batch_size or (256 if device.type == "cuda" else 32)
     folder = cache_root() / "benchmarks"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"features-8192-v{GENERATOR_VERSION}.svs"
+    path = folder / f"features-{args.size}-v{GENERATOR_VERSION}.svs"
     if not path.exists():
-        write_synthetic_slide(path, default_sample_spec(8192, 8192, 0.5))
+        write_synthetic_slide(path, default_sample_spec(args.size, args.size, 0.5))
     slide = open_slide(path)
     grid = make_tile_grid(slide, tile_px=512, mpp=0.5, min_tissue=0.9)
     n = min(args.tiles, len(grid))
