@@ -190,7 +190,7 @@ def run_cohort(
     else:
         from .training import read_manifest
 
-        table = _read_run_manifest(Path(manifest), read_manifest)
+        table = read_manifest(manifest, require_patient=False)
     rows: dict[str, dict[str, Any]] = {}
     todo = []
     for slide, sample in zip(table["slide"], table["sample_id"]):
@@ -235,22 +235,6 @@ def run_cohort(
     with atomic_path(out / "cohort_expression.csv", overwrite=True) as tmp:
         expression.to_csv(tmp)
     return CohortResult(expression, report, out)
-
-
-def _read_run_manifest(path: Path, read_manifest: Any) -> Any:
-    import pandas as pd
-
-    header = pd.read_csv(path, sep=None, engine="python", nrows=0).columns
-    if "patient_id" in header:
-        return read_manifest(path)
-    table = pd.read_csv(path, sep=None, engine="python", dtype=str)
-    if "patient_id" not in table.columns:
-        table["patient_id"] = table.get("sample_id")
-    tmp = table.copy()
-    if "slide" not in tmp.columns or "sample_id" not in tmp.columns:
-        raise DeepPTError(f"{path}: the manifest needs columns slide and sample_id")
-    tmp["slide"] = [str(p if Path(p).is_absolute() else path.parent / p) for p in tmp["slide"]]
-    return tmp
 
 
 def _run_distributed(

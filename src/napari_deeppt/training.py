@@ -66,10 +66,11 @@ class TrainingResult:
 
 
 # -- inputs ---------------------------------------------------------------------------------
-def read_manifest(path: str | Path) -> Any:
+def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
     """A cohort manifest CSV: ``slide``, ``sample_id``, ``patient_id`` (+ optional columns).
 
-    Relative slide paths are resolved against the manifest's folder.
+    Relative slide paths are resolved against the manifest's folder. With
+    ``require_patient=False`` (prediction runs) a missing ``patient_id`` is the sample id.
     """
     import pandas as pd
 
@@ -78,6 +79,8 @@ def read_manifest(path: str | Path) -> Any:
         table = pd.read_csv(path, sep=None, engine="python", dtype=str)
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable manifest CSV ({exc})") from exc
+    if not require_patient and "patient_id" not in table.columns and "sample_id" in table:
+        table["patient_id"] = table["sample_id"]
     missing = [c for c in ("slide", "sample_id", "patient_id") if c not in table.columns]
     if missing:
         raise ExpressionTableError(

@@ -123,6 +123,14 @@ class JobWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
 
+    @staticmethod
+    def _chosen_file(widget: Any) -> str | None:
+        """The path in a FileEdit, or None when it is empty or not a file."""
+        from pathlib import Path
+
+        value = str(widget.value or "")
+        return value if value not in ("", ".") and Path(value).is_file() else None
+
     def _controls(self) -> list[Any]:
         return [self.run_button, self.cancel_button, self.progress, self.status]
 

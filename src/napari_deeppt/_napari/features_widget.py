@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox, create_widget
@@ -71,15 +70,8 @@ class FeaturesWidget(JobWidget):
             if grid is None:
                 raise ValueError("choose the tiles layer made by 'Tissue & tiles' first")
             slide = as_slide(layer)
-            weights_path = str(self.weights.value or "")
             weights: Any = (
-                "random"
-                if self.random_weights.value
-                else (
-                    weights_path
-                    if weights_path not in ("", ".") and Path(weights_path).is_file()
-                    else None
-                )
+                "random" if self.random_weights.value else self._chosen_file(self.weights)
             )
         except Exception as exc:
             self._on_error(exc)

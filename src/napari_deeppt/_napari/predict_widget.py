@@ -90,12 +90,7 @@ class PredictWidget(JobWidget):
 
             bundle = ModelBundle.load(bundle_path)
             slide = as_slide(layer)
-            weights_path = str(self.weights.value or "")
-            weights = (
-                weights_path
-                if weights_path not in ("", ".") and Path(weights_path).is_file()
-                else None
-            )
+            weights = self._chosen_file(self.weights)
         except Exception as exc:
             self._on_error(exc)
             return None
