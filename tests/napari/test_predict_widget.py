@@ -27,6 +27,7 @@ def test_predict_dock_adds_aligned_map_table_and_switches_genes(
 ):
     viewer, slide_layer = viewer_with_slide
     widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)  # docked: napari resets its choices on layer events
     widget.bundle.value = bundle_path
     widget.run()
     qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
@@ -35,6 +36,8 @@ def test_predict_dock_adds_aligned_map_table_and_switches_genes(
     layer = viewer.layers["small expression"]
     assert layer.colorbar.visible
     first = widget.gene.value
+    assert first == prediction.top_genes(1).index[0]
+    assert list(widget.gene.choices)[1:] == prediction.genes  # kept after layers changed
     assert layer.metadata["gene"] == first
     np.testing.assert_array_equal(layer.data, prediction.tile_map(first).astype(np.float32))
     # a tile's map pixel sits on that tile

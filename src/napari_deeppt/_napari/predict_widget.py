@@ -29,7 +29,9 @@ class PredictWidget(JobWidget):
             label="extractor weights", mode="r", filter="*.pth *.pt *.safetensors"
         )
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
-        self.gene = ComboBox(label="gene", choices=[], nullable=True)
+        # choices come from a callable: napari calls reset_choices() on docked widgets
+        # whenever layers change, which must not forget the predicted genes
+        self.gene = ComboBox(label="gene", choices=self._gene_choices, nullable=True)
         self.top_n = SpinBox(label="top genes", value=20, min=1, max=500)
         self.table = Table(label="slide-level", value={"gene": [], "expression": []})
         self.export_csv_button = PushButton(text="Export slide CSV…", enabled=False)
@@ -53,6 +55,10 @@ class PredictWidget(JobWidget):
         self.top_n.changed.connect(self._fill_table)
         self.export_csv_button.changed.connect(lambda: self._export("csv"))
         self.export_h5ad_button.changed.connect(lambda: self._export("h5ad"))
+
+    def _gene_choices(self, _widget: Any = None) -> list[str]:
+        prediction = getattr(self, "prediction", None)
+        return [] if prediction is None else list(prediction.genes)
 
     def _make_gene_box_searchable(self) -> None:
         from qtpy.QtCore import Qt
@@ -100,7 +106,7 @@ class PredictWidget(JobWidget):
             prediction.bundle_path = str(bundle_path)
             self.prediction = prediction
             self.gene.changed.disconnect(self.show_gene)
-            self.gene.choices = list(prediction.genes)
+            self.gene.reset_choices()
             self.gene.changed.connect(self.show_gene)
             top = prediction.top_genes(1).index[0]
             self.gene.value = top
