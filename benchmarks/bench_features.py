@@ -22,9 +22,13 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=96)
-    parser.add_argument("--size", type=int, default=8192,
-                        help="side of the synthetic slide in px at 0.5 µm/px (use ≥ 40000 "
-                        "for thousands of tiles on a GPU)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=8192,
+        help="side of the synthetic slide in px at 0.5 µm/px (use ≥ 40000 "
+        "for thousands of tiles on a GPU)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile (+freezing on CPU)")

@@ -290,8 +290,84 @@ def test_jpeg_tiles_decoded_by_torchvision_equal_tifffile(tmp_path):
     np.testing.assert_allclose(direct.features, plain.features, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("size", "out"),
+    [(513, 512), (1024, 512), (1030, 512), (509, 512), (256, 224), (512, 224), (7, 3)],
+)
+def test_device_resize_is_pillows_bit_for_bit(size, out):
+    """Tiles decoded on a device are resized exactly as slide.resize_rgb (Pillow) does."""
+    import torch
+
+    from napari_deeppt.features.resample import resize_like_pillow
+    from napari_deeppt.slide import resize_rgb
+
+    rng = np.random.default_rng(size)
+    noise = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    edges = np.where(rng.random((size, size, 1)) < 0.5, 255, 0).astype(np.uint8).repeat(3, 2)
+    batch = np.stack([noise, edges])
+    expected = np.stack([resize_rgb(image, out, out) for image in batch])
+    np.testing.assert_array_equal(resize_like_pillow(torch.from_numpy(batch), out, out), expected)
+
+
+@pytest.mark.parametrize(
+    ("tile_px", "mpp", "shift"),
+    [
+        (512, None, (0, 0)),  # level 0, unaligned with the 240 px file tiles: stitched
+        (512, 0.5, (0, 0)),  # 513 px regions resized to 512 (mpp 0.499 → 0.5)
+        (256, 0.25, (0, 0)),  # enlarged 2× (bilinear)
+        (200, None, (130, -90)),  # regions past the slide's edges: white, as read_region
+    ],
+)
+def test_jpeg_reader_stitches_like_read_region(tile_px, mpp, shift):
+    from dataclasses import replace
+
+    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.samples import cmu1_small_region_path
+
+    slide = open_slide(cmu1_small_region_path())
+    grid = make_tile_grid(slide, tile_px=tile_px, mpp=mpp or slide.mpp, min_tissue=0.0)
+    if shift != (0, 0):  # move the first and last rows of tiles past the edges
+        xy = grid.xy.copy()
+        xy[xy[:, 1] == xy[:, 1].min(), 1] += shift[1]
+        xy[xy[:, 0] == xy[:, 0].max(), 0] += shift[0]
+        grid = replace(grid, xy=xy)
+    reader = JpegTileReader.for_grid(slide, grid)
+    indices = np.arange(len(grid))
+    expected = np.stack([grid.read_tile(slide, int(i)) for i in indices])
+    np.testing.assert_array_equal(reader.read_batch(indices, "cpu").numpy(), expected)
+
+
+def test_jpeg_reader_on_a_lower_ycbcr_level(svs_slide):
+    from napari_deeppt.features.jpeg import JpegTileReader
+
+    slide = open_slide(svs_slide.path)  # JPEG (YCbCr) tiles, a 4× level
+    grid = make_tile_grid(slide, tile_px=64, mpp=2.2, min_tissue=0.0)  # level 1, 70 → 64 px
+    reader = JpegTileReader.for_grid(slide, grid)
+    assert reader is not None and reader.level == 1 and not reader.rgb_colourspace
+    indices = np.arange(0, len(grid), max(1, len(grid) // 40))
+    expected = np.stack([grid.read_tile(slide, int(i)) for i in indices])
+    np.testing.assert_array_equal(reader.read_batch(indices, "cpu").numpy(), expected)
+
+
 def test_jpeg_reader_only_for_jpeg_tiles(tiff_slide):
     from napari_deeppt.features.jpeg import JpegTileReader
 
     slide = open_slide(tiff_slide.path)  # zlib tiles
     assert JpegTileReader.for_grid(slide, make_tile_grid(slide, tile_px=128)) is None
+
+
+def test_deferred_readback_returns_every_batch_once_in_order():
+    """The CUDA readback (one batch late, two reused host buffers), exercised on the CPU."""
+    from napari_deeppt.features.engine import _Readback
+
+    readback = _Readback(torch.device("cpu"), batch=4, dim=3, deferred=True)
+    batches = [torch.full((4, 3), float(k)) for k in range(4)] + [torch.full((2, 3), 4.0)]
+    collected = []
+    for k, feats in enumerate(batches):
+        ready = readback.push(4 * k, feats)
+        assert [start for start, _ in ready] == ([] if k == 0 else [4 * (k - 1)])
+        collected += ready
+    collected += readback.flush()
+    assert [start for start, _ in collected] == [0, 4, 8, 12, 16]
+    for k, (_, block) in enumerate(collected):
+        np.testing.assert_array_equal(block, batches[k].numpy())  # not overwritten by reuse

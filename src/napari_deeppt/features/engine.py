@@ -517,17 +517,27 @@ def extract_features(
         ):
             t0 = time.perf_counter()
             batches = _device_batches(slide, grid, reader, batch, dev, compiled, workers)
-            for start, filled, images in batches:
-                check_cancelled(cancel, "feature extraction")
-                feats = model(preprocess_batch(images, spec, stain_config)).float()
-                block = feats[:filled].cpu().numpy().astype(dtype)
-                out[start : start + filled] = block
+            readback = _Readback(dev, batch, spec.feature_dim)
+
+            def store_block(start: int, block: np.ndarray) -> None:
+                block = block.astype(dtype)
+                out[start : start + len(block)] = block
                 if store is not None:
-                    store["features"][start : start + filled] = block
-                done = start + filled
+                    store["features"][start : start + len(block)] = block
+                done = start + len(block)
                 rate = done / max(time.perf_counter() - t0, 1e-9)
                 eta = (len(grid) - done) / max(rate, 1e-9)
                 bar.update(len(block), f"{rate:.1f} tiles/s, ETA {_format_eta(eta)}")
+
+            for start, filled, images in batches:
+                check_cancelled(cancel, "feature extraction")
+                feats = model(preprocess_batch(images, spec, stain_config))
+                # on CUDA the copy back is queued now and collected after the next batch is
+                # launched, so the GPU never waits for the CPU to store features
+                for done_start, block in readback.push(start, feats[:filled]):
+                    store_block(done_start, block)
+            for done_start, block in readback.flush():
+                store_block(done_start, block)
         provenance["seconds"] = round(time.perf_counter() - started, 3)
         if store is not None:
             store.attrs["provenance"] = json.loads(json.dumps(provenance, default=str))
@@ -546,28 +556,86 @@ def _device_batches(
     import torch
 
     if reader is not None:  # decode the file's JPEG tiles on the device
-        for start in range(0, len(grid), batch):
-            indices = np.arange(start, min(start + batch, len(grid)))
-            images = reader.read_batch(indices, dev)
-            if compiled and len(indices) < batch:
-                pad = images.new_zeros((batch - len(indices), *images.shape[1:]))
-                images = torch.cat([images, pad])
-            yield start, len(indices), images
+        from concurrent.futures import ThreadPoolExecutor
+
+        def fetch(first: int) -> Any:  # file reads only: runs ahead in a thread
+            return reader.fetch(np.arange(first, min(first + batch, len(grid))))
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(fetch, 0)
+            for start in range(0, len(grid), batch):
+                fetched = ahead.result()
+                if start + batch < len(grid):
+                    ahead = pool.submit(fetch, start + batch)
+                images = reader.assemble(fetched, dev)
+                filled = len(fetched.rows)
+                if compiled and filled < batch:
+                    pad = images.new_zeros((batch - filled, *images.shape[1:]))
+                    images = torch.cat([images, pad])
+                yield start, filled, images
         return
     tile_px = grid.tile_px
-    staging = torch.empty((batch, tile_px, tile_px, 3), dtype=torch.uint8)
+    # two staging buffers (pinned on CUDA): one is filled while the other's copy to the
+    # device may still be in flight; _Readback collects batch k-1 before batch k+1 is filled
+    staging = [torch.empty((batch, tile_px, tile_px, 3), dtype=torch.uint8) for _ in range(2)]
     if dev.type == "cuda":
-        staging = staging.pin_memory()
-    staging_np = staging.numpy()  # shares memory: tiles are copied in without a tensor each
-    filled, start = 0, 0
+        staging = [buffer.pin_memory() for buffer in staging]
+    filled, start, turn = 0, 0, 0
     for _, tile in grid.iter_tiles(slide, workers=workers, prefetch=2 * batch):
-        staging_np[filled] = tile
+        staging[turn].numpy()[filled] = tile  # shares memory: no tensor per tile
         filled += 1
         if filled == batch or start + filled == len(grid):
             rows = batch if compiled else filled
-            yield start, filled, staging[:rows].to(dev, non_blocking=True)
+            yield start, filled, staging[turn][:rows].to(dev, non_blocking=True)
             start += filled
-            filled = 0
+            filled, turn = 0, 1 - turn
+
+
+class _Readback:
+    """Features back to the host, one batch late on CUDA (pinned memory, events).
+
+    :meth:`push` queues a batch's copy and returns the batches whose copies are complete:
+    on the CPU the batch itself, on CUDA the previous one, so the GPU computes batch ``k``
+    while the host stores batch ``k - 1``.
+    """
+
+    def __init__(self, device: Any, batch: int, dim: int, deferred: bool | None = None) -> None:
+        import torch
+
+        self.cuda = device.type == "cuda"
+        self.deferred = self.cuda if deferred is None else deferred
+        self.pending: list[tuple[int, Any, Any]] = []
+        self.host = [torch.empty((batch, dim), dtype=torch.float32) for _ in range(2)]
+        if self.cuda:
+            self.host = [buffer.pin_memory() for buffer in self.host]
+        self.turn = 0
+
+    def push(self, start: int, feats: Any) -> list[tuple[int, np.ndarray]]:
+        import torch
+
+        if not self.deferred:
+            return [(start, feats.float().cpu().numpy())]
+        host = self.host[self.turn][: int(feats.shape[0])]
+        host.copy_(feats.float(), non_blocking=self.cuda)
+        event = None
+        if self.cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self.turn = 1 - self.turn
+        self.pending.append((start, host, event))
+        return self._collect(keep=1)
+
+    def flush(self) -> list[tuple[int, np.ndarray]]:
+        return self._collect(keep=0)
+
+    def _collect(self, keep: int) -> list[tuple[int, np.ndarray]]:
+        ready = []
+        while len(self.pending) > keep:
+            start, host, event = self.pending.pop(0)
+            if event is not None:
+                event.synchronize()
+            ready.append((start, host.numpy().copy()))
+        return ready
 
 
 def _format_eta(seconds: float) -> str:

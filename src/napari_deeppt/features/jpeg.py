@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["JpegTileReader"]
+__all__ = ["JpegBatch", "JpegTileReader"]
 
 _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 
@@ -61,49 +62,121 @@ class JpegTileReader:
             data = data[:2] + _ADOBE_RGB + data[2:]
         return data
 
-    def _window(self, i: int) -> tuple[int, int]:
-        x, y = self.grid.xy[i]
+    def _windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-left (row, col) in level pixels of each grid tile's region, as read_region."""
+        xy = self.grid.xy[indices]
         dx, dy = self.slide.downsamples_xy[self.level]
-        return math.floor(x / dx), math.floor(y / dy)
+        cols = np.floor(xy[:, 0] / dx).astype(np.int64)
+        rows = np.floor(xy[:, 1] / dy).astype(np.int64)
+        return rows, cols
 
-    def read_batch(self, indices: Any, device: Any) -> Any:
-        """``(B, tile_px, tile_px, 3)`` uint8 tiles on ``device``."""
+    def fetch(self, indices: Any) -> JpegBatch:
+        """Read (on the CPU, no decoding) the file tiles that a batch of grid tiles needs."""
+        import torch
+
+        indices = np.asarray(indices, np.int64)
+        rows, cols = self._windows(indices)
+        size = self.region_px
+        n_rows = math.ceil(self.level_h / self.tile_h)
+        # file-tile rows/columns each window touches, clipped to the level
+        ty0 = np.clip(rows, 0, self.level_h - 1) // self.tile_h
+        ty1 = np.clip(rows + size - 1, 0, self.level_h - 1) // self.tile_h
+        tx0 = np.clip(cols, 0, self.level_w - 1) // self.tile_w
+        tx1 = np.clip(cols + size - 1, 0, self.level_w - 1) // self.tile_w
+        span_y = int((ty1 - ty0).max()) + 1 if len(indices) else 1
+        span_x = int((tx1 - tx0).max()) + 1 if len(indices) else 1
+        dy = np.arange(span_y)
+        dx = np.arange(span_x)
+        ty = np.minimum(ty0[:, None] + dy, n_rows - 1)  # (B, span_y)
+        tx = np.minimum(tx0[:, None] + dx, self.per_row - 1)  # (B, span_x)
+        keys = ty[:, :, None] * self.per_row + tx[:, None, :]  # (B, span_y, span_x)
+        unique, slots = np.unique(keys, return_inverse=True)
+        streams = [
+            torch.frombuffer(bytearray(self._stream(int(k))), dtype=torch.uint8) for k in unique
+        ]
+        return JpegBatch(
+            rows=rows,
+            cols=cols,
+            first_tile_row=ty0,
+            first_tile_col=tx0,
+            slots=slots.reshape(keys.shape),
+            streams=streams,
+        )
+
+    def assemble(self, batch: JpegBatch, device: Any) -> Any:
+        """Decode a fetched batch on ``device``: ``(B, tile_px, tile_px, 3)`` uint8."""
         import torch
         from torchvision.io import decode_jpeg
 
-        from .engine import resize_uint8
+        from .resample import resize_like_pillow
 
-        size = self.region_px
-        windows = [self._window(int(i)) for i in indices]
-        needed: dict[int, int] = {}
-        for c0, r0 in windows:
-            for ty in range(
-                max(r0, 0) // self.tile_h, min(r0 + size, self.level_h) // self.tile_h + 1
-            ):
-                for tx in range(
-                    max(c0, 0) // self.tile_w, min(c0 + size, self.level_w) // self.tile_w + 1
-                ):
-                    if ty * self.tile_h < self.level_h and tx * self.tile_w < self.level_w:
-                        needed.setdefault(ty * self.per_row + tx, len(needed))
-        streams = [torch.frombuffer(bytearray(self._stream(k)), dtype=torch.uint8) for k in needed]
+        th, tw, size = self.tile_h, self.tile_w, self.region_px
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its codecs in favour of TorchCodec; they still work
             warnings.simplefilter("ignore", DeprecationWarning)
-            decoded = decode_jpeg(streams, device=device) if streams else []
-        out = torch.full((len(windows), size, size, 3), 255, dtype=torch.uint8, device=device)
-        for b, (c0, r0) in enumerate(windows):
-            for k, slot in needed.items():
-                ty, tx = divmod(k, self.per_row)
-                y0, x0 = ty * self.tile_h, tx * self.tile_w
-                ya, yb = max(r0, y0), min(r0 + size, y0 + self.tile_h, self.level_h)
-                xa, xb = max(c0, x0), min(c0 + size, x0 + self.tile_w, self.level_w)
-                if ya >= yb or xa >= xb:
-                    continue
-                tile = decoded[slot]  # (3, h, w)
-                out[b, ya - r0 : yb - r0, xa - c0 : xb - c0] = tile[
-                    :, ya - y0 : yb - y0, xa - x0 : xb - x0
-                ].permute(1, 2, 0)
-        return resize_uint8(out, self.grid.tile_px) if size != self.grid.tile_px else out
+            decoded = decode_jpeg(batch.streams, device=device) if batch.streams else []
+        n = len(decoded)
+        # the decoded file tiles, channels last
+        if n and all(tuple(t.shape) == (3, th, tw) for t in decoded):
+            stack = torch.stack(decoded).permute(0, 2, 3, 1).contiguous()
+        else:  # a writer that stored short edge tiles: pad them
+            stack = torch.full((max(n, 1), th, tw, 3), 255, dtype=torch.uint8, device=device)
+            for k, tile in enumerate(decoded):
+                h, w = min(th, tile.shape[1]), min(tw, tile.shape[2])
+                stack[k, :h, :w] = tile[:, :h, :w].permute(1, 2, 0)
+        out = torch.empty(
+            (len(batch.rows), self.grid.tile_px, self.grid.tile_px, 3),
+            dtype=torch.uint8,
+            device=device,
+        )
+        offsets = np.arange(size)
+        pix_y = batch.rows[:, None] + offsets  # (B, size) level rows of each region
+        pix_x = batch.cols[:, None] + offsets
+        cy = np.clip(pix_y, 0, self.level_h - 1)
+        cx = np.clip(pix_x, 0, self.level_w - 1)
+
+        def on_device(a: np.ndarray) -> Any:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        # per row / per column of each region (small): the file tile within the region's
+        # span, and the offset of the pixel within that tile in the stacked tiles
+        span_row = on_device(cy // th - batch.first_tile_row[:, None])
+        span_col = on_device(cx // tw - batch.first_tile_col[:, None])
+        row_offset = on_device((cy % th) * tw)
+        col_offset = on_device(cx % tw)
+        outside_y = (pix_y < 0) | (pix_y >= self.level_h)
+        outside_x = (pix_x < 0) | (pix_x >= self.level_w)
+        tile_start = on_device(batch.slots * (th * tw))  # first pixel of each touched tile
+        pixels = stack.view(-1, 3)
+        chunk = max(1, (1 << 22) // (size * size))  # bounds the per-pixel index tensor
+        for lo in range(0, len(batch.rows), chunk):
+            hi = min(lo + chunk, len(batch.rows))
+            b = torch.arange(hi - lo, device=device)[:, None, None]
+            linear = tile_start[lo:hi][b, span_row[lo:hi, :, None], span_col[lo:hi, None, :]]
+            linear += row_offset[lo:hi, :, None]
+            linear += col_offset[lo:hi, None, :]
+            region = pixels.index_select(0, linear.view(-1)).view(hi - lo, size, size, 3)
+            if outside_y[lo:hi].any() or outside_x[lo:hi].any():  # past the level's edge
+                region.masked_fill_(on_device(outside_y[lo:hi])[:, :, None, None], 255)
+                region.masked_fill_(on_device(outside_x[lo:hi])[:, None, :, None], 255)
+            out[lo:hi] = resize_like_pillow(region, self.grid.tile_px, self.grid.tile_px)
+        return out
+
+    def read_batch(self, indices: Any, device: Any) -> Any:
+        """``(B, tile_px, tile_px, 3)`` uint8 tiles on ``device``: fetch, then assemble."""
+        return self.assemble(self.fetch(indices), device)
+
+
+@dataclass
+class JpegBatch:
+    """What :meth:`JpegTileReader.fetch` read for one batch: the bytes and where they go."""
+
+    rows: np.ndarray  # (B,) top row of each region, level pixels
+    cols: np.ndarray  # (B,) left column
+    first_tile_row: np.ndarray  # (B,) first file-tile row each region touches
+    first_tile_col: np.ndarray
+    slots: np.ndarray  # (B, span_y, span_x) index into streams of each touched file tile
+    streams: list[Any]  # JPEG streams (uint8 tensors), one per distinct file tile
 
 
 def reference_tiles(slide: Any, grid: Any, indices: Any) -> np.ndarray:
