@@ -9,6 +9,10 @@
 Goals (2-core CPU): pipeline ≥ 0.85 × bare model, ≥ 2 × the seed-style loop.
 
     python benchmarks/bench_features.py [--tiles 96] [--device auto] [--compile]
+                                        [--gpu-decode auto|on|off] [--size 8192]
+
+It also times reading alone: tifffile + Pillow in threads against the file's JPEG tiles
+decoded on the device (torchvision/nvJPEG), same tiles.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile (+freezing on CPU)")
+    parser.add_argument(
+        "--gpu-decode",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="decode the slide's JPEG tiles on the device (auto: on CUDA)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -98,11 +108,30 @@ def main() -> None:
         "use_cache": False,
         "progress": False,
         "compile": args.compile,
+        "gpu_decode": {"auto": "auto", "on": True, "off": False}[args.gpu_decode],
     }
     extract_features(slide, grid.subset(np.arange(2)), **run)  # load (and compile) once
     t = time.perf_counter()
-    extract_features(slide, grid, **run)
+    result = extract_features(slide, grid, **run)
     pipeline = n / (time.perf_counter() - t)
+
+    # reading alone: tifffile + Pillow in threads, and the file's JPEG tiles on the device
+    from napari_deeppt.features.jpeg import JpegTileReader
+
+    t = time.perf_counter()
+    for _ in grid.iter_tiles(slide, workers=max(2, torch.get_num_threads())):
+        pass
+    read_threads = n / (time.perf_counter() - t)
+    reader = JpegTileReader.for_grid(slide, grid)
+    read_device = float("nan")
+    if reader is not None:
+        reader.read_batch(np.arange(min(batch, n)), device)  # warm-up
+        t = time.perf_counter()
+        for start in range(0, n, batch):
+            reader.read_batch(np.arange(start, min(start + batch, n)), device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        read_device = n / (time.perf_counter() - t)
 
     seed_model = load_extractor("resnet50", "random").model.eval().to(device)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -118,6 +147,12 @@ def main() -> None:
             seed_model(torch.stack(tensors).to(device)).cpu()
     seed = n / (time.perf_counter() - t)
 
+    print(f"reading, tifffile threads: {read_threads:8.1f} tiles/s")
+    print(
+        f"reading, JPEG on {device.type}:   {read_device:8.1f} tiles/s  "
+        f"ratio {read_device / read_threads:.2f}"
+    )
+    print(f"pipeline read tiles with: {result.provenance['reader']}")
     print(f"bare model:       {bare:8.1f} tiles/s")
     print(
         f"pipeline:         {pipeline:8.1f} tiles/s  ratio to bare {pipeline / bare:.2f} "

@@ -371,3 +371,36 @@ def test_deferred_readback_returns_every_batch_once_in_order():
     assert [start for start, _ in collected] == [0, 4, 8, 12, 16]
     for k, (_, block) in enumerate(collected):
         np.testing.assert_array_equal(block, batches[k].numpy())  # not overwritten by reuse
+
+
+def test_a_disagreeing_device_decoder_falls_back_to_tifffile(tmp_path, monkeypatch):
+    """If the device's JPEG decoder is off (nvJPEG ignoring a colour transform, say), the
+    slide is read with tifffile, with a warning; the features are the CPU path's."""
+    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.samples import cmu1_small_region_path
+
+    slide = open_slide(cmu1_small_region_path())
+    grid = make_tile_grid(slide, tile_px=240, mpp=slide.mpp, min_tissue=0.5).subset([0, 1])
+    reader = JpegTileReader.for_grid(slide, grid)
+    assert reader.check_decoder("cpu") is None  # libjpeg-turbo against itself
+    decode = JpegTileReader._decode
+    calls = []
+
+    def swapped_channels(streams, device):
+        calls.append(device)
+        tiles = decode(streams, device)
+        return [t.flip(0) for t in tiles] if len(calls) % 2 else tiles  # first: "the device"
+
+    monkeypatch.setattr(JpegTileReader, "_decode", staticmethod(swapped_channels))
+    assert "differs from libjpeg-turbo" in reader.check_decoder("cpu")
+    calls.clear()
+    with pytest.warns(UserWarning, match="reading tiles with tifffile instead"):
+        features = extract_features(
+            slide,
+            grid,
+            extractor="colour-stats",
+            gpu_decode=True,
+            cache_dir=tmp_path,
+            progress=False,
+        )
+    assert features.provenance["reader"] == "tiles"

@@ -422,7 +422,9 @@ def extract_features(
     gpu_decode
         Decode the slide's JPEG tiles with ``torchvision.io.decode_jpeg`` on the device,
         batched, instead of with tifffile on the CPU: ``"auto"`` on CUDA when the level is
-        JPEG-tiled, ``True`` wherever possible (also on the CPU), ``False`` never.
+        JPEG-tiled, ``True`` wherever possible (also on the CPU), ``False`` never. The same
+        pixels either way: a few file tiles are first decoded both ways, and if the device's
+        decoder disagrees (or fails) a warning says so and tifffile reads the slide.
     seed
         Seeds random weights (``weights="random"``).
 
@@ -459,6 +461,12 @@ def extract_features(
         from .jpeg import JpegTileReader
 
         reader = JpegTileReader.for_grid(slide, grid)
+        problem = reader.check_decoder(dev) if reader is not None and len(grid) else None
+        if problem is not None:
+            warnings.warn(
+                f"{slide.path}: {problem}; reading tiles with tifffile instead", stacklevel=2
+            )
+            reader = None
     key, fields = _cache_key(
         slide,
         grid,

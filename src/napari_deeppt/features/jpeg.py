@@ -70,11 +70,8 @@ class JpegTileReader:
         rows = np.floor(xy[:, 1] / dy).astype(np.int64)
         return rows, cols
 
-    def fetch(self, indices: Any) -> JpegBatch:
-        """Read (on the CPU, no decoding) the file tiles that a batch of grid tiles needs."""
-        import torch
-
-        indices = np.asarray(indices, np.int64)
+    def _touched(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Windows, first file-tile row/column, and ``(B, span_y, span_x)`` file-tile keys."""
         rows, cols = self._windows(indices)
         size = self.region_px
         n_rows = math.ceil(self.level_h / self.tile_h)
@@ -85,11 +82,21 @@ class JpegTileReader:
         tx1 = np.clip(cols + size - 1, 0, self.level_w - 1) // self.tile_w
         span_y = int((ty1 - ty0).max()) + 1 if len(indices) else 1
         span_x = int((tx1 - tx0).max()) + 1 if len(indices) else 1
-        dy = np.arange(span_y)
-        dx = np.arange(span_x)
-        ty = np.minimum(ty0[:, None] + dy, n_rows - 1)  # (B, span_y)
-        tx = np.minimum(tx0[:, None] + dx, self.per_row - 1)  # (B, span_x)
-        keys = ty[:, :, None] * self.per_row + tx[:, None, :]  # (B, span_y, span_x)
+        ty = np.minimum(ty0[:, None] + np.arange(span_y), n_rows - 1)  # (B, span_y)
+        tx = np.minimum(tx0[:, None] + np.arange(span_x), self.per_row - 1)  # (B, span_x)
+        keys = ty[:, :, None] * self.per_row + tx[:, None, :]
+        return rows, cols, ty0, tx0, keys
+
+    def fetch_keys(self, indices: Any) -> np.ndarray:
+        """The file tiles (row-major keys) that grid tiles ``indices`` touch."""
+        return self._touched(np.asarray(indices, np.int64))[-1].ravel()
+
+    def fetch(self, indices: Any) -> JpegBatch:
+        """Read (on the CPU, no decoding) the file tiles that a batch of grid tiles needs."""
+        import torch
+
+        indices = np.asarray(indices, np.int64)
+        rows, cols, ty0, tx0, keys = self._touched(indices)
         unique, slots = np.unique(keys, return_inverse=True)
         streams = [
             torch.frombuffer(bytearray(self._stream(int(k))), dtype=torch.uint8) for k in unique
@@ -103,18 +110,60 @@ class JpegTileReader:
             streams=streams,
         )
 
+    @staticmethod
+    def _decode(streams: list[Any], device: Any) -> list[Any]:
+        from torchvision.io import decode_jpeg
+
+        if not streams:
+            return []
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its codecs in favour of TorchCodec; they still work
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return list(decode_jpeg(streams, device=device))
+
+    def check_decoder(self, device: Any, n_tiles: int = 4, tolerance: float = 1.0) -> str | None:
+        """Compare the device's JPEG decoder with libjpeg-turbo on the CPU on a few file tiles.
+
+        nvJPEG's IDCT may differ from libjpeg-turbo's by a grey level here and there; whether
+        it honours the Adobe marker of RGB-colourspace tiles cannot be known in advance. So
+        before a slide is decoded on a device, a few of its tiles are decoded both ways.
+
+        Returns
+        -------
+        str or None
+            None when the mean absolute difference is within ``tolerance`` grey levels,
+            else why the device's decoding cannot be used.
+        """
+        import torch
+
+        keys = np.unique(self.fetch_keys(np.arange(min(len(self.grid), 2))))[:n_tiles]
+        streams = [
+            torch.frombuffer(bytearray(self._stream(int(k))), dtype=torch.uint8) for k in keys
+        ]
+        try:
+            on_device = self._decode(streams, device)
+        except Exception as exc:  # an unsupported stream, a missing nvJPEG...
+            return f"decoding on {device} failed ({type(exc).__name__}: {exc})"
+        reference = self._decode(streams, torch.device("cpu"))
+        for a, b in zip(on_device, reference, strict=True):
+            if tuple(a.shape) != tuple(b.shape):
+                return f"decoding on {device} gave {tuple(a.shape)} px tiles, not {tuple(b.shape)}"
+            error = (a.cpu().float() - b.float()).abs().mean().item()
+            if error > tolerance:
+                return (
+                    f"decoding on {device} differs from libjpeg-turbo by {error:.1f} grey "
+                    f"levels on average (tolerance {tolerance})"
+                )
+        return None
+
     def assemble(self, batch: JpegBatch, device: Any) -> Any:
         """Decode a fetched batch on ``device``: ``(B, tile_px, tile_px, 3)`` uint8."""
         import torch
-        from torchvision.io import decode_jpeg
 
         from .resample import resize_like_pillow
 
         th, tw, size = self.tile_h, self.tile_w, self.region_px
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its codecs in favour of TorchCodec; they still work
-            warnings.simplefilter("ignore", DeprecationWarning)
-            decoded = decode_jpeg(batch.streams, device=device) if batch.streams else []
+        decoded = self._decode(batch.streams, device)
         n = len(decoded)
         # the decoded file tiles, channels last
         if n and all(tuple(t.shape) == (3, th, tw) for t in decoded):
