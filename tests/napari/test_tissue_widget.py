@@ -149,3 +149,19 @@ def test_console_call_with_a_layer_adds_the_layers(viewer_with_slide):
     assert viewer.layers["small tissue"].metadata["deeppt_mask"] is mask
     grid = napari_deeppt.make_tile_grid(layer, mask, tile_px=128)
     assert viewer.layers["small tiles"].metadata["n_tiles"] == len(grid)
+
+
+def test_the_dock_says_the_pixel_size_and_where_it_came_from(
+    make_napari_viewer, svs_slide, no_mpp_slide
+):
+    viewer = make_napari_viewer()
+    viewer.open(str(svs_slide.path), plugin="napari-deeppt")
+    widget = TissueTilesWidget(viewer)
+    assert widget.pixel_size.value.startswith("0.5 µm/px (")
+    widget.slide_mpp.value = 0.25
+    assert widget.pixel_size.value == "0.25 µm/px (override)"
+    widget.slide_mpp.value = 0.0
+    viewer.open(str(no_mpp_slide.path), plugin="napari-deeppt")
+    widget.reset_choices()  # napari does this for docked widgets when layers change
+    widget.slide_layer.value = viewer.layers[-1]
+    assert "none in the file" in widget.pixel_size.value

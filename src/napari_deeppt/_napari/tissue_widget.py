@@ -9,6 +9,7 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     FloatSpinBox,
+    Label,
     PushButton,
     SpinBox,
     create_widget,
@@ -31,13 +32,14 @@ class TissueTilesWidget(JobWidget):
         self._last: tuple[Any, Any, Any] | None = None  # (slide, grid, layer name)
 
         self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
+        self.pixel_size = Label(label="pixel size")
         self.slide_mpp = FloatSpinBox(
-            label="slide µm/px",
+            label="override µm/px",
             value=0.0,
             min=0.0,
             max=100.0,
             step=0.001,
-            tooltip="0 = from the file's metadata",
+            tooltip="0 = the file's pixel size; set it when the file has none or it is wrong",
         )
         self.mask_mpp = FloatSpinBox(label="mask µm/px", value=8.0, min=0.5, max=64.0)
         self.min_saturation = FloatSpinBox(
@@ -63,6 +65,7 @@ class TissueTilesWidget(JobWidget):
         self.extend(
             [
                 self.slide_layer,
+                self.pixel_size,
                 self.slide_mpp,
                 self.mask_mpp,
                 self.min_saturation,
@@ -83,8 +86,30 @@ class TissueTilesWidget(JobWidget):
             ]
         )
         self.preview_button.changed.connect(self.preview)
+        self.slide_layer.changed.connect(self._describe_slide)
+        self.slide_mpp.changed.connect(self._describe_slide)
+        self._describe_slide()
 
     # -- helpers ------------------------------------------------------------------------------
+    def _describe_slide(self, *_: Any) -> None:
+        """Show the slide's pixel size and where it came from (or that the file has none)."""
+        layer = self.slide_layer.value
+        if layer is None:
+            self.pixel_size.value = ""
+            return
+        try:
+            slide = as_slide(layer)
+        except Exception:  # not a layer this plugin opened
+            self.pixel_size.value = "unknown: not opened with napari-deeppt"
+            return
+        if self.slide_mpp.value:
+            self.pixel_size.value = f"{self.slide_mpp.value:.4g} µm/px (override)"
+        elif slide.mpp is None:
+            self.pixel_size.value = "none in the file: set the override below"
+        else:
+            power = f", {slide.objective_power:g}×" if slide.objective_power else ""
+            self.pixel_size.value = f"{slide.mpp:.4g} µm/px ({slide.mpp_source}{power})"
+
     def _busy(self, busy: bool) -> None:
         super()._busy(busy)
         self.preview_button.enabled = not busy and self._last is not None
