@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from napari_deeppt.cli import main
 from napari_deeppt.samples import cmu1_small_region_path
@@ -67,6 +68,13 @@ def test_tiles_writes_grid_mask_and_overview_and_never_overwrites(tmp_path, caps
     assert (tmp_path / "small.tiles.csv").read_bytes() == before
     assert main([*args, "--min-tissue", "0.9", "--overwrite"]) == 0
     assert len(TileGrid.load(tmp_path / "small.tiles.csv")) < len(grid)
+    assert main([*args, "--overwrite", "--geojson"]) == 0
+    tissue = json.loads((tmp_path / "small.tissue.geojson").read_text())["features"]
+    assert sum(f["properties"]["measurements"]["Area µm^2"] for f in tissue) == pytest.approx(
+        mask.area_um2
+    )
+    tiles = json.loads((tmp_path / "small.tiles.geojson").read_text())["features"]
+    assert len(tiles) == len(grid)
 
 
 def test_tiles_on_a_blank_slide_says_so(tmp_path, capsys):
@@ -180,6 +188,7 @@ def test_train_and_predict_commands(tmp_path, capsys):
                 str(tmp_path / "pred"),
                 "--cache-dir",
                 str(tmp_path / "cache"),
+                "--geojson",
                 "--quiet",
             ]
         )
@@ -187,6 +196,8 @@ def test_train_and_predict_commands(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "slide000.tif: 8 genes" in out
+    tiles = json.loads((tmp_path / "pred" / "slide000.tiles.geojson").read_text())["features"]
+    assert len(tiles[0]["properties"]["measurements"]) == 8 + 1  # genes + tissue fraction
     for name in ("slide000.expression.csv", "slide000.tiles.h5ad", "slide000.expression.png"):
         assert (tmp_path / "pred" / name).exists()
     (tmp_path / "bad.deeppt").write_bytes(b"x")

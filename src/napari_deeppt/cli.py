@@ -221,6 +221,8 @@ def cmd_tiles(args: argparse.Namespace) -> int:
         slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
         stem = _stem(slide.path)
         targets = [out / f"{stem}.tiles.csv", out / f"{stem}.tissue.npz", out / f"{stem}.tiles.png"]
+        if args.geojson:
+            targets += [out / f"{stem}.tissue.geojson", out / f"{stem}.tiles.geojson"]
         _refuse_existing(targets, args.overwrite)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoTissueWarning)
@@ -239,6 +241,9 @@ def cmd_tiles(args: argparse.Namespace) -> int:
         grid.save(targets[0], overwrite=args.overwrite)
         mask.save(targets[1], overwrite=args.overwrite)
         write_tiles_overview_png(slide, mask, grid, targets[2], overwrite=args.overwrite)
+        if args.geojson:
+            mask.to_geojson(targets[3], overwrite=args.overwrite)
+            grid.to_geojson(targets[4], overwrite=args.overwrite)
         rows, cols = grid.grid_shape
         area = f"{mask.area_um2 / 1e6:.3f} mm² tissue" if mask.slide_mpp else ""
         print(
@@ -415,6 +420,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             out / f"{stem}.tiles.h5ad",
             out / f"{stem}.expression.png",
         ]
+        if args.geojson:
+            targets.append(out / f"{stem}.tiles.geojson")
         _refuse_existing(targets, args.overwrite)
         prediction = predict(
             slide,
@@ -429,6 +436,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         prediction.to_h5ad(targets[1], overwrite=args.overwrite)
         gene = args.gene or prediction.top_genes(1).index[0]
         write_expression_png(slide, prediction, gene, targets[2], overwrite=args.overwrite)
+        if args.geojson:
+            prediction.to_geojson(targets[3], overwrite=args.overwrite)
         demo = " (DEMO MODEL: synthetic data)" if prediction.demo else ""
         print(
             f"{slide.path.name}: {len(prediction.genes)} genes from {len(prediction.grid)} "
@@ -561,6 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiles.add_argument("--exclude-pen", action="store_true", help="drop pen marks")
     tiles.add_argument("--keep-dark", action="store_true", help="keep near-black pixels")
+    tiles.add_argument(
+        "--geojson",
+        action="store_true",
+        help="also write <stem>.tissue.geojson and <stem>.tiles.geojson for QuPath",
+    )
     tiles.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     tiles.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_mpp_options(tiles)
@@ -646,6 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--gene", default=None, help="gene shown in the PNG (default: the highest)")
     pr.add_argument("--weights", default=None, help="extractor weights file")
     pr.add_argument("--device", default="auto")
+    pr.add_argument(
+        "--geojson",
+        action="store_true",
+        help="also write <stem>.tiles.geojson: tiles with every gene as a QuPath measurement",
+    )
     pr.add_argument("--cache-dir", default=None)
     pr.add_argument("--overwrite", action="store_true")
     pr.add_argument("--quiet", action="store_true")

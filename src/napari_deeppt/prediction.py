@@ -111,6 +111,24 @@ class Prediction:
             self.to_anndata().write_h5ad(tmp)
         return Path(path)
 
+    def to_geojson(
+        self, path: str | Path, genes: list[str] | None = None, overwrite: bool = False
+    ) -> Path:
+        """Tiles as QuPath GeoJSON with each gene's prediction as a measurement.
+
+        Parameters
+        ----------
+        path
+            Output ``.geojson``; import it into QuPath with the same slide open.
+        genes
+            Genes to include (default: all the model predicts).
+        overwrite
+            Replace an existing file.
+        """
+        genes = list(self.genes) if genes is None else list(genes)
+        columns = {gene: self.tile_expression[:, self.gene_index(gene)] for gene in genes}
+        return self.grid.to_geojson(path, columns, overwrite=overwrite)
+
 
 def _load_bundle(bundle: Any) -> tuple[Any, str]:
     from .models import ModelBundle

@@ -230,6 +230,20 @@ class TileGrid:
             "slide_path": self.slide_path,
         }
 
+    def to_geojson(
+        self,
+        path: str | Path,
+        measurements: dict[str, np.ndarray] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Tiles as QuPath GeoJSON (level-0 px) with their tissue fraction and ``measurements``.
+
+        See :mod:`napari_deeppt.geojson`.
+        """
+        from .geojson import tile_features, write_geojson
+
+        return write_geojson(tile_features(self, measurements), path, overwrite=overwrite)
+
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write a CSV (one row per tile) whose first line holds the grid's parameters."""
         from .io import atomic_path

@@ -159,6 +159,15 @@ class TissueMask:
         labels, _ = ndimage.label(self.mask)
         return labels.astype(np.int32)
 
+    def to_geojson(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Tissue outlines as QuPath GeoJSON annotations (level-0 px), one per piece.
+
+        See :mod:`napari_deeppt.geojson`.
+        """
+        from .geojson import mask_features, write_geojson
+
+        return write_geojson(mask_features(self), path, overwrite=overwrite)
+
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the mask and its placement to an ``.npz`` file."""
         from .io import atomic_path

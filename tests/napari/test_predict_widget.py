@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -57,6 +59,30 @@ def test_predict_dock_adds_aligned_map_table_and_switches_genes(
     assert widget.table.value["data"][0][0] == prediction.top_genes(1).index[0]
     assert widget.export("csv", tmp_path / "s.csv").exists()
     assert widget.export("h5ad", tmp_path / "t.h5ad").exists()
+    geojson = widget.export("geojson", tmp_path / "t.geojson")
+    tiles = json.loads(geojson.read_text())["features"]
+    assert len(tiles) == len(grid)
+    assert tiles[0]["properties"]["measurements"][first] == pytest.approx(
+        float(prediction.tile_expression[0, prediction.gene_index(first)]), rel=1e-3
+    )
+
+
+def test_export_through_the_save_dialog_replaces_the_file_it_confirmed(
+    qtbot, viewer_with_slide, bundle_path, tmp_path, monkeypatch
+):
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, _ = viewer_with_slide
+    widget = PredictWidget(viewer)
+    widget.bundle.value = bundle_path
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    target = tmp_path / "existing.expression.csv"
+    target.write_text("old")  # the dialog has asked "replace?" and the user said yes
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    widget._export("csv")
+    assert widget.status.value == f"wrote {target}"
+    assert target.read_text().startswith("gene,expression")
 
 
 def test_console_predict_with_a_layer_adds_the_map(viewer_with_slide, bundle_path):

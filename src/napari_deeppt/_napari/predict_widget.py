@@ -14,6 +14,9 @@ from .layers import robust_limits, show_expression
 __all__ = ["PredictWidget"]
 
 
+_EXPORT_SUFFIXES = {"csv": ".expression.csv", "h5ad": ".tiles.h5ad", "geojson": ".tiles.geojson"}
+
+
 class PredictWidget(JobWidget):
     """Predict with a ``.deeppt`` bundle; pick a gene (type to search) to show its map."""
 
@@ -36,6 +39,9 @@ class PredictWidget(JobWidget):
         self.table = Table(label="slide-level", value={"gene": [], "expression": []})
         self.export_csv_button = PushButton(text="Export slide CSV…", enabled=False)
         self.export_h5ad_button = PushButton(text="Export tiles h5ad…", enabled=False)
+        self.export_geojson_button = PushButton(
+            text="Export tiles for QuPath (GeoJSON)…", enabled=False
+        )
         self.extend(
             [
                 self.slide_layer,
@@ -48,6 +54,7 @@ class PredictWidget(JobWidget):
                 self.table,
                 self.export_csv_button,
                 self.export_h5ad_button,
+                self.export_geojson_button,
             ]
         )
         self._make_gene_box_searchable()
@@ -55,6 +62,7 @@ class PredictWidget(JobWidget):
         self.top_n.changed.connect(self._fill_table)
         self.export_csv_button.changed.connect(lambda: self._export("csv"))
         self.export_h5ad_button.changed.connect(lambda: self._export("h5ad"))
+        self.export_geojson_button.changed.connect(lambda: self._export("geojson"))
 
     def _gene_choices(self, _widget: Any = None) -> list[str]:
         prediction = getattr(self, "prediction", None)
@@ -78,6 +86,7 @@ class PredictWidget(JobWidget):
         done = not busy and self.prediction is not None
         self.export_csv_button.enabled = done
         self.export_h5ad_button.enabled = done
+        self.export_geojson_button.enabled = done
 
     def run(self) -> Job | None:
         """Predict in a thread worker; then fill the gene picker, the table and the layer."""
@@ -147,21 +156,29 @@ class PredictWidget(JobWidget):
             "expression": [round(float(v), 4) for v in top.values],
         }
 
-    def export(self, kind: str, path: str | Path) -> Path:
-        """Write the slide-level CSV (``kind="csv"``) or tile-level h5ad (``"h5ad"``)."""
+    def export(self, kind: str, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the slide-level CSV (``"csv"``), the tile-level h5ad (``"h5ad"``) or the
+        tiles with every gene as QuPath GeoJSON (``"geojson"``)."""
         if self.prediction is None:
             raise ValueError("nothing to export: run a prediction first")
-        if kind == "csv":
-            return self.prediction.to_csv(path)
-        return self.prediction.to_h5ad(path)
+        writers = {
+            "csv": self.prediction.to_csv,
+            "h5ad": self.prediction.to_h5ad,
+            "geojson": self.prediction.to_geojson,
+        }
+        if kind not in writers:
+            raise ValueError(f"unknown export {kind!r}; use one of {sorted(writers)}")
+        return writers[kind](path, overwrite=overwrite)
 
     def _export(self, kind: str) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        suffix = ".expression.csv" if kind == "csv" else ".tiles.h5ad"
-        path, _ = QFileDialog.getSaveFileName(self.native, "Export", self._slide_name + suffix)
+        # the save dialog itself asks before replacing a file
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Export", self._slide_name + _EXPORT_SUFFIXES[kind]
+        )
         if path:
             try:
-                self.status.value = f"wrote {self.export(kind, path)}"
+                self.status.value = f"wrote {self.export(kind, path, overwrite=True)}"
             except Exception as exc:
                 self._on_error(exc)

@@ -1,0 +1,177 @@
+"""GeoJSON for QuPath (and any GIS-style viewer): tissue outlines and tiles with measurements.
+
+Coordinates are level-0 pixels with the origin at the top-left corner of the first pixel,
+which is how QuPath reads and writes GeoJSON, so the objects land on the tissue they came
+from when imported into the same slide (File → Import objects, or drag and drop). Each
+object carries QuPath's ``objectType`` (``"annotation"`` for tissue, ``"tile"`` for tiles)
+and a ``measurements`` mapping (tissue fraction, predicted expression per gene) that QuPath
+shows in its measurement tables and maps.
+
+Features are written one at a time, so tens of thousands of tiles × thousands of genes never
+sit in memory as Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["mask_features", "tile_features", "write_geojson"]
+
+TISSUE_COLOUR = [80, 160, 80]
+
+
+def tile_features(
+    grid: Any,
+    measurements: Mapping[str, np.ndarray] | None = None,
+    object_type: str = "tile",
+    digits: int = 4,
+) -> Iterator[dict[str, Any]]:
+    """One square polygon per tile of a :class:`~napari_deeppt.tiles.TileGrid`.
+
+    Parameters
+    ----------
+    grid
+        The tiles; tile ``i`` covers level-0 ``[x, x + size) × [y, y + size)``.
+    measurements
+        Name → ``(n_tiles,)`` values added to each tile's ``measurements`` (besides its
+        tissue fraction); NaN values are left out.
+    object_type
+        QuPath object type: ``"tile"`` (default) or ``"detection"``.
+    digits
+        Significant digits kept for measurement values.
+    """
+    measurements = dict(measurements or {})
+    for name, values in measurements.items():
+        if len(values) != len(grid):
+            raise ValueError(f"measurement {name!r} has {len(values)} values for {len(grid)} tiles")
+    columns = list(measurements)
+    table = (
+        np.column_stack([np.asarray(measurements[c], np.float64) for c in columns])
+        if columns
+        else np.zeros((len(grid), 0))
+    )
+    size = float(grid.size_level0)
+    for i, ((x, y), (row, col)) in enumerate(zip(grid.xy, grid.rowcol, strict=True)):
+        x0, y0 = float(x), float(y)
+        x1, y1 = x0 + size, y0 + size
+        values = {"tissue fraction": _round(float(grid.tissue_fraction[i]), digits)}
+        for name, value in zip(columns, table[i], strict=True):
+            if math.isfinite(value):
+                values[name] = _round(float(value), digits)
+        yield {
+            "type": "Feature",
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+            },
+            "properties": {
+                "objectType": object_type,
+                "name": f"tile r{int(row)} c{int(col)}",
+                "measurements": values,
+            },
+        }
+
+
+def mask_features(mask: Any, name: str = "Tissue", tolerance: float = 0.2) -> list[dict[str, Any]]:
+    """Outlines of a :class:`~napari_deeppt.tissue.TissueMask`, one annotation per piece.
+
+    Each connected piece of tissue becomes a polygon (with its holes) traced along the mask
+    pixels' edges, simplified by at most ``tolerance`` mask pixels, in level-0 pixels.
+    Measurements: the piece's area in µm² (when the slide's pixel size is known) and px².
+    """
+    from scipy import ndimage
+    from skimage import measure
+
+    dx, dy = mask.downsample_xy
+    labels, _ = ndimage.label(np.asarray(mask.mask, bool))
+    pieces = ndimage.find_objects(labels)
+    out = []
+    for index, window in enumerate(pieces, start=1):
+        if window is None:
+            continue
+        piece = labels[window] == index
+        filled = ndimage.binary_fill_holes(piece)
+        exterior = _rings(filled, window, dx, dy, tolerance, measure)
+        if not exterior:
+            continue
+        holes_labels, n_holes = ndimage.label(filled & ~piece)
+        holes = []
+        for hole in range(1, n_holes + 1):
+            holes += _rings(holes_labels == hole, window, dx, dy, tolerance, measure)
+        area_px = float(piece.sum()) * dx * dy
+        values = {"Area px^2": round(area_px, 1)}
+        if mask.slide_mpp:
+            values["Area µm^2"] = round(area_px * mask.slide_mpp**2, 1)
+        out.append(
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [max(exterior, key=_ring_area), *holes],
+                },
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"{name} {len(out) + 1}",
+                    "classification": {"name": name, "color": TISSUE_COLOUR},
+                    "measurements": values,
+                },
+            }
+        )
+    return out
+
+
+def _rings(
+    region: np.ndarray, window: tuple[slice, slice], dx: float, dy: float, tol: float, measure: Any
+) -> list[list[list[float]]]:
+    """Closed outlines of a boolean region (cut out at ``window``), as level-0 rings."""
+    padded = np.pad(region, 1).astype(np.float32)
+    rings = []
+    for contour in measure.find_contours(padded, 0.5):
+        if len(contour) < 4:
+            continue
+        if tol > 0:
+            contour = measure.approximate_polygon(contour, tolerance=tol)
+        # padded index → mask pixel edges: index − 1 (pad) + 0.5 (centre → edge) + window start
+        rows = (contour[:, 0] - 0.5 + window[0].start) * dy
+        cols = (contour[:, 1] - 0.5 + window[1].start) * dx
+        ring = [[round(float(c), 2), round(float(r), 2)] for r, c in zip(rows, cols, strict=True)]
+        if ring[0] != ring[-1]:
+            ring.append(ring[0])
+        if len(ring) >= 4:
+            rings.append(ring)
+    return rings
+
+
+def _ring_area(ring: list[list[float]]) -> float:
+    x = np.array([p[0] for p in ring])
+    y = np.array([p[1] for p in ring])
+    return float(abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2)
+
+
+def _round(value: float, digits: int) -> float:
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def write_geojson(
+    features: Iterable[dict[str, Any]], path: str | Path, overwrite: bool = False
+) -> Path:
+    """Write a FeatureCollection, one feature at a time, atomically."""
+    from .io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write('{"type": "FeatureCollection", "features": [\n')
+        for k, feature in enumerate(features):
+            if k:
+                fh.write(",\n")
+            fh.write(json.dumps(feature, ensure_ascii=False, allow_nan=False))
+        fh.write("\n]}\n")
+    return path
