@@ -1,0 +1,88 @@
+"""The CUDA path against the CPU path: run wherever a GPU is present, skipped elsewhere.
+
+No GPU has been available where this project was written, so these tests are what a first
+run on one should show: the same pixels from nvJPEG as from libjpeg-turbo (including the Adobe
+marker of Aperio's RGB tiles), the same stain normalisation, and features and predictions that
+agree with the CPU's within autocast's precision, collected in order through the pinned,
+one-batch-late readback.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_deeppt import extract_features, open_slide
+from napari_deeppt.samples import cmu1_small_region_path
+from napari_deeppt.tiles import make_tile_grid
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def cmu():
+    slide = open_slide(cmu1_small_region_path())  # Aperio: RGB-colourspace JPEG + JPEGTables
+    return slide, make_tile_grid(slide, tile_px=512, mpp=0.5, min_tissue=0.3)
+
+
+def test_nvjpeg_agrees_with_libjpeg_turbo(cmu, svs_slide):
+    from napari_deeppt.features.jpeg import JpegTileReader
+
+    for slide, grid in [cmu, (s := open_slide(svs_slide.path), make_tile_grid(s, tile_px=128))]:
+        reader = JpegTileReader.for_grid(slide, grid)
+        assert reader.check_decoder("cuda") is None
+        indices = np.arange(min(16, len(grid)))
+        on_gpu = reader.read_batch(indices, torch.device("cuda")).cpu().numpy().astype(float)
+        on_cpu = reader.read_batch(indices, "cpu").numpy().astype(float)
+        assert np.abs(on_gpu - on_cpu).mean() < 1.0
+
+
+def test_macenko_on_cuda_matches_cpu(cmu):
+    from napari_deeppt.stain import macenko_normalize
+
+    slide, grid = cmu
+    tiles = np.stack([grid.read_tile(slide, i) for i in range(min(8, len(grid)))])
+    cpu = macenko_normalize(tiles).astype(float)
+    gpu = macenko_normalize(torch.from_numpy(tiles).cuda()).cpu().numpy().astype(float)
+    assert np.abs(cpu - gpu).mean() < 0.5 and np.abs(cpu - gpu).max() <= 3
+
+
+@pytest.mark.parametrize("gpu_decode", [True, False])
+def test_features_on_cuda_match_cpu_in_order(cmu, tmp_path, gpu_decode):
+    slide, grid = cmu
+    common = {
+        "extractor": "resnet18",
+        "weights": "random",
+        "dtype": "float32",
+        "batch_size": 5,  # several batches and a short last one: the deferred readback
+        "use_cache": False,
+        "progress": False,
+        "compile": False,
+    }
+    cpu = extract_features(slide, grid, device="cpu", **common).features
+    gpu = extract_features(slide, grid, device="cuda", gpu_decode=gpu_decode, **common)
+    assert gpu.provenance["reader"] == ("torchvision-jpeg" if gpu_decode else "tiles")
+    a, b = cpu, gpu.features
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.99  # bf16/fp16 autocast; every row in its place
+    # row i is tile i: each GPU row is closest to the CPU row of the same tile
+    distances = ((b[:, None, :] - a[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_array_equal(distances.argmin(1), np.arange(len(a)))
+
+
+def test_deferred_readback_on_cuda():
+    from napari_deeppt.features.engine import _Readback
+
+    readback = _Readback(torch.device("cuda"), batch=4, dim=3)
+    batches = [torch.full((4, 3), float(k), device="cuda") for k in range(3)]
+    collected = []
+    for k, feats in enumerate(batches):
+        collected += readback.push(4 * k, feats)
+    collected += readback.flush()
+    assert [start for start, _ in collected] == [0, 4, 8]
+    for k, (_, block) in enumerate(collected):
+        np.testing.assert_array_equal(block, np.full((4, 3), float(k)))
