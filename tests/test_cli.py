@@ -215,3 +215,35 @@ def test_train_and_predict_commands(tmp_path, capsys):
         == 2
     )
     assert "not a readable napari-deeppt model bundle" in capsys.readouterr().err
+
+
+def test_tiles_inside_qupath_annotations(tmp_path, capsys, svs_slide):
+    from napari_deeppt.tiles import TileGrid
+
+    w, h = svs_slide.width, svs_slide.height
+    ring = [[0, 0], [w // 2, 0], [w // 2, h], [0, h], [0, 0]]
+    annotation = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"classification": {"name": "Tumor"}},
+    }
+    folder = tmp_path / "rois"
+    folder.mkdir()
+    (folder / "small.geojson").write_text(json.dumps(annotation))
+    args = ["tiles", str(svs_slide.path), "--tile-px", "128", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "all")]) == 0
+    assert main([*args, "--out", str(tmp_path / "roi"), "--roi", str(folder)]) == 0
+    everything = TileGrid.load(tmp_path / "all" / "small.tiles.csv")
+    inside = TileGrid.load(tmp_path / "roi" / "small.tiles.csv")
+    assert 0 < len(inside) < len(everything)
+    assert (inside.xy[:, 0] + inside.size_level0 / 2 < w // 2).all()
+    capsys.readouterr()
+    two = [str(svs_slide.path), str(svs_slide.path)]
+    roi_file = ["--roi", str(folder / "small.geojson")]
+    assert main(["tiles", *two, "--out", str(tmp_path / "x"), *roi_file]) == 2
+    assert "one per slide" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "y"), "--roi", str(tmp_path)]) == 2
+    assert "no small.geojson for small.svs" in capsys.readouterr().err
+    out = str(tmp_path / "z")
+    assert main([*args, "--out", out, *roi_file, "--roi-class", "Stroma"]) == 2
+    assert "no polygon of class 'Stroma'" in capsys.readouterr().err

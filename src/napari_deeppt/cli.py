@@ -224,11 +224,16 @@ def cmd_tiles(args: argparse.Namespace) -> int:
         if args.geojson:
             targets += [out / f"{stem}.tissue.geojson", out / f"{stem}.tiles.geojson"]
         _refuse_existing(targets, args.overwrite)
+        roi = _regions_for(args.roi, slide.path, len(args.slides))
+        exclude = _regions_for(args.exclude, slide.path, len(args.slides))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoTissueWarning)
             mask, grid = detect_and_tile(
                 slide,
                 tissue=tissue,
+                roi=roi,
+                exclude_regions=exclude,
+                roi_class=args.roi_class,
                 tile_px=args.tile_px,
                 mpp=args.tile_mpp,
                 min_tissue=args.min_tissue,
@@ -426,6 +431,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         prediction = predict(
             slide,
             bundle,
+            roi=_regions_for(args.roi, slide.path, len(args.slides)),
+            roi_class=args.roi_class,
             weights=args.weights,
             device=args.device,
             cache_dir=args.cache_dir,
@@ -505,6 +512,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if "error" not in counts else 1
 
 
+def _add_roi_options(parser: argparse.ArgumentParser, exclude: bool = False) -> None:
+    parser.add_argument(
+        "--roi",
+        default=None,
+        help="GeoJSON of regions of interest in level-0 px (QuPath annotations): only the "
+        "tissue inside them; for several slides, a folder of <stem>.geojson files",
+    )
+    parser.add_argument(
+        "--roi-class", default=None, help="only the ROI file's objects of this class (Tumor)"
+    )
+    if exclude:
+        parser.add_argument(
+            "--exclude", default=None, help="GeoJSON (or folder) of regions to leave out"
+        )
+
+
+def _regions_for(option: str | None, slide_path: Path, n_slides: int) -> Path | None:
+    """The GeoJSON file for one slide: ``option`` itself, or ``<stem>.geojson`` in it."""
+    if option is None:
+        return None
+    given = Path(option)
+    if given.is_dir():
+        stem = _stem(slide_path)
+        for name in (f"{stem}.geojson", f"{slide_path.name}.geojson", f"{stem}.json"):
+            if (given / name).is_file():
+                return given / name
+        raise DeepPTError(f"{given}: no {stem}.geojson for {slide_path.name}")
+    if not given.is_file():
+        raise DeepPTError(f"{given}: no such GeoJSON file or folder")
+    if n_slides > 1:
+        raise ValueError(
+            f"{given} would apply to all {n_slides} slides; give a folder of "
+            "<stem>.geojson files, one per slide"
+        )
+    return given
+
+
 def _refuse_existing(targets: Any, overwrite: bool) -> None:
     """Stop before any work if outputs exist and --overwrite was not given."""
     existing = [str(t) for t in targets if Path(t).exists()]
@@ -569,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower bound of the Otsu saturation threshold (0.07)",
     )
     tiles.add_argument("--exclude-pen", action="store_true", help="drop pen marks")
+    _add_roi_options(tiles, exclude=True)
     tiles.add_argument("--keep-dark", action="store_true", help="keep near-black pixels")
     tiles.add_argument(
         "--geojson",
@@ -660,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--gene", default=None, help="gene shown in the PNG (default: the highest)")
     pr.add_argument("--weights", default=None, help="extractor weights file")
     pr.add_argument("--device", default="auto")
+    _add_roi_options(pr)
     pr.add_argument(
         "--geojson",
         action="store_true",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["mask_features", "tile_features", "write_geojson"]
+__all__ = ["mask_features", "read_regions", "tile_features", "write_geojson"]
 
 TISSUE_COLOUR = [80, 160, 80]
 
@@ -175,3 +175,92 @@ def write_geojson(
             fh.write(json.dumps(feature, ensure_ascii=False, allow_nan=False))
         fh.write("\n]}\n")
     return path
+
+
+def read_regions(path: str | Path, classification: str | None = None) -> list[Any]:
+    """Polygons of a GeoJSON file (a QuPath export, say) as :class:`~napari_deeppt.geometry.Region`.
+
+    Parameters
+    ----------
+    path
+        A FeatureCollection, a Feature, a list of Features (older QuPath), or a bare
+        Polygon/MultiPolygon/GeometryCollection, in level-0 pixels.
+    classification
+        Keep only objects of this class (QuPath's ``classification.name``, e.g. ``"Tumor"``);
+        case-insensitive.
+
+    Raises
+    ------
+    DeepPTError
+        The file cannot be read, or holds no polygon (of that class), with what it does hold.
+    """
+    from .errors import DeepPTError
+    from .geometry import Region
+
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DeepPTError(f"{path}: not a readable GeoJSON file ({exc})") from exc
+    regions: list[Region] = []
+    seen: dict[str, int] = {}
+    for geometry, properties in _geometries(document):
+        kind = str(geometry.get("type"))
+        label = _class_name(properties)
+        described = f"{kind} ({label})" if label else kind
+        seen[described] = seen.get(described, 0) + 1
+        if classification is not None and (label or "").lower() != classification.lower():
+            continue
+        polygons = (
+            [geometry.get("coordinates")]
+            if kind == "Polygon"
+            else geometry.get("coordinates")
+            if kind == "MultiPolygon"
+            else []
+        )
+        for rings in polygons or []:
+            try:
+                arrays = [np.asarray(ring, np.float64)[:, :2] for ring in rings]
+            except (TypeError, ValueError, IndexError) as exc:
+                raise DeepPTError(f"{path}: malformed polygon coordinates ({exc})") from exc
+            if arrays and len(arrays[0]) >= 3:
+                name = str(properties.get("name") or "")
+                regions.append(Region(arrays[0], tuple(arrays[1:]), name, label))
+    if not regions:
+        found = ", ".join(f"{n} × {k}" for k, n in seen.items()) or "no geometry"
+        wanted = f" of class {classification!r}" if classification else ""
+        raise DeepPTError(f"{path}: no polygon{wanted} in the file (found {found})")
+    return regions
+
+
+def _geometries(document: Any) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(geometry, properties) of every geometry in a GeoJSON document."""
+    if isinstance(document, list):
+        for item in document:
+            yield from _geometries(item)
+        return
+    if not isinstance(document, dict):
+        return
+    kind = document.get("type")
+    if kind == "FeatureCollection":
+        yield from _geometries(document.get("features") or [])
+    elif kind == "Feature":
+        geometry = document.get("geometry") or {}
+        properties = document.get("properties") or {}
+        if geometry.get("type") == "GeometryCollection":
+            for part in geometry.get("geometries") or []:
+                yield part, properties
+        else:
+            yield geometry, properties
+    elif kind == "GeometryCollection":
+        for part in document.get("geometries") or []:
+            yield part, {}
+    elif kind is not None:
+        yield document, {}
+
+
+def _class_name(properties: dict[str, Any]) -> str | None:
+    value = properties.get("classification")
+    if isinstance(value, dict):
+        value = value.get("name")
+    return None if value is None else str(value)

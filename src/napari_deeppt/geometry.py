@@ -8,10 +8,11 @@ centre of data pixel ``i`` at world ``i * scale + translate``. The slide layer h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["GridPlacement"]
+__all__ = ["GridPlacement", "Region", "as_regions", "rasterize_regions"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,86 @@ class GridPlacement:
             (self.origin_xy[0] + self.size_xy[0] / 2 - 0.5) * mx,
         )
         return scale, translate
+
+
+@dataclass(frozen=True)
+class Region:
+    """A polygon on level 0 (continuous pixel coordinates, origin at the first pixel's corner).
+
+    Attributes
+    ----------
+    exterior
+        ``(n, 2)`` vertices ``(x, y)``.
+    holes
+        Rings cut out of it, each ``(m, 2)``.
+    name, classification
+        From the annotation it came from (QuPath's name and class), when known.
+    """
+
+    exterior: np.ndarray
+    holes: tuple[np.ndarray, ...] = ()
+    name: str = ""
+    classification: str | None = None
+
+    def rasterize(self, shape: tuple[int, int], downsample_xy: tuple[float, float]) -> np.ndarray:
+        """Boolean raster of ``shape`` whose pixel ``(r, c)`` covers level-0
+        ``[c·dx, (c+1)·dx) × [r·dy, (r+1)·dy)``: true where the pixel's centre is inside."""
+        out = _fill(self.exterior, shape, downsample_xy)
+        for hole in self.holes:
+            out &= ~_fill(hole, shape, downsample_xy)
+        return out
+
+
+def _fill(ring: np.ndarray, shape: tuple[int, int], downsample_xy: tuple[float, float]) -> Any:
+    from skimage.draw import polygon
+
+    ring = np.asarray(ring, np.float64)
+    out = np.zeros(shape, bool)
+    if len(ring) < 3:
+        return out
+    # level-0 x → raster column whose centre is at x: c = x / dx − 0.5
+    rows = ring[:, 1] / downsample_xy[1] - 0.5
+    cols = ring[:, 0] / downsample_xy[0] - 0.5
+    rr, cc = polygon(rows, cols, shape)
+    out[rr, cc] = True
+    return out
+
+
+def rasterize_regions(
+    regions: list[Region], shape: tuple[int, int], downsample_xy: tuple[float, float]
+) -> np.ndarray:
+    """Union of :meth:`Region.rasterize` over ``regions``."""
+    out = np.zeros(shape, bool)
+    for region in regions:
+        out |= region.rasterize(shape, downsample_xy)
+    return out
+
+
+def as_regions(obj: Any, classification: str | None = None) -> list[Region]:
+    """Regions from a GeoJSON path, a :class:`Region`, an ``(n, 2)`` ``(x, y)`` array of
+    level-0 vertices, or a list of these."""
+    import os
+
+    if isinstance(obj, (str, os.PathLike)):
+        from .geojson import read_regions
+
+        return read_regions(obj, classification=classification)
+    if isinstance(obj, Region):
+        return [obj]
+    if isinstance(obj, np.ndarray) and obj.ndim == 2:
+        return [_checked_region(obj)]
+    if isinstance(obj, (list, tuple)):
+        out: list[Region] = []
+        for item in obj:
+            out += as_regions(item, classification)
+        return out
+    raise TypeError(
+        f"expected a GeoJSON path, a Region or (n, 2) level-0 vertices, got {type(obj).__name__}"
+    )
+
+
+def _checked_region(vertices: np.ndarray) -> Region:
+    vertices = np.asarray(vertices, np.float64)
+    if vertices.ndim != 2 or vertices.shape[1] != 2 or len(vertices) < 3:
+        raise ValueError(f"a region needs (n ≥ 3, 2) vertices (x, y), got {vertices.shape}")
+    return Region(vertices)

@@ -217,6 +217,8 @@ def predict(
     bundle: Any,
     *,
     grid: Any = None,
+    roi: Any = None,
+    roi_class: str | None = None,
     weights: Any = None,
     device: Any = "auto",
     cache_dir: str | Path | None = None,
@@ -237,6 +239,11 @@ def predict(
         A ``.deeppt`` file or a :class:`~napari_deeppt.models.ModelBundle`.
     grid
         Tiles to use; must have the bundle's tile size and resolution.
+    roi, roi_class
+        Predict from the tissue inside regions of interest only (a GeoJSON file such as
+        QuPath's annotations, or level-0 polygons; see
+        :meth:`~napari_deeppt.tissue.TissueMask.restrict`), e.g. the tumour a pathologist
+        outlined. Ignored when ``grid`` is given.
     weights
         Weights file of the extractor, if not in torchvision's cache.
     device, cache_dir, progress, cancel
@@ -254,11 +261,14 @@ def predict(
             tile_px=int(feature["tile_px"]),
             mpp=float(feature["tile_mpp"]),
             min_tissue=float(feature.get("min_tissue", 0.5)),
+            roi=roi,
+            roi_class=roi_class,
             progress=progress,
             cancel=cancel,
         )
     if len(grid) == 0:
-        raise DeepPTError(f"{slide.path}: no tissue tiles to predict from")
+        where = " inside the regions of interest" if roi is not None else ""
+        raise DeepPTError(f"{slide.path}: no tissue tiles{where} to predict from")
     if weights is None and feature.get("weights_hash") == "random-0":
         weights = "random"
     features = extract_features(

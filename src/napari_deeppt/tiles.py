@@ -428,6 +428,9 @@ def detect_and_tile(
     slide: Any,
     *,
     tissue: dict[str, Any] | None = None,
+    roi: Any = None,
+    exclude_regions: Any = None,
+    roi_class: str | None = None,
     progress: ProgressLike = None,
     cancel: CancelLike = None,
     **grid_options: Any,
@@ -435,10 +438,24 @@ def detect_and_tile(
     """Slide → :class:`TissueMask` → :class:`TileGrid` in one call.
 
     ``tissue`` holds :class:`~napari_deeppt.tissue.TissueParams` fields; the other keywords
-    go to :func:`make_tile_grid`.
+    go to :func:`make_tile_grid`. ``roi`` keeps only the tissue inside regions of interest
+    and ``exclude_regions`` drops the tissue inside others (see
+    :meth:`~napari_deeppt.tissue.TissueMask.restrict`; ``roi_class`` picks a GeoJSON file's
+    objects of one class, e.g. QuPath's ``"Tumor"``).
     """
     source, slide = slide, as_slide(slide)
     mask = detect_tissue(slide, progress=progress, cancel=cancel, **(tissue or {}))
+    if roi is not None:
+        mask = mask.restrict(roi, classification=roi_class)
+    if exclude_regions is not None:
+        mask = mask.restrict(exclude_regions, exclude=True)
+    if (roi is not None or exclude_regions is not None) and mask.is_empty:
+        warnings.warn(
+            f"{slide.path}: no tissue left inside the regions of interest "
+            "(are they in this slide's level-0 pixels?)",
+            NoTissueWarning,
+            stacklevel=2,
+        )
     check_cancelled(cancel, "tiling")
     with warnings.catch_warnings():
         if mask.is_empty:  # already warned once: no tissue

@@ -159,6 +159,36 @@ class TissueMask:
         labels, _ = ndimage.label(self.mask)
         return labels.astype(np.int32)
 
+    def restrict(
+        self, regions: Any, *, exclude: bool = False, classification: str | None = None
+    ) -> TissueMask:
+        """The tissue inside (or, with ``exclude``, outside) regions of interest.
+
+        Parameters
+        ----------
+        regions
+            A GeoJSON file (QuPath annotations, say), :class:`~napari_deeppt.geometry.Region`
+            objects, or ``(n, 2)`` arrays of level-0 ``(x, y)`` vertices.
+        exclude
+            Drop the tissue inside the regions instead (pen marks, folds, necrosis).
+        classification
+            With a GeoJSON file: only its objects of this class (e.g. ``"Tumor"``).
+
+        Returns
+        -------
+        TissueMask
+            A new mask; mask pixels count as inside when their centre is.
+        """
+        from dataclasses import replace
+
+        from .geometry import as_regions, rasterize_regions
+
+        inside = rasterize_regions(
+            as_regions(regions, classification), self.mask.shape, self.downsample_xy
+        )
+        keep = ~inside if exclude else inside
+        return replace(self, mask=self.mask & keep)
+
     def to_geojson(self, path: str | Path, overwrite: bool = False) -> Path:
         """Tissue outlines as QuPath GeoJSON annotations (level-0 px), one per piece.
 

@@ -98,3 +98,23 @@ def test_bad_bundle_is_reported(viewer_with_slide, tmp_path):
     widget.bundle.value = tmp_path / "bad.deeppt"
     assert widget.run() is None
     assert "not a readable napari-deeppt model bundle" in widget.status.value
+
+
+def test_predict_inside_regions_drawn_on_the_slide(
+    qtbot, viewer_with_slide, bundle_path, svs_slide
+):
+    viewer, _ = viewer_with_slide
+    w_um, h_um = svs_slide.width * svs_slide.mpp, svs_slide.height * svs_slide.mpp
+    shapes = viewer.add_shapes(
+        [np.array([[0, 0], [0, w_um / 2], [h_um, w_um / 2], [h_um, 0]])],
+        shape_type="rectangle",
+        name="tumour",
+    )
+    widget = PredictWidget(viewer)
+    widget.bundle.value = bundle_path
+    widget.roi_layer.value = shapes
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    grid = widget.prediction.grid
+    assert "inside the regions" in widget.status.value
+    assert (grid.centres_um()[:, 0] < w_um / 2).all()

@@ -165,3 +165,51 @@ def test_the_dock_says_the_pixel_size_and_where_it_came_from(
     widget.reset_choices()  # napari does this for docked widgets when layers change
     widget.slide_layer.value = viewer.layers[-1]
     assert "none in the file" in widget.pixel_size.value
+
+
+@pytest.mark.parametrize("mode", ["keep tissue inside", "drop tissue inside"])
+def test_tiles_follow_regions_drawn_on_the_slide(qtbot, viewer_with_slide, svs_slide, mode):
+    viewer, slide_layer = viewer_with_slide
+    w_um = svs_slide.width * svs_slide.mpp
+    h_um = svs_slide.height * svs_slide.mpp
+    # a rectangle over the left half and a small ellipse on the right, drawn in world µm
+    shapes = viewer.add_shapes(
+        [
+            np.array([[0, 0], [0, w_um / 2], [h_um, w_um / 2], [h_um, 0]]),
+            np.array([[10, w_um - 60], [10, w_um - 10], [60, w_um - 10], [60, w_um - 60]]),
+        ],
+        shape_type=["rectangle", "ellipse"],
+        name="regions",
+    )
+    from napari_deeppt._napari.layers import shapes_to_regions
+
+    rectangle, ellipse = shapes_to_regions(shapes, slide_layer)
+    # world µm → level-0 px: napari centres pixel i at i·mpp; our pixel i covers [i, i + 1)
+    np.testing.assert_allclose(rectangle.exterior[:, 0].min(), 0.5)
+    np.testing.assert_allclose(rectangle.exterior[:, 0].max(), w_um / 2 / svs_slide.mpp + 0.5)
+    np.testing.assert_allclose(rectangle.exterior[:, 1].max(), h_um / svs_slide.mpp + 0.5)
+    assert len(ellipse.exterior) == 64
+    np.testing.assert_allclose(
+        ellipse.exterior.mean(axis=0), [(w_um - 35) / svs_slide.mpp + 0.5, 35 / svs_slide.mpp + 0.5]
+    )
+    widget = TissueTilesWidget(viewer)
+    _small_tiles(widget)
+    widget.run()
+    _wait(qtbot, widget)
+    everything = viewer.layers["small tiles"].metadata["deeppt_grid"]
+    widget.reset_choices()
+    widget.roi_layer.value = shapes
+    widget.roi_mode.value = mode
+    widget.run()
+    _wait(qtbot, widget)
+    grid = viewer.layers["small tiles"].metadata["deeppt_grid"]
+    assert 0 < len(grid) < len(everything)
+    centres_um = grid.centres_um()  # (x, y) µm
+    left = centres_um[:, 0] < w_um / 2
+    assert left.all() if mode == "keep tissue inside" else not left.any()
+    # a shapes layer with only a line is refused with a message, nothing recomputed
+    viewer.add_shapes([np.array([[0, 0], [50, 50]])], shape_type="line", name="line")
+    widget.reset_choices()
+    widget.roi_layer.value = viewer.layers["line"]
+    assert widget.run() is None
+    assert "no polygon, rectangle or ellipse" in widget.status.value

@@ -131,6 +131,36 @@ class JobWidget(Container):
         value = str(widget.value or "")
         return value if value not in ("", ".") and Path(value).is_file() else None
 
+    @staticmethod
+    def _regions_picker() -> Any:
+        """A nullable choice of Shapes layer: regions of interest drawn on the slide."""
+        from typing import Optional
+
+        from magicgui.widgets import create_widget
+
+        import napari
+
+        return create_widget(
+            annotation=Optional[napari.layers.Shapes],  # noqa: UP045 - magicgui reads it
+            label="regions (shapes)",
+            options={"tooltip": "polygons, rectangles or ellipses drawn on the slide"},
+        )
+
+    @staticmethod
+    def _chosen_regions(picker: Any, slide_layer: Any) -> list[Any] | None:
+        """The picked shapes layer as level-0 regions, or None when none is picked."""
+        from .layers import shapes_to_regions
+
+        shapes = picker.value
+        if shapes is None:
+            return None
+        regions = shapes_to_regions(shapes, slide_layer)
+        if not regions:
+            raise ValueError(
+                f"shapes layer {shapes.name!r} has no polygon, rectangle or ellipse to use"
+            )
+        return regions
+
     def _controls(self) -> list[Any]:
         return [self.run_button, self.cancel_button, self.progress, self.status]
 

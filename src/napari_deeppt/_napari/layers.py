@@ -181,3 +181,28 @@ def show_expression(viewer: Any, prediction: Any, gene: str, slide_name: str) ->
     except AttributeError:  # napari without colour bars
         pass
     return layer
+
+
+def shapes_to_regions(shapes: Any, slide_layer: Any) -> list[Any]:
+    """A napari Shapes layer's polygons, rectangles and ellipses as level-0 regions.
+
+    Vertices go through world coordinates (µm) into the slide layer's level-0 pixels, where
+    napari puts pixel ``i``'s centre at data coordinate ``i`` and our level-0 pixel ``i``
+    covers ``[i, i + 1)``. Lines and paths enclose nothing and are skipped.
+    """
+    from ..geometry import Region
+
+    regions = []
+    for vertices, kind in zip(shapes.data, shapes.shape_type, strict=True):
+        vertices = np.asarray(vertices, np.float64)[:, -2:]
+        if kind == "ellipse":  # napari stores an ellipse's bounding box corners
+            centre = vertices.mean(axis=0)
+            u, v = (vertices[1] - vertices[0]) / 2, (vertices[3] - vertices[0]) / 2
+            angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)[:, None]
+            vertices = centre + np.cos(angles) * u + np.sin(angles) * v
+        elif kind not in ("polygon", "rectangle"):
+            continue
+        world = np.array([shapes.data_to_world(p) for p in vertices])[:, -2:]
+        data = np.array([slide_layer.world_to_data(p) for p in world])[:, -2:]
+        regions.append(Region(np.column_stack([data[:, 1] + 0.5, data[:, 0] + 0.5])))
+    return regions

@@ -27,6 +27,7 @@ class PredictWidget(JobWidget):
         self.prediction: Any = None
         self._slide_name = ""
         self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
+        self.roi_layer = self._regions_picker()
         self.bundle = FileEdit(label="model bundle", mode="r", filter="*.deeppt")
         self.weights = FileEdit(
             label="extractor weights", mode="r", filter="*.pth *.pt *.safetensors"
@@ -45,6 +46,7 @@ class PredictWidget(JobWidget):
         self.extend(
             [
                 self.slide_layer,
+                self.roi_layer,
                 self.bundle,
                 self.weights,
                 self.device,
@@ -106,6 +108,7 @@ class PredictWidget(JobWidget):
             bundle = ModelBundle.load(bundle_path)
             slide = as_slide(layer)
             weights = self._chosen_file(self.weights)
+            regions = self._chosen_regions(self.roi_layer, layer)
         except Exception as exc:
             self._on_error(exc)
             return None
@@ -122,14 +125,21 @@ class PredictWidget(JobWidget):
             self.show_gene(top)
             self._fill_table()
             demo = " — DEMO MODEL (synthetic data)" if prediction.demo else ""
+            inside = " inside the regions" if regions is not None else ""
             self.status.value = (
                 f"{len(prediction.genes)} genes from {len(prediction.grid)} "
-                f"tiles ({prediction.transform}){demo}"
+                f"tiles{inside} ({prediction.transform}){demo}"
             )
 
         return self._start(
             predict,
-            {"slide": slide, "bundle": bundle, "weights": weights, "device": self.device.value},
+            {
+                "slide": slide,
+                "bundle": bundle,
+                "roi": regions,
+                "weights": weights,
+                "device": self.device.value,
+            },
             on_result,
         )
 

@@ -57,6 +57,12 @@ class TissueTilesWidget(JobWidget):
         self.stride_px = SpinBox(label="stride px (0 = tile)", value=0, min=0, max=8192)
         self.min_tissue = FloatSpinBox(label="min tissue", value=0.5, min=0.0, max=1.0, step=0.05)
         self.edge_filter = CheckBox(label="Sobel edge filter (DeepPT)", value=False)
+        self.roi_layer = self._regions_picker()
+        self.roi_mode = ComboBox(
+            label="use regions to",
+            choices=["keep tissue inside", "drop tissue inside"],
+            value="keep tissue inside",
+        )
         self.preview_n = SpinBox(label="preview tiles", value=8, min=1, max=64)
         self.preview_method = ComboBox(
             label="method", choices=["macenko", "reinhard"], value="macenko"
@@ -79,6 +85,8 @@ class TissueTilesWidget(JobWidget):
                 self.stride_px,
                 self.min_tissue,
                 self.edge_filter,
+                self.roi_layer,
+                self.roi_mode,
                 *self._controls(),
                 self.preview_n,
                 self.preview_method,
@@ -143,9 +151,13 @@ class TissueTilesWidget(JobWidget):
                 "min_tissue": self.min_tissue.value,
                 "edge_filter": self.edge_filter.value,
             }
+            regions = self._chosen_regions(self.roi_layer, layer)
         except Exception as exc:
             self._on_error(exc)
             return None
+        if regions is not None:
+            key = "roi" if self.roi_mode.value == "keep tissue inside" else "exclude_regions"
+            grid_options[key] = regions
         name = layer.name
 
         def on_result(result: tuple[Any, Any]) -> None:
@@ -155,7 +167,9 @@ class TissueTilesWidget(JobWidget):
             self._last = (slide, grid, name)
             area = f", tissue {mask.area_um2 / 1e6:.2f} mm²" if mask.slide_mpp else ""
             rows, cols = grid.grid_shape
-            if mask.is_empty:
+            if mask.is_empty and regions is not None:
+                self.status.value = "no tissue inside the regions: check the shapes layer"
+            elif mask.is_empty:
                 self.status.value = (
                     "no tissue found: lower 'min saturation' or 'min piece', or check the slide"
                 )
