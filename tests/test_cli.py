@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_deeppt.cli import main
@@ -146,6 +147,17 @@ def test_train_and_predict_commands(tmp_path, capsys):
     from napari_deeppt.synthetic import write_synthetic_cohort
 
     cohort = write_synthetic_cohort(tmp_path / "cohort", n_slides=12, seed=3, size=768)
+    # slide 0 is trained from the tissue inside a QuPath "Tumor" annotation only
+    manifest = pd.read_csv(cohort.manifest)
+    ring = [[0, 0], [500, 0], [500, 768], [0, 768], [0, 0]]
+    roi = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"classification": {"name": "Tumor"}},
+    }
+    (cohort.manifest.parent / "slide000.geojson").write_text(json.dumps(roi))
+    manifest["roi"] = ["slide000.geojson"] + [""] * (len(manifest) - 1)
+    manifest.to_csv(cohort.manifest, index=False)
     model = tmp_path / "m.deeppt"
     args = [
         "train",
@@ -176,6 +188,10 @@ def test_train_and_predict_commands(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "significant (Holm–Šidák)" in out and model.exists()
+    from napari_deeppt.models import ModelBundle
+
+    regions = ModelBundle.load(model).training["regions_of_interest"]
+    assert regions == {"slides_with_roi": 1, "roi_class": None}
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert (
         main(

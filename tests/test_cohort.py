@@ -172,3 +172,41 @@ def test_interrupt_leaves_only_complete_results_and_resumes(
     assert (statuses[["S000", "S001"]] == "skipped").all()
     assert (statuses.drop(["S000", "S001", "BAD"]) == "ok").all()
     pd.testing.assert_frame_equal(resumed.expression, serial.expression, rtol=1e-6)
+
+
+def test_a_roi_column_restricts_each_slide_to_its_regions(manifest, bundle, serial, tmp_path):
+    import json
+
+    from napari_deeppt import open_slide
+    from napari_deeppt.errors import ExpressionTableError
+
+    table = pd.read_csv(manifest)
+    table = table[table["sample_id"] != "BAD"].head(3).copy()
+    table["slide"] = [str(manifest.parent / s) for s in table["slide"]]
+    rois = []
+    for k, slide in enumerate(table["slide"]):
+        if k == 2:
+            rois.append("")  # no ROI: the whole tissue
+            continue
+        w, h = open_slide(slide).dimensions
+        ring = [[0, 0], [w // 2, 0], [w // 2, h], [0, h], [0, 0]]
+        feature = {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"classification": {"name": "Tumor"}},
+        }
+        (tmp_path / f"roi{k}.geojson").write_text(json.dumps(feature))
+        rois.append(f"roi{k}.geojson")  # relative to the manifest's folder
+    table["roi"] = rois
+    path = tmp_path / "with_roi.csv"
+    table.to_csv(path, index=False)
+    result = run_cohort(path, bundle, tmp_path / "out", scheduler="serial", progress=False)
+    tiles = result.report.set_index("sample_id")["n_tiles"]
+    full = serial.report.set_index("sample_id")["n_tiles"]
+    samples = list(table["sample_id"])
+    assert (tiles[samples[:2]] < full[samples[:2]]).all()
+    assert tiles[samples[2]] == full[samples[2]]
+    table.loc[table.index[0], "roi"] = "missing.geojson"
+    table.to_csv(path, index=False)
+    with pytest.raises(ExpressionTableError, match="roi file"):
+        run_cohort(path, bundle, tmp_path / "out2", scheduler="serial", progress=False)

@@ -338,6 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tile_mpp=args.tile_mpp,
         min_tissue=args.min_tissue,
         stain=None if args.stain == "none" else args.stain,
+        roi_class=args.roi_class,
         device=args.device,
         cache_dir=args.cache_dir,
         transform=args.transform,
@@ -498,6 +499,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
         resume=not args.no_resume,
+        roi_class=args.roi_class,
         progress=not args.quiet,
     )
     counts = result.report["status"].value_counts().to_dict()
@@ -674,6 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--tile-mpp", type=float, default=0.5)
     tr.add_argument("--min-tissue", type=float, default=0.5)
     tr.add_argument("--stain", default="macenko", choices=["macenko", "reinhard", "none"])
+    tr.add_argument(
+        "--roi-class",
+        default=None,
+        help="with a 'roi' column in the manifest (a GeoJSON per slide): only its regions "
+        "of this class (Tumor)",
+    )
     tr.add_argument("--device", default="auto")
     tr.add_argument("--cache-dir", default=None)
     tr.add_argument("--transform", default="log2p1", choices=["log2p1", "none"])
@@ -737,6 +745,12 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--threads-per-worker", type=int, default=None)
     rn.add_argument("--weights", default=None)
     rn.add_argument("--device", default="auto")
+    rn.add_argument(
+        "--roi-class",
+        default=None,
+        help="with a 'roi' column in the manifest (a GeoJSON per slide): only its regions "
+        "of this class (Tumor)",
+    )
     rn.add_argument("--cache-dir", default=None)
     rn.add_argument("--no-resume", action="store_true", help="recompute slides already done")
     rn.add_argument("--quiet", action="store_true")

@@ -75,6 +75,8 @@ def process_slide(
     cache_dir: str | None = None,
     weights: str | None = None,
     device: str = "auto",
+    roi: str | None = None,
+    roi_class: str | None = None,
 ) -> dict[str, Any]:
     """Predict one slide and write its results atomically; never raises for a bad slide.
 
@@ -95,6 +97,8 @@ def process_slide(
         prediction = predict(
             slide,
             bundle,
+            roi=roi,
+            roi_class=roi_class if roi else None,
             weights=weights,
             device=_device_for_worker(device),
             cache_dir=cache_dir,
@@ -149,6 +153,7 @@ def run_cohort(
     cache_dir: str | Path | None = None,
     resume: bool = True,
     retries: int = 2,
+    roi_class: str | None = None,
     progress: ProgressLike = True,
 ) -> CohortResult:
     """Predict every slide of a manifest; see the module docstring.
@@ -156,7 +161,8 @@ def run_cohort(
     Parameters
     ----------
     manifest
-        CSV (or DataFrame) with ``slide`` and ``sample_id`` columns (``patient_id`` optional).
+        CSV (or DataFrame) with ``slide`` and ``sample_id`` columns (``patient_id`` optional;
+        ``roi``, optional: a GeoJSON of regions of interest per slide, empty = all tissue).
     bundle
         Model bundle (``.deeppt``).
     out
@@ -174,6 +180,8 @@ def run_cohort(
         Skip slides whose results already exist.
     retries
         Times a slide is retried when its worker dies (not when the slide itself fails).
+    roi_class
+        Only the ``roi`` files' regions of this class (QuPath's ``"Tumor"``, say).
     progress
         See :mod:`napari_deeppt.progress`.
     """
@@ -193,7 +201,8 @@ def run_cohort(
         table = read_manifest(manifest, require_patient=False)
     rows: dict[str, dict[str, Any]] = {}
     todo = []
-    for slide, sample in zip(table["slide"], table["sample_id"]):
+    rois = table["roi"] if "roi" in table.columns else [None] * len(table)
+    for slide, sample, roi in zip(table["slide"], table["sample_id"], rois, strict=True):
         if resume and _result_path(out, sample).exists():
             rows[sample] = {
                 "sample_id": sample,
@@ -204,18 +213,19 @@ def run_cohort(
                 "error": "done before",
             }
         else:
-            todo.append((str(slide), str(sample)))
+            todo.append((str(slide), str(sample), roi))
     args = {
         "bundle": bundle,
         "out": str(out),
         "weights": weights,
         "device": device,
         "cache_dir": None if cache_dir is None else str(cache_dir),
+        "roi_class": roi_class,
     }
     with make_progress(progress, len(todo), "slides", unit="slide") as bar:
         if scheduler == "serial":
-            for slide, sample in todo:
-                rows[sample] = process_slide(slide, sample, **args)
+            for slide, sample, roi in todo:
+                rows[sample] = process_slide(slide, sample, roi=roi, **args)
                 bar.update()
         elif todo:
             _run_distributed(
@@ -238,7 +248,7 @@ def run_cohort(
 
 
 def _run_distributed(
-    todo: list[tuple[str, str]],
+    todo: list[tuple[str, str, str | None]],
     args: dict[str, Any],
     scheduler: Any,
     n_workers: int | None,
@@ -265,11 +275,12 @@ def _run_distributed(
     )
     futures = {}
     try:
-        for slide, sample in todo:
+        for slide, sample, roi in todo:
             future = client.submit(
                 process_slide,
                 slide,
                 sample,
+                roi=roi,
                 **args,
                 pure=False,
                 retries=retries,

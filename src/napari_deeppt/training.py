@@ -71,6 +71,8 @@ def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
 
     Relative slide paths are resolved against the manifest's folder. With
     ``require_patient=False`` (prediction runs) a missing ``patient_id`` is the sample id.
+    An optional ``roi`` column names a GeoJSON of regions of interest per slide (QuPath
+    annotations; empty = the whole tissue), resolved the same way.
     """
     import pandas as pd
 
@@ -92,6 +94,16 @@ def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
     table["slide"] = [
         str(p if Path(p).is_absolute() else (path.parent / p)) for p in table["slide"]
     ]
+    if "roi" in table.columns:
+        table["roi"] = [
+            None
+            if not isinstance(p, str) or not p.strip()
+            else str(p if Path(p).is_absolute() else (path.parent / p))
+            for p in table["roi"]
+        ]
+        absent = [p for p in table["roi"] if p is not None and not Path(p).is_file()]
+        if absent:
+            raise ExpressionTableError(f"{path}: roi file(s) not found: {absent[:5]}")
     return table.reset_index(drop=True)
 
 
@@ -478,6 +490,16 @@ def read_spots(path: str | Path) -> Any:
     table["slide"] = [
         str(p if Path(p).is_absolute() else (path.parent / p)) for p in table["slide"]
     ]
+    if "roi" in table.columns:
+        table["roi"] = [
+            None
+            if not isinstance(p, str) or not p.strip()
+            else str(p if Path(p).is_absolute() else (path.parent / p))
+            for p in table["roi"]
+        ]
+        absent = [p for p in table["roi"] if p is not None and not Path(p).is_file()]
+        if absent:
+            raise ExpressionTableError(f"{path}: roi file(s) not found: {absent[:5]}")
     return table.reset_index(drop=True)
 
 
@@ -515,6 +537,7 @@ def train(
     tile_mpp: float = 0.5,
     min_tissue: float = 0.5,
     stain: Any = "macenko",
+    roi_class: str | None = None,
     device: Any = "auto",
     cache_dir: str | Path | None = None,
     transform: str = "log2p1",
@@ -546,6 +569,8 @@ def train(
     extractor, weights, tile_px, tile_mpp, min_tissue, stain, device, cache_dir
         Feature settings (see :func:`~napari_deeppt.features.extract_features`); ``tile_px``
         defaults to 512 (DeepPT) for slides and 224 for spots (112 µm at 0.5 µm/px).
+    roi_class
+        With a ``roi`` column in the manifest: only its regions of this class (``"Tumor"``).
     transform
         ``"log2p1"`` (log2(x + 1), default) or ``"none"``; stored in the bundle.
     genes, min_mean, top_n, rank_by
@@ -606,12 +631,22 @@ def train(
 
     feature_sets = []
     with make_progress(progress, len(table), "features per slide", unit="slide") as bar:
-        for path in table["slide"]:
+        rois = table["roi"] if "roi" in table.columns else [None] * len(table)
+        for path, roi in zip(table["slide"], rois, strict=True):
             check_cancelled(cancel, "training")
-            _, grid = detect_and_tile(path, tile_px=tile_px, mpp=tile_mpp, min_tissue=min_tissue)
+            _, grid = detect_and_tile(
+                path,
+                tile_px=tile_px,
+                mpp=tile_mpp,
+                min_tissue=min_tissue,
+                roi=roi,
+                roi_class=roi_class if roi else None,
+            )
             if len(grid) == 0:
+                where = f" inside {roi}" if roi else ""
                 raise DeepPTError(
-                    f"{path}: no tissue tiles; remove it from the manifest or adjust min_tissue"
+                    f"{path}: no tissue tiles{where}; remove it from the manifest or adjust "
+                    "min_tissue"
                 )
             feature_sets.append(
                 extract_features(
@@ -655,6 +690,10 @@ def train(
             "n_samples": len(samples),
             "n_patients": len(set(groups)),
             "expression": str(expression),
+            "regions_of_interest": {
+                "slides_with_roi": int(sum(r is not None for r in rois)),
+                "roi_class": roi_class,
+            },
             "gene_selection": {
                 "genes": genes is not None,
                 "min_mean": min_mean,
