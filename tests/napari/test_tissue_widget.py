@@ -213,3 +213,27 @@ def test_tiles_follow_regions_drawn_on_the_slide(qtbot, viewer_with_slide, svs_s
     widget.roi_layer.value = viewer.layers["line"]
     assert widget.run() is None
     assert "no polygon, rectangle or ellipse" in widget.status.value
+
+
+def test_tiles_recut_from_the_tissue_layer_as_painted(qtbot, viewer_with_slide):
+    viewer, _ = viewer_with_slide
+    widget = TissueTilesWidget(viewer)
+    _small_tiles(widget)
+    assert widget.recut() is None and "detect tissue first" in widget.status.value
+    widget.run()
+    _wait(qtbot, widget)
+    before = viewer.layers["small tiles"].metadata["deeppt_grid"]
+    tissue = viewer.layers["small tissue"]
+    edited = np.asarray(tissue.data).copy()
+    half = edited.shape[1] // 2
+    edited[:, :half] = 0  # the user erases the left half of the tissue
+    tissue.data = edited
+    widget.recut()
+    _wait(qtbot, widget)
+    grid = viewer.layers["small tiles"].metadata["deeppt_grid"]
+    assert 0 < len(grid) < len(before)
+    mask = tissue.metadata["deeppt_mask"]
+    left_edge_x = half * mask.downsample_xy[0]  # level-0 x where the erased half ends
+    assert (grid.xy[:, 0] + grid.size_level0 / 2 >= left_edge_x).all()
+    np.testing.assert_array_equal(np.asarray(tissue.data), edited)  # the edits stay
+    assert "from the edited tissue" in widget.status.value

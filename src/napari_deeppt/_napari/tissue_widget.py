@@ -63,6 +63,11 @@ class TissueTilesWidget(JobWidget):
             choices=["keep tissue inside", "drop tissue inside"],
             value="keep tissue inside",
         )
+        self.recut_button = PushButton(
+            text="Cut tiles from the edited tissue layer",
+            tooltip="paint or erase on the '<slide> tissue' layer, then cut the tiles again "
+            "from it (tissue detection is not rerun)",
+        )
         self.preview_n = SpinBox(label="preview tiles", value=8, min=1, max=64)
         self.preview_method = ComboBox(
             label="method", choices=["macenko", "reinhard"], value="macenko"
@@ -88,12 +93,14 @@ class TissueTilesWidget(JobWidget):
                 self.roi_layer,
                 self.roi_mode,
                 *self._controls(),
+                self.recut_button,
                 self.preview_n,
                 self.preview_method,
                 self.preview_button,
             ]
         )
         self.preview_button.changed.connect(self.preview)
+        self.recut_button.changed.connect(self.recut)
         self.slide_layer.changed.connect(self._describe_slide)
         self.slide_mpp.changed.connect(self._describe_slide)
         self._describe_slide()
@@ -120,7 +127,17 @@ class TissueTilesWidget(JobWidget):
 
     def _busy(self, busy: bool) -> None:
         super()._busy(busy)
+        self.recut_button.enabled = not busy
         self.preview_button.enabled = not busy and self._last is not None
+
+    def _grid_options(self) -> dict[str, Any]:
+        return {
+            "tile_px": self.tile_px.value,
+            "mpp": self.tile_mpp.value,
+            "stride_px": self.stride_px.value or None,
+            "min_tissue": self.min_tissue.value,
+            "edge_filter": self.edge_filter.value,
+        }
 
     def _slide(self) -> Any:
         layer = self.slide_layer.value
@@ -144,13 +161,7 @@ class TissueTilesWidget(JobWidget):
                 "exclude_dark": self.exclude_dark.value,
                 "exclude_pen": self.exclude_pen.value,
             }
-            grid_options = {
-                "tile_px": self.tile_px.value,
-                "mpp": self.tile_mpp.value,
-                "stride_px": self.stride_px.value or None,
-                "min_tissue": self.min_tissue.value,
-                "edge_filter": self.edge_filter.value,
-            }
+            grid_options = self._grid_options()
             regions = self._chosen_regions(self.roi_layer, layer)
         except Exception as exc:
             self._on_error(exc)
@@ -178,6 +189,41 @@ class TissueTilesWidget(JobWidget):
 
         return self._start(
             detect_and_tile, {"slide": slide, "tissue": tissue, **grid_options}, on_result
+        )
+
+    def recut(self) -> Job | None:
+        """Cut the tiles again from the tissue layer as the user painted or erased it."""
+        from dataclasses import replace
+
+        from ..tiles import make_tile_grid
+
+        try:
+            layer, slide = self._slide()
+            name = f"{layer.name} tissue"
+            if name not in self._viewer.layers:
+                raise ValueError("detect tissue first: there is no tissue layer to edit")
+            tissue_layer = self._viewer.layers[name]
+            mask = tissue_layer.metadata.get("deeppt_mask")
+            edited = np.asarray(tissue_layer.data) > 0
+            if mask is None or edited.shape != mask.mask.shape:
+                raise ValueError(f"{name!r} is not a tissue layer made by this dock")
+            mask = replace(mask, mask=edited)
+            grid_options = self._grid_options()
+        except Exception as exc:
+            self._on_error(exc)
+            return None
+
+        def on_result(grid: Any) -> None:
+            tissue_layer.metadata["deeppt_mask"] = mask
+            if mask.slide_mpp:
+                tissue_layer.metadata["area_mm2"] = mask.area_um2 / 1e6
+            add_or_update(self._viewer, tiles_layer_data(grid, layer.name))
+            self._last = (slide, grid, layer.name)
+            area = f", tissue {mask.area_um2 / 1e6:.2f} mm²" if mask.slide_mpp else ""
+            self.status.value = f"{len(grid)} tiles kept from the edited tissue{area}"
+
+        return self._start(
+            make_tile_grid, {"slide": slide, "mask": mask, **grid_options}, on_result
         )
 
     def preview(self) -> Job | None:
