@@ -237,3 +237,43 @@ def test_tiles_recut_from_the_tissue_layer_as_painted(qtbot, viewer_with_slide):
     assert (grid.xy[:, 0] + grid.size_level0 / 2 >= left_edge_x).all()
     np.testing.assert_array_equal(np.asarray(tissue.data), edited)  # the edits stay
     assert "from the edited tissue" in widget.status.value
+
+
+def test_qupath_round_trip_through_the_dock(qtbot, viewer_with_slide, svs_slide, tmp_path):
+    """Export tissue and tiles, import annotations back as regions, tile inside them."""
+    import json
+
+    viewer, _ = viewer_with_slide
+    widget = TissueTilesWidget(viewer)
+    _small_tiles(widget)
+    widget.run()
+    _wait(qtbot, widget)
+    everything = viewer.layers["small tiles"].metadata["deeppt_grid"]
+    tissue_path, tiles_path = widget.export_geojson(tmp_path)
+    assert len(json.loads(tiles_path.read_text())["features"]) == len(everything)
+    assert json.loads(tissue_path.read_text())["features"][0]["properties"]["objectType"] == (
+        "annotation"
+    )
+    with pytest.raises(FileExistsError):
+        widget.export_geojson(tmp_path)  # a second export never replaces the first
+    w, h = svs_slide.width, svs_slide.height
+    ring = [[0, 0], [w // 2, 0], [w // 2, h], [0, h], [0, 0]]
+    hole = [[10, 10], [50, 10], [50, 50], [10, 50], [10, 10]]
+    annotation = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring, hole]},
+        "properties": {"classification": {"name": "Tumor"}},
+    }
+    path = tmp_path / "tumour.geojson"
+    path.write_text(json.dumps([annotation]))
+    shapes = widget.import_regions(path)
+    assert widget.roi_layer.value is shapes and "1 hole(s) not shown" in widget.status.value
+    assert list(shapes.features["class"]) == ["Tumor"]
+    widget.run()
+    _wait(qtbot, widget)
+    grid = viewer.layers["small tiles"].metadata["deeppt_grid"]
+    assert 0 < len(grid) < len(everything)
+    assert (grid.xy[:, 0] + grid.size_level0 / 2 < w // 2).all()
+    # the imported outline sits on the same level-0 pixels it came from
+    (region,) = widget._chosen_regions(widget.roi_layer, viewer.layers["small"])
+    np.testing.assert_allclose(region.exterior, np.array(ring[:-1], float), atol=1e-6)

@@ -206,3 +206,30 @@ def shapes_to_regions(shapes: Any, slide_layer: Any) -> list[Any]:
         data = np.array([slide_layer.world_to_data(p) for p in world])[:, -2:]
         regions.append(Region(np.column_stack([data[:, 1] + 0.5, data[:, 0] + 0.5])))
     return regions
+
+
+def regions_to_shapes_data(regions: list[Any], slide_layer: Any, name: str) -> LayerData:
+    """Level-0 regions (QuPath annotations, say) as a Shapes layer over the slide.
+
+    The inverse of :func:`shapes_to_regions`. napari shapes have no holes: only each
+    region's exterior is drawn.
+    """
+    polygons = []
+    for region in regions:
+        xy = np.asarray(region.exterior, np.float64)
+        if len(xy) > 3 and np.allclose(xy[0], xy[-1]):
+            xy = xy[:-1]  # GeoJSON rings repeat their first vertex
+        data = np.column_stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5])  # (row, col) napari data
+        world = np.array([slide_layer.data_to_world(p) for p in data])
+        polygons.append(world)
+    classes = [region.classification or "" for region in regions]
+    kwargs = {
+        "name": name,
+        "shape_type": "polygon",
+        "edge_width": 4 * float(np.min(slide_layer.scale[-2:])),
+        "edge_color": "yellow",
+        "face_color": "transparent",
+        "features": {"class": classes, "name": [region.name for region in regions]},
+        "text": {"string": "{class}", "color": "yellow"} if any(classes) else None,
+    }
+    return (polygons, kwargs, "shapes")

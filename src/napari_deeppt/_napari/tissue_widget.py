@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from magicgui.widgets import (
 
 from ..slide import as_slide
 from ._jobs import Job, JobWidget
-from .layers import add_or_update, mask_layer_data, tiles_layer_data
+from .layers import add_or_update, mask_layer_data, regions_to_shapes_data, tiles_layer_data
 
 __all__ = ["TissueTilesWidget"]
 
@@ -58,10 +59,17 @@ class TissueTilesWidget(JobWidget):
         self.min_tissue = FloatSpinBox(label="min tissue", value=0.5, min=0.0, max=1.0, step=0.05)
         self.edge_filter = CheckBox(label="Sobel edge filter (DeepPT)", value=False)
         self.roi_layer = self._regions_picker()
+        self.import_regions_button = PushButton(
+            text="Import QuPath annotations (GeoJSON)…",
+            tooltip="add a Shapes layer of the file's polygons over the slide, to use as regions",
+        )
         self.roi_mode = ComboBox(
             label="use regions to",
             choices=["keep tissue inside", "drop tissue inside"],
             value="keep tissue inside",
+        )
+        self.export_button = PushButton(
+            text="Export tissue and tiles for QuPath (GeoJSON)…", enabled=False
         )
         self.recut_button = PushButton(
             text="Cut tiles from the edited tissue layer",
@@ -90,10 +98,12 @@ class TissueTilesWidget(JobWidget):
                 self.stride_px,
                 self.min_tissue,
                 self.edge_filter,
+                self.import_regions_button,
                 self.roi_layer,
                 self.roi_mode,
                 *self._controls(),
                 self.recut_button,
+                self.export_button,
                 self.preview_n,
                 self.preview_method,
                 self.preview_button,
@@ -101,6 +111,8 @@ class TissueTilesWidget(JobWidget):
         )
         self.preview_button.changed.connect(self.preview)
         self.recut_button.changed.connect(self.recut)
+        self.import_regions_button.changed.connect(self._import_regions_dialog)
+        self.export_button.changed.connect(self._export_dialog)
         self.slide_layer.changed.connect(self._describe_slide)
         self.slide_mpp.changed.connect(self._describe_slide)
         self._describe_slide()
@@ -128,6 +140,7 @@ class TissueTilesWidget(JobWidget):
     def _busy(self, busy: bool) -> None:
         super()._busy(busy)
         self.recut_button.enabled = not busy
+        self.export_button.enabled = not busy and self._last is not None
         self.preview_button.enabled = not busy and self._last is not None
 
     def _grid_options(self) -> dict[str, Any]:
@@ -225,6 +238,57 @@ class TissueTilesWidget(JobWidget):
         return self._start(
             make_tile_grid, {"slide": slide, "mask": mask, **grid_options}, on_result
         )
+
+    def import_regions(self, path: str | Path) -> Any:
+        """Add a Shapes layer of a GeoJSON file's polygons (level-0 px) over the slide."""
+        from ..geojson import read_regions
+
+        layer, _ = self._slide()
+        regions = read_regions(path)
+        data = regions_to_shapes_data(regions, layer, f"{layer.name} regions ({Path(path).stem})")
+        shapes = add_or_update(self._viewer, data)
+        self.reset_choices()
+        self.roi_layer.value = shapes
+        holes = sum(len(r.holes) for r in regions)
+        note = f"; {holes} hole(s) not shown or used" if holes else ""
+        self.status.value = f"imported {len(regions)} region(s) from {Path(path).name}{note}"
+        return shapes
+
+    def export_geojson(self, folder: str | Path, overwrite: bool = False) -> list[Path]:
+        """Write ``<slide>.tissue.geojson`` and ``<slide>.tiles.geojson`` into ``folder``."""
+        if self._last is None:
+            raise ValueError("detect tissue and cut tiles first")
+        _, grid, name = self._last
+        tissue_layer = self._viewer.layers[f"{name} tissue"]
+        mask = tissue_layer.metadata["deeppt_mask"]
+        folder = Path(folder)
+        return [
+            mask.to_geojson(folder / f"{name}.tissue.geojson", overwrite=overwrite),
+            grid.to_geojson(folder / f"{name}.tiles.geojson", overwrite=overwrite),
+        ]
+
+    def _import_regions_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "QuPath annotations", "", "GeoJSON (*.geojson *.json)"
+        )
+        if path:
+            try:
+                self.import_regions(path)
+            except Exception as exc:
+                self._on_error(exc)
+
+    def _export_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self.native, "Export GeoJSON into")
+        if folder:
+            try:
+                paths = self.export_geojson(folder)
+                self.status.value = "wrote " + ", ".join(p.name for p in paths)
+            except Exception as exc:
+                self._on_error(exc)
 
     def preview(self) -> Job | None:
         """A mosaic of raw (top) vs normalised (bottom) tiles, beside the slide."""
