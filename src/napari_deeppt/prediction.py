@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleMismatchError, DeepPTError
-from .hooks import publish
+from .hooks import adapt_regions, publish
 from .progress import CancelLike, ProgressLike
 from .slide import as_slide
 
@@ -253,6 +253,7 @@ def predict(
     from .tiles import detect_and_tile
 
     source, slide = slide, as_slide(slide)
+    roi = adapt_regions(roi, source)  # a napari Shapes layer over the slide's layer, say
     model, bundle_path = _load_bundle(bundle)
     feature = model.feature
     if grid is None:

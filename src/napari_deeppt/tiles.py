@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import DeepPTError, NoTissueWarning, TileGridError
 from .geometry import GridPlacement
-from .hooks import publish
+from .hooks import adapt_regions, publish
 from .progress import CancelLike, ProgressLike, check_cancelled, make_progress
 from .slide import Slide, as_slide
 from .tissue import TissueMask, detect_tissue
@@ -444,6 +444,7 @@ def detect_and_tile(
     objects of one class, e.g. QuPath's ``"Tumor"``).
     """
     source, slide = slide, as_slide(slide)
+    roi, exclude_regions = adapt_regions(roi, source), adapt_regions(exclude_regions, source)
     mask = detect_tissue(slide, progress=progress, cancel=cancel, **(tissue or {}))
     if roi is not None:
         mask = mask.restrict(roi, classification=roi_class)

@@ -277,3 +277,18 @@ def test_qupath_round_trip_through_the_dock(qtbot, viewer_with_slide, svs_slide,
     # the imported outline sits on the same level-0 pixels it came from
     (region,) = widget._chosen_regions(widget.roi_layer, viewer.layers["small"])
     np.testing.assert_allclose(region.exterior, np.array(ring[:-1], float), atol=1e-6)
+
+
+def test_console_detect_and_tile_with_a_shapes_layer_as_roi(viewer_with_slide, svs_slide):
+    viewer, slide_layer = viewer_with_slide
+    w_um, h_um = svs_slide.width * svs_slide.mpp, svs_slide.height * svs_slide.mpp
+    shapes = viewer.add_shapes(
+        [np.array([[0, 0], [0, w_um / 2], [h_um, w_um / 2], [h_um, 0]])], shape_type="rectangle"
+    )
+    _, everything = napari_deeppt.detect_and_tile(slide_layer, tile_px=128)
+    _, grid = napari_deeppt.detect_and_tile(slide_layer, tile_px=128, roi=shapes)
+    assert 0 < len(grid) < len(everything)
+    assert (grid.centres_um()[:, 0] < w_um / 2).all()
+    assert viewer.layers["small tiles"].metadata["deeppt_grid"] is grid
+    with pytest.raises(TypeError, match="needs the slide's layer"):
+        napari_deeppt.detect_and_tile(svs_slide.path, tile_px=128, roi=shapes)

@@ -2,14 +2,15 @@
 
 Importing it registers a result sink, so that core functions called from the napari console
 with a layer of this plugin (``napari_deeppt.detect_tissue(viewer.layers["slide"])``) also add
-their layers next to it.
+their layers next to it, and a region adapter, so that a Shapes layer can be the ``roi`` of
+``detect_and_tile``/``predict`` called with the slide's layer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..hooks import register_result_sink
+from ..hooks import register_region_adapter, register_result_sink
 
 
 def _viewer_of(layer: Any) -> Any:
@@ -42,6 +43,25 @@ def _show_result(source: Any, result: Any) -> None:
         show_expression(viewer, result, result.top_genes(1).index[0], source.name)
 
 
+def _shapes_as_regions(regions: Any, source: Any) -> Any:
+    """A Shapes layer given as ``roi`` in the console: its shapes on the slide layer's pixels."""
+    from napari.layers import Image, Shapes
+
+    from .layers import shapes_to_regions
+
+    if not isinstance(regions, Shapes):
+        return None
+    if not isinstance(source, Image):
+        raise TypeError(
+            "a Shapes layer as regions needs the slide's layer as the slide (to place them), "
+            f"got {type(source).__name__}"
+        )
+    converted = shapes_to_regions(regions, source)
+    if not converted:
+        raise ValueError(f"shapes layer {regions.name!r} has no polygon, rectangle or ellipse")
+    return converted
+
+
 def guard_against_triton_llvm_clash() -> bool:
     """Keep torch from importing triton in a process that already mapped Mesa's LLVM.
 
@@ -66,4 +86,5 @@ def guard_against_triton_llvm_clash() -> bool:
 
 
 register_result_sink(_show_result)
+register_region_adapter(_shapes_as_regions)
 guard_against_triton_llvm_clash()
