@@ -171,3 +171,8 @@ def test_tiles_and_prediction_inside_a_region_of_interest(tmp_path, svs_slide):
         detect_and_tile(slide, tile_px=128, roi=np.array([[-9, -9], [-5, -9], [-5, -5]]))
     prediction = predict(slide, demo_bundle(progress=False), roi=roi, progress=False)
     assert (prediction.grid.xy[:, 0] + prediction.grid.size_level0 / 2 < w // 2).all()
+    assert prediction.provenance["regions_of_interest"] == {
+        "file": str(roi),
+        "classification": None,
+    }
+    assert "left.geojson" in prediction.to_anndata().uns["deeppt"]["regions_of_interest"]

@@ -92,6 +92,7 @@ def process_slide(
         "n_tiles": 0,
         "seconds": 0.0,
         "error": "",
+        "roi": roi or "",
     }
     try:
         prediction = predict(

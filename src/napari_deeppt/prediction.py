@@ -102,6 +102,12 @@ class Prediction:
             "demo_model": self.demo,
             "spatial_units": "micrometer",
         }
+        if "regions_of_interest" in self.provenance:
+            import json
+
+            adata.uns["deeppt"]["regions_of_interest"] = json.dumps(
+                self.provenance["regions_of_interest"], default=str
+            )
         return adata
 
     def to_h5ad(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -212,6 +218,16 @@ def predict_from_features(features: Any, bundle: Any, device: Any = "cpu") -> Pr
     )
 
 
+def _describe_regions(roi: Any, roi_class: str | None) -> dict[str, Any]:
+    """What the prediction was restricted to, for its provenance."""
+    import os
+
+    if isinstance(roi, (str, os.PathLike)):
+        return {"file": str(roi), "classification": roi_class}
+    count = len(roi) if isinstance(roi, (list, tuple)) else 1
+    return {"regions": count, "classification": roi_class}
+
+
 def predict(
     slide: Any,
     bundle: Any,
@@ -256,6 +272,7 @@ def predict(
     roi = adapt_regions(roi, source)  # a napari Shapes layer over the slide's layer, say
     model, bundle_path = _load_bundle(bundle)
     feature = model.feature
+    grid_given = grid
     if grid is None:
         _, grid = detect_and_tile(
             slide,
@@ -285,5 +302,7 @@ def predict(
     )
     prediction = predict_from_features(features, model)
     prediction.bundle_path = bundle_path or prediction.bundle_path
+    if roi is not None and grid_given is None:
+        prediction.provenance["regions_of_interest"] = _describe_regions(roi, roi_class)
     publish(source, prediction)
     return prediction
