@@ -349,6 +349,36 @@ def test_jpeg_reader_on_a_lower_ycbcr_level(svs_slide):
     np.testing.assert_array_equal(reader.read_batch(indices, "cpu").numpy(), expected)
 
 
+def test_jpeg_reader_reads_tiles_never_written_as_tifffile_does(tmp_path):
+    """Scanners skip empty tiles (byte count 0); tifffile reads them as 0, and so must we."""
+    import tifffile
+
+    from napari_deeppt.features.jpeg import JpegTileReader
+
+    rng = np.random.default_rng(1)
+    tiles = [
+        None if i in (5, 6) else rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        for i in range(16)
+    ]
+    path = tmp_path / "sparse.tif"
+    tifffile.imwrite(
+        path,
+        iter(tiles),
+        shape=(1024, 1024, 3),
+        dtype=np.uint8,
+        tile=(256, 256),
+        compression="jpeg",
+        photometric="rgb",
+    )
+    slide = open_slide(path, mpp=0.5)
+    grid = make_tile_grid(slide, tile_px=200, mpp=0.5, min_tissue=0.0)
+    reader = JpegTileReader.for_grid(slide, grid)
+    assert reader.check_decoder("cpu") is None
+    expected = np.stack([grid.read_tile(slide, i) for i in range(len(grid))])
+    assert (expected == 0).all(axis=-1).any()  # some regions do cover the missing tiles
+    np.testing.assert_array_equal(reader.read_batch(np.arange(len(grid)), "cpu"), expected)
+
+
 def test_jpeg_reader_only_for_jpeg_tiles(tiff_slide):
     from napari_deeppt.features.jpeg import JpegTileReader
 

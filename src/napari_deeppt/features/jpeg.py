@@ -98,8 +98,14 @@ class JpegTileReader:
         indices = np.asarray(indices, np.int64)
         rows, cols, ty0, tx0, keys = self._touched(indices)
         unique, slots = np.unique(keys, return_inverse=True)
+        # tiles a scanner never wrote (byte count 0) read as tifffile's fill value, 0: they
+        # all point at one fill tile placed after the decoded ones
+        present = np.asarray(self.page.databytecounts, np.int64)[unique] > 0
+        remap = np.where(present, np.cumsum(present) - 1, int(present.sum()))
+        slots = remap[slots]
         streams = [
-            torch.frombuffer(bytearray(self._stream(int(k))), dtype=torch.uint8) for k in unique
+            torch.frombuffer(bytearray(self._stream(int(k))), dtype=torch.uint8)
+            for k in unique[present]
         ]
         return JpegBatch(
             rows=rows,
@@ -136,7 +142,10 @@ class JpegTileReader:
         """
         import torch
 
-        keys = np.unique(self.fetch_keys(np.arange(min(len(self.grid), 2))))[:n_tiles]
+        keys = np.unique(self.fetch_keys(np.arange(min(len(self.grid), 8))))
+        keys = keys[np.asarray(self.page.databytecounts, np.int64)[keys] > 0][:n_tiles]
+        if not len(keys):
+            return None  # nothing written to compare (the tiles read as the fill value)
         streams = [
             torch.frombuffer(bytearray(self._stream(int(k))), dtype=torch.uint8) for k in keys
         ]
@@ -165,11 +174,12 @@ class JpegTileReader:
         th, tw, size = self.tile_h, self.tile_w, self.region_px
         decoded = self._decode(batch.streams, device)
         n = len(decoded)
-        # the decoded file tiles, channels last
+        # the decoded file tiles, channels last, then the fill tile for tiles never written
+        fill = torch.zeros((1, th, tw, 3), dtype=torch.uint8, device=device)
         if n and all(tuple(t.shape) == (3, th, tw) for t in decoded):
-            stack = torch.stack(decoded).permute(0, 2, 3, 1).contiguous()
+            stack = torch.cat([torch.stack(decoded).permute(0, 2, 3, 1), fill]).contiguous()
         else:  # a writer that stored short edge tiles: pad them
-            stack = torch.full((max(n, 1), th, tw, 3), 255, dtype=torch.uint8, device=device)
+            stack = torch.zeros((n + 1, th, tw, 3), dtype=torch.uint8, device=device)
             for k, tile in enumerate(decoded):
                 h, w = min(th, tile.shape[1]), min(tw, tile.shape[2])
                 stack[k, :h, :w] = tile[:, :h, :w].permute(1, 2, 0)
@@ -225,7 +235,8 @@ class JpegBatch:
     first_tile_row: np.ndarray  # (B,) first file-tile row each region touches
     first_tile_col: np.ndarray
     slots: np.ndarray  # (B, span_y, span_x) index into streams of each touched file tile
-    streams: list[Any]  # JPEG streams (uint8 tensors), one per distinct file tile
+    streams: list[Any]  # JPEG streams (uint8 tensors), one per distinct file tile written;
+    # slot len(streams) stands for tiles never written (they read as 0)
 
 
 def reference_tiles(slide: Any, grid: Any, indices: Any) -> np.ndarray:
