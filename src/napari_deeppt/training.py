@@ -91,20 +91,30 @@ def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
     duplicated = table["sample_id"][table["sample_id"].duplicated()].tolist()
     if duplicated:
         raise ExpressionTableError(f"{path}: duplicated sample_id(s) {duplicated[:5]}")
-    table["slide"] = [
-        str(p if Path(p).is_absolute() else (path.parent / p)) for p in table["slide"]
-    ]
+    table["slide"] = _relative_to(path, table["slide"])
+    _require_slides(path, table)
     if "roi" in table.columns:
-        table["roi"] = [
-            None
-            if not isinstance(p, str) or not p.strip()
-            else str(p if Path(p).is_absolute() else (path.parent / p))
-            for p in table["roi"]
-        ]
+        table["roi"] = _relative_to(path, table["roi"])
         absent = [p for p in table["roi"] if p is not None and not Path(p).is_file()]
         if absent:
             raise ExpressionTableError(f"{path}: roi file(s) not found: {absent[:5]}")
     return table.reset_index(drop=True)
+
+
+def _require_slides(path: Path, table: Any) -> None:
+    empty = [i + 2 for i, slide in enumerate(table["slide"]) if slide is None]  # + header
+    if empty:
+        raise ExpressionTableError(f"{path}: line(s) {empty[:5]} name no slide")
+
+
+def _relative_to(table_path: Path, paths: Any) -> list[str | None]:
+    """Paths in a table, relative ones resolved against its folder; empty cells → None."""
+    return [
+        None
+        if not isinstance(p, str) or not p.strip()
+        else str(p if Path(p).is_absolute() else (table_path.parent / p))
+        for p in paths
+    ]
 
 
 def read_expression(path: str | Path, sample_ids: list[str]) -> Any:
@@ -487,19 +497,8 @@ def read_spots(path: str | Path) -> Any:
     duplicated = table["spot_id"][table["spot_id"].duplicated()].tolist()
     if duplicated:
         raise ExpressionTableError(f"{path}: duplicated spot_id(s) {duplicated[:5]}")
-    table["slide"] = [
-        str(p if Path(p).is_absolute() else (path.parent / p)) for p in table["slide"]
-    ]
-    if "roi" in table.columns:
-        table["roi"] = [
-            None
-            if not isinstance(p, str) or not p.strip()
-            else str(p if Path(p).is_absolute() else (path.parent / p))
-            for p in table["roi"]
-        ]
-        absent = [p for p in table["roi"] if p is not None and not Path(p).is_file()]
-        if absent:
-            raise ExpressionTableError(f"{path}: roi file(s) not found: {absent[:5]}")
+    table["slide"] = _relative_to(path, table["slide"])
+    _require_slides(path, table)
     return table.reset_index(drop=True)
 
 
