@@ -281,3 +281,20 @@ def test_expression_from_h5ad(cohort, tmp_path):
     anndata.AnnData(table.astype(np.float32)).write_h5ad(tmp_path / "expr.h5ad")
     loaded = read_expression(tmp_path / "expr.h5ad", list(manifest["sample_id"]))
     np.testing.assert_allclose(loaded.to_numpy(), table.to_numpy(), rtol=1e-6)
+
+
+def test_manifest_rows_and_roi_files_are_checked(tmp_path):
+    from napari_deeppt.errors import ExpressionTableError
+
+    (tmp_path / "a.geojson").write_text("{}")
+    path = tmp_path / "m.csv"
+    path.write_text("slide,sample_id,patient_id,roi\na.svs,S1,P1,a.geojson\nb.svs,S2,P2,\n")
+    table = read_manifest(path)
+    assert table["slide"][0] == str(tmp_path / "a.svs")
+    assert list(table["roi"]) == [str(tmp_path / "a.geojson"), None]  # empty: whole tissue
+    path.write_text("slide,sample_id,patient_id\na.svs,S1,P1\n,S2,P2\n")
+    with pytest.raises(ExpressionTableError, match=r"line\(s\) \[3\] name no slide"):
+        read_manifest(path)
+    path.write_text("slide,sample_id,patient_id,roi\na.svs,S1,P1,nope.geojson\n")
+    with pytest.raises(ExpressionTableError, match=r"roi file.*nope\.geojson"):
+        read_manifest(path)
