@@ -85,3 +85,28 @@ def test_response_command(tmp_path, capsys):
     assert "X: 3 predicted responder(s)" in captured.out
     assert "Z: no score" in captured.err and "GONE" in captured.err
     assert main(args) == 2  # never overwrites
+
+
+def test_tiles_are_scored_against_the_cohorts_cut_offs():
+    """Cohort cut-offs: A 2.65, B 2.65, D 2.3 (as above). Each tile is one 'sample'."""
+    from types import SimpleNamespace
+
+    from napari_deeppt.response import tile_response
+
+    tiles = np.array(
+        [
+            [1.0, 9.0, 1.0],  # A, D inactive (SL 2/2), B active (SR 0) → X: 1
+            [9.0, 1.0, 9.0],  # nothing SL inactive, B inactive (SR 1)  → X: 0
+            [2.0, 9.0, 9.0],  # A inactive (SL 1/2), B active           → X: 0.75
+        ]
+    )
+    prediction = SimpleNamespace(tile_expression=tiles, genes=["A", "B", "D"], grid=[0, 1, 2])
+    result = tile_response(prediction, EXPRESSION, PARTNERS)
+    np.testing.assert_allclose(result.scores["X"], [1.0, 0.0, 0.75])
+    assert result.responders["X"].tolist() == [True, False, True]
+    # the tiles' own spread would give other answers: the cohort defines "inactive"
+    alone = response_scores(pd.DataFrame(tiles, columns=["A", "B", "D"]), PARTNERS)
+    assert not np.allclose(alone.scores["X"], result.scores["X"])
+    other_model = EXPRESSION.drop(columns=["D"])
+    with pytest.raises(ExpressionTableError, match=r"not in the cohort"):
+        tile_response(prediction, other_model, PARTNERS)

@@ -43,6 +43,7 @@ _EXPORTS = {
     "ModelBundle": "models",
     "response_scores": "response",
     "read_partners": "response",
+    "tile_response": "response",
     "run_cohort": "cohort",
 }
 
@@ -63,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models import ModelBundle
     from .prediction import Prediction, predict
     from .progress import CancelToken
-    from .response import read_partners, response_scores
+    from .response import read_partners, response_scores, tile_response
     from .slide import Slide, open_slide
     from .stain import DEEPPT_TARGET, fit_macenko_target, macenko_normalize, reinhard_normalize
     from .synthetic import SyntheticSlide, write_synthetic_slide

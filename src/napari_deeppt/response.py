@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import ExpressionTableError
 
-__all__ = ["ResponseResult", "read_partners", "response_scores"]
+__all__ = ["ResponseResult", "read_partners", "response_scores", "tile_response"]
 
 _TYPES = {
     "sl": "SL",
@@ -132,7 +132,11 @@ class ResponseResult:
 
 
 def response_scores(
-    expression: Any, partners: Any, quantile: float = 0.33, threshold: float = 0.54
+    expression: Any,
+    partners: Any,
+    quantile: float = 0.33,
+    threshold: float = 0.54,
+    reference: Any = None,
 ) -> ResponseResult:
     """Matching scores of a cohort's samples for every drug in the partner table.
 
@@ -147,6 +151,10 @@ def response_scores(
         Inactivity cut-off as a cohort quantile (SELECT: 0.33).
     threshold
         Responder cut-off on the matching score (ENLIGHT–DeepPT: 0.54).
+    reference
+        Another samples × genes table whose quantiles define "inactive" instead of
+        ``expression``'s own (e.g. a cohort, to score the tiles of one slide: see
+        :func:`tile_response`).
     """
     import pandas as pd
 
@@ -156,11 +164,18 @@ def response_scores(
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     table = read_partners(partners)
     expr = _read_expression(expression, set(table["partner"]))
-    if len(expr) < 3:
+    cohort = expr if reference is None else _read_expression(reference, set(table["partner"]))
+    if len(cohort) < 3:
         raise ExpressionTableError(
-            f"the cohort has {len(expr)} sample(s); cohort percentiles need at least 3"
+            f"the cohort has {len(cohort)} sample(s); cohort percentiles need at least 3"
         )
-    cutoff = expr.quantile(quantile, axis=0)
+    missing_in_cohort = sorted(set(expr.columns) - set(cohort.columns))
+    if missing_in_cohort:
+        raise ExpressionTableError(
+            f"gene(s) {missing_in_cohort[:5]} are predicted here but not in the cohort: "
+            "the cohort must come from the same model"
+        )
+    cutoff = cohort[list(expr.columns)].quantile(quantile, axis=0)
     inactive = expr.lt(cutoff, axis=1)
     drugs = list(dict.fromkeys(table["drug"]))
     sl = pd.DataFrame(np.nan, index=expr.index, columns=drugs)
@@ -214,3 +229,41 @@ def _read_expression(expression: Any, partner_genes: set[str]) -> Any:
     if numeric.isna().all().all():
         raise ExpressionTableError("the expression table holds no numeric values")
     return numeric
+
+
+def tile_response(
+    prediction: Any,
+    cohort: Any,
+    partners: Any,
+    quantile: float = 0.33,
+    threshold: float = 0.54,
+) -> ResponseResult:
+    """Matching scores of each tile of one slide, against its cohort's cut-offs.
+
+    A spatial view of :func:`response_scores`: each tile's predicted expression is compared
+    with the cohort's slide-level quantiles, so the map shows which regions push the slide's
+    score up or down. Tile predictions spread more than slide averages, so tile scores are
+    exploratory; the slide's own score is the one to report.
+
+    Parameters
+    ----------
+    prediction
+        A :class:`~napari_deeppt.prediction.Prediction` (its ``tile_expression``).
+    cohort
+        samples × genes slide-level predictions of the cohort (DataFrame or CSV), same model.
+    partners, quantile, threshold
+        As for :func:`response_scores`.
+
+    Returns
+    -------
+    ResponseResult
+        Rows are tiles, in the order of ``prediction.grid``.
+    """
+    import pandas as pd
+
+    tiles = pd.DataFrame(
+        prediction.tile_expression,
+        index=[f"tile{i}" for i in range(len(prediction.grid))],
+        columns=list(prediction.genes),
+    )
+    return response_scores(tiles, partners, quantile, threshold, reference=cohort)

@@ -65,3 +65,56 @@ def test_needs_a_cohort(make_napari_viewer, tmp_path):
     widget = ResponseWidget(viewer)
     widget.expression_layer.value = layer
     assert widget.run() is None and "cohort" in widget.status.value
+
+
+def test_drug_tile_map_sits_on_the_tiles_it_scores(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    cohort = pd.DataFrame(
+        {"A": [2, 3, 4, 5, 6], "B": [6, 5, 4, 3, 2]}, index=[f"s{i}" for i in range(5)], dtype=float
+    )  # 33rd percentiles: A 3.32, B 3.32
+    cohort.to_csv(tmp_path / "cohort.csv")
+    pd.DataFrame({"drug": ["X", "X"], "partner": ["A", "B"], "type": ["SL", "SR"]}).to_csv(
+        tmp_path / "partners.csv", index=False
+    )
+    # three tiles of a 2 × 2 grid: (0, 0) responds (A low, B high), (0, 1) does not
+    # (A high, B low), (1, 1) half (both high); (1, 0) holds no tile
+    tiles = np.array([[1.0, 9.0], [9.0, 1.0], [9.0, 9.0]], np.float32)
+    grid = TileGrid(
+        np.array([[0, 0], [512, 0], [512, 512]]),
+        np.array([[0, 0], [0, 1], [1, 1]]),
+        np.ones(3, np.float32),
+        np.full(3, np.nan, np.float32),
+        (2, 2),
+        512.0,
+        512.0,
+        TileGridParams(),
+        (1024, 1024),
+        0.5,
+        "case.svs",
+    )
+    prediction = Prediction(
+        pd.Series(tiles.mean(0), index=["A", "B"]),
+        tiles,
+        grid,
+        ["A", "B"],
+        "log2p1",
+        slide_name="case.svs",
+    )
+    expression = show_expression(viewer, prediction, "A", "case")
+    widget = ResponseWidget(viewer)
+    widget.expression_layer.value = expression
+    widget.cohort.value = tmp_path / "cohort.csv"
+    widget.partners.value = tmp_path / "partners.csv"
+    assert widget.show_map("X") is None and "score the drugs first" in widget.status.value
+    widget.run()
+    assert widget.map_drug.value == "X" and widget.map_button.enabled
+    layer = widget.show_map()
+    assert layer.name == "case response" and layer.metadata["drug"] == "X"
+    data = np.asarray(layer.data)
+    np.testing.assert_allclose(data[0, 0], 1.0)
+    np.testing.assert_allclose(data[0, 1], 0.0)
+    np.testing.assert_allclose(data[1, 1], 0.5)
+    assert np.isnan(data[1, 0])
+    np.testing.assert_allclose(layer.scale, expression.scale)  # on the same tiles
+    np.testing.assert_allclose(layer.translate, expression.translate)
+    assert "33% of tiles" in widget.status.value  # one of three at ≥ 0.54

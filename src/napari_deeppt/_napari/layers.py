@@ -170,6 +170,28 @@ def expression_layer_data(prediction: Any, gene: str, slide_name: str) -> LayerD
     return (raster, kwargs, "image")
 
 
+def response_layer_data(
+    prediction: Any, tile_scores: np.ndarray, drug: str, slide_name: str, threshold: float
+) -> LayerData:
+    """A drug's per-tile matching scores (0–1) at tile stride, over the slide."""
+    grid = prediction.grid
+    raster = grid.raster(np.asarray(tile_scores, np.float32), fill=np.nan).astype(np.float32)
+    kwargs = {
+        "name": f"{slide_name} response",
+        "colormap": "PiYG",
+        "contrast_limits": (0.0, 1.0),
+        "opacity": 0.75,
+        "metadata": {
+            "drug": drug,
+            "threshold": threshold,
+            "deeppt_prediction": prediction,
+            "note": "tile scores against the cohort's cut-offs: exploratory",
+        },
+        **_placed(grid.placement, (grid.slide_mpp, grid.slide_mpp)),
+    }
+    return (raster, kwargs, "image")
+
+
 def show_expression(viewer: Any, prediction: Any, gene: str, slide_name: str) -> Any:
     """Add or update the expression layer for ``gene`` with a visible colour bar."""
     data = expression_layer_data(prediction, gene, slide_name)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from magicgui.widgets import (
+    ComboBox,
     Container,
     FileEdit,
     FloatSpinBox,
@@ -50,6 +52,13 @@ class ResponseWidget(Container):
                 "missing partners": [],
             },
         )
+        self.map_drug = ComboBox(label="map drug", choices=self._drug_choices, nullable=True)
+        self.map_button = PushButton(
+            text="Show the drug's tile map",
+            enabled=False,
+            tooltip="each tile scored against the cohort's cut-offs: which regions push the "
+            "slide's score up (green) or down (pink); exploratory",
+        )
         self.extend(
             [
                 self.expression_layer,
@@ -60,9 +69,14 @@ class ResponseWidget(Container):
                 self.run_button,
                 self.status,
                 self.table,
+                self.map_drug,
+                self.map_button,
             ]
         )
         self.run_button.changed.connect(self.run)
+        self.map_button.changed.connect(lambda: self.show_map())
+        self._cohort_table: Any = None
+        self._prediction: Any = None
 
     def run(self) -> Any:
         """Score the slide together with its cohort and fill the table."""
@@ -98,6 +112,8 @@ class ResponseWidget(Container):
             self.status.value = f"error: {exc}"
             return None
         self.result = result
+        self._cohort_table, self._prediction = table, prediction
+        self._slide_name = layer.name.removesuffix(" expression")
         scores = result.scores.loc[name]
         ranks = result.scores.rank(pct=True).loc[name]
         drugs = list(scores.sort_values(ascending=False, na_position="last").index)
@@ -108,6 +124,10 @@ class ResponseWidget(Container):
             "cohort rank": [None if pd.isna(ranks[d]) else f"{ranks[d]:.0%}" for d in drugs],
             "missing partners": [", ".join(result.missing_partners.get(d, [])) for d in drugs],
         }
+        self.map_drug.reset_choices()
+        scored = [d for d in drugs if not pd.isna(scores[d])]
+        self.map_drug.value = scored[0] if scored else None
+        self.map_button.enabled = bool(scored)
         demo = " (DEMO MODEL predictions)" if prediction.demo else ""
         notes = (
             f"; {len(result.messages)} drug(s) without usable partners" if result.messages else ""
@@ -118,3 +138,48 @@ class ResponseWidget(Container):
             f"{len(result.scores)}{demo}{notes}"
         )
         return result
+
+    def _drug_choices(self, _widget: Any = None) -> list[str]:
+        result = getattr(self, "result", None)
+        return [] if result is None else list(result.scores.columns)
+
+    def show_map(self, drug: str | None = None) -> Any:
+        """Add (or update) ``<slide> response``: the drug's score of every tile."""
+        from ..response import tile_response
+        from .layers import add_or_update, response_layer_data
+
+        drug = drug or self.map_drug.value
+        if self.result is None or drug is None:
+            self.status.value = "score the drugs first"
+            return None
+        try:
+            tiles = tile_response(
+                self._prediction,
+                self._cohort_table,
+                str(self.partners.value),
+                quantile=self.quantile.value,
+                threshold=self.threshold.value,
+            )
+        except Exception as exc:
+            self.status.value = f"error: {exc}"
+            return None
+        scores = tiles.scores[drug].to_numpy(float)
+        layer = add_or_update(
+            self._viewer,
+            response_layer_data(
+                self._prediction, scores, drug, self._slide_name, self.threshold.value
+            ),
+        )
+        layer.metadata["drug"] = drug
+        try:
+            layer.colorbar.visible = True
+        except AttributeError:  # napari without colour bars
+            pass
+        share = (
+            float(np.nanmean(scores >= self.threshold.value)) if np.isfinite(scores).any() else 0
+        )
+        self.status.value = (
+            f"{drug}: {share:.0%} of tiles at or above {self.threshold.value:.2f} "
+            "(tile scores against the cohort's cut-offs; exploratory)"
+        )
+        return layer
