@@ -11,29 +11,30 @@ from napari_deeppt.prediction import Prediction
 from napari_deeppt.tiles import TileGrid, TileGridParams
 
 
-def fake_prediction(values: dict[str, float]) -> Prediction:
+def fake_prediction(
+    values: dict[str, float],
+    tiles: np.ndarray | None = None,
+    rowcol: np.ndarray | None = None,
+    grid_shape: tuple[int, int] = (1, 1),
+) -> Prediction:
+    """A prediction of 512 px tiles at ``rowcol`` (one tile at (0, 0) by default)."""
+    rowcol = np.array([[0, 0]]) if rowcol is None else np.asarray(rowcol)
+    tiles = np.array([list(values.values())], np.float32) if tiles is None else tiles
+    n = len(rowcol)
     grid = TileGrid(
-        np.array([[0, 0]]),
-        np.array([[0, 0]]),
-        np.ones(1, np.float32),
-        np.full(1, np.nan, np.float32),
-        (1, 1),
+        rowcol[:, ::-1] * 512,
+        rowcol,
+        np.ones(n, np.float32),
+        np.full(n, np.nan, np.float32),
+        grid_shape,
         512.0,
         512.0,
         TileGridParams(),
-        (512, 512),
+        (512 * grid_shape[1], 512 * grid_shape[0]),
         0.5,
         "case.svs",
     )
-    genes = list(values)
-    return Prediction(
-        pd.Series(values),
-        np.array([list(values.values())], np.float32),
-        grid,
-        genes,
-        "log2p1",
-        slide_name="case.svs",
-    )
+    return Prediction(pd.Series(values), tiles, grid, list(values), "log2p1", slide_name="case.svs")
 
 
 def test_scores_the_open_slide_with_its_cohort(make_napari_viewer, tmp_path):
@@ -79,26 +80,11 @@ def test_drug_tile_map_sits_on_the_tiles_it_scores(make_napari_viewer, tmp_path)
     # three tiles of a 2 × 2 grid: (0, 0) responds (A low, B high), (0, 1) does not
     # (A high, B low), (1, 1) half (both high); (1, 0) holds no tile
     tiles = np.array([[1.0, 9.0], [9.0, 1.0], [9.0, 9.0]], np.float32)
-    grid = TileGrid(
-        np.array([[0, 0], [512, 0], [512, 512]]),
-        np.array([[0, 0], [0, 1], [1, 1]]),
-        np.ones(3, np.float32),
-        np.full(3, np.nan, np.float32),
-        (2, 2),
-        512.0,
-        512.0,
-        TileGridParams(),
-        (1024, 1024),
-        0.5,
-        "case.svs",
-    )
-    prediction = Prediction(
-        pd.Series(tiles.mean(0), index=["A", "B"]),
+    prediction = fake_prediction(
+        dict(zip(["A", "B"], tiles.mean(0), strict=True)),
         tiles,
-        grid,
-        ["A", "B"],
-        "log2p1",
-        slide_name="case.svs",
+        rowcol=np.array([[0, 0], [0, 1], [1, 1]]),
+        grid_shape=(2, 2),
     )
     expression = show_expression(viewer, prediction, "A", "case")
     widget = ResponseWidget(viewer)

@@ -102,14 +102,11 @@ class ResponseWidget(Container):
             name = prediction.slide_name or layer.name
             row = prediction.slide_expression.rename(name).to_frame().T
             table = pd.concat([cohort.drop(index=name, errors="ignore"), row])
-            result = response_scores(
-                table,
-                str(self.partners.value),
-                quantile=self.quantile.value,
-                threshold=self.threshold.value,
-            )
         except Exception as exc:
             self.status.value = f"error: {exc}"
+            return None
+        result = self._scored(response_scores, table)
+        if result is None:
             return None
         self.result = result
         self._cohort_table, self._prediction = table, prediction
@@ -139,6 +136,19 @@ class ResponseWidget(Container):
         )
         return result
 
+    def _scored(self, scorer: Any, *args: Any) -> Any:
+        """``scorer(*args, partners, quantile, threshold)``, or None with the error shown."""
+        try:
+            return scorer(
+                *args,
+                str(self.partners.value),
+                quantile=self.quantile.value,
+                threshold=self.threshold.value,
+            )
+        except Exception as exc:
+            self.status.value = f"error: {exc}"
+            return None
+
     def _drug_choices(self, _widget: Any = None) -> list[str]:
         result = getattr(self, "result", None)
         return [] if result is None else list(result.scores.columns)
@@ -152,16 +162,8 @@ class ResponseWidget(Container):
         if self.result is None or drug is None:
             self.status.value = "score the drugs first"
             return None
-        try:
-            tiles = tile_response(
-                self._prediction,
-                self._cohort_table,
-                str(self.partners.value),
-                quantile=self.quantile.value,
-                threshold=self.threshold.value,
-            )
-        except Exception as exc:
-            self.status.value = f"error: {exc}"
+        tiles = self._scored(tile_response, self._prediction, self._cohort_table)
+        if tiles is None:
             return None
         scores = tiles.scores[drug].to_numpy(float)
         layer = add_or_update(
