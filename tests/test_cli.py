@@ -42,7 +42,12 @@ def test_demo_writes_overview_pngs(tmp_path, svs_slide):
 
     assert main(["demo", "--out", str(tmp_path), "--slide", str(svs_slide.path)]) == 0
     assert (tmp_path / "small-tiles.png").exists()
-    for name in ("small.expression.csv", "small.tiles.h5ad", "small.expression.png"):
+    for name in (
+        "small.expression.csv",
+        "small.tiles.h5ad",
+        "small.expression.png",
+        "small.tiles.geojson",
+    ):
         assert (tmp_path / name).exists(), name  # the demo model's prediction
     png = tmp_path / "small-overview.png"
     image = Image.open(png)

@@ -161,6 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 write_expression_png(
                     slide, prediction, gene, out / f"{stem}.expression.png", overwrite=True
                 ),
+                prediction.to_geojson(out / f"{stem}.tiles.geojson", overwrite=True),
             ]
             print(
                 f"  DEMO MODEL prediction from {len(prediction.grid)} tiles; top: "
