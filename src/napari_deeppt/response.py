@@ -261,9 +261,15 @@ def tile_response(
     """
     import pandas as pd
 
+    table = read_partners(partners)
+    wanted = set(table["partner"])
+    columns = [i for i, gene in enumerate(prediction.genes) if gene in wanted]
+    if not columns:  # nothing to score: let response_scores say so per drug
+        columns = list(range(min(1, len(prediction.genes))))
+    # only the partner genes: tiles × all genes can be gigabytes
     tiles = pd.DataFrame(
-        prediction.tile_expression,
+        np.asarray(prediction.tile_expression)[:, columns],
         index=[f"tile{i}" for i in range(len(prediction.grid))],
-        columns=list(prediction.genes),
+        columns=[prediction.genes[i] for i in columns],
     )
-    return response_scores(tiles, partners, quantile, threshold, reference=cohort)
+    return response_scores(tiles, table, quantile, threshold, reference=cohort)
