@@ -218,9 +218,30 @@ def test_train_and_predict_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "slide000.tif: 8 genes" in out
     tiles = json.loads((tmp_path / "pred" / "slide000.tiles.geojson").read_text())["features"]
-    assert len(tiles[0]["properties"]["measurements"]) == 8 + 1  # genes + tissue fraction
+    assert len(tiles[0]["properties"]["measurements"]) == 8 + 1  # ≤ 100 genes: all, + tissue
     for name in ("slide000.expression.csv", "slide000.tiles.h5ad", "slide000.expression.png"):
         assert (tmp_path / "pred" / name).exists()
+    again = [
+        "predict",
+        str(cohort.slides[0].path),
+        "--model",
+        str(model),
+        "--out",
+        str(tmp_path / "pred"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--geojson",
+        "--overwrite",
+        "--quiet",
+    ]
+    assert main([*again, "--geojson-genes", "3"]) == 0
+    tiles = json.loads((tmp_path / "pred" / "slide000.tiles.geojson").read_text())["features"]
+    assert len(tiles[0]["properties"]["measurements"]) == 3 + 1  # the top 3 + tissue
+    capsys.readouterr()
+    before = (tmp_path / "pred" / "slide000.tiles.geojson").read_bytes()
+    assert main([*again, "--geojson-genes", "DRIVEN0,NOT_A_GENE"]) == 2
+    assert "['NOT_A_GENE'] not predicted by" in capsys.readouterr().err
+    assert (tmp_path / "pred" / "slide000.tiles.geojson").read_bytes() == before
     (tmp_path / "bad.deeppt").write_bytes(b"x")
     assert (
         main(

@@ -417,6 +417,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .slide import open_slide
 
     bundle = ModelBundle.load(args.model)
+    if args.geojson and not (args.geojson_genes.isdigit() or args.geojson_genes == "all"):
+        unknown = [g for g in args.geojson_genes.split(",") if g.strip() not in bundle.genes]
+        if unknown:  # before any slide is read
+            raise DeepPTError(f"--geojson-genes: {unknown[:5]} not predicted by {args.model}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in args.slides:
@@ -446,7 +450,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         gene = args.gene or prediction.top_genes(1).index[0]
         write_expression_png(slide, prediction, gene, targets[2], overwrite=args.overwrite)
         if args.geojson:
-            prediction.to_geojson(targets[3], overwrite=args.overwrite)
+            genes = _geojson_genes(args.geojson_genes, prediction)
+            prediction.to_geojson(targets[3], genes=genes, overwrite=args.overwrite)
         demo = " (DEMO MODEL: synthetic data)" if prediction.demo else ""
         print(
             f"{slide.path.name}: {len(prediction.genes)} genes from {len(prediction.grid)} "
@@ -513,6 +518,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"  wrote {result.out / 'run_report.csv'}")
     return 0 if "error" not in counts else 1
+
+
+def _geojson_genes(option: str, prediction: Any) -> list[str]:
+    """``all``, a number N (the top N genes by slide-level prediction), or a comma list."""
+    if option.strip().lower() == "all":
+        return list(prediction.genes)
+    if option.strip().isdigit():
+        return list(prediction.top_genes(int(option)).index)
+    return [g.strip() for g in option.split(",") if g.strip()]
 
 
 def _add_roi_options(parser: argparse.ArgumentParser, exclude: bool = False) -> None:
@@ -718,7 +732,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--geojson",
         action="store_true",
-        help="also write <stem>.tiles.geojson: tiles with every gene as a QuPath measurement",
+        help="also write <stem>.tiles.geojson: tiles with genes as QuPath measurements",
+    )
+    pr.add_argument(
+        "--geojson-genes",
+        default="100",
+        help="genes in the GeoJSON: N (the top N by slide-level prediction; 100), 'all' "
+        "(tiles × genes can be very large), or GENE1,GENE2",
     )
     pr.add_argument("--cache-dir", default=None)
     pr.add_argument("--overwrite", action="store_true")

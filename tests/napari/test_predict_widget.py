@@ -59,11 +59,15 @@ def test_predict_dock_adds_aligned_map_table_and_switches_genes(
     assert widget.table.value["data"][0][0] == prediction.top_genes(1).index[0]
     assert widget.export("csv", tmp_path / "s.csv").exists()
     assert widget.export("h5ad", tmp_path / "t.h5ad").exists()
+    widget.top_n.value = 2  # the GeoJSON holds the table's top genes and the shown gene
     geojson = widget.export("geojson", tmp_path / "t.geojson")
     tiles = json.loads(geojson.read_text())["features"]
     assert len(tiles) == len(grid)
-    assert tiles[0]["properties"]["measurements"][first] == pytest.approx(
-        float(prediction.tile_expression[0, prediction.gene_index(first)]), rel=1e-3
+    measured = tiles[0]["properties"]["measurements"]
+    expected = {*prediction.top_genes(2).index, other, "tissue fraction"}
+    assert set(measured) == expected
+    assert measured[other] == pytest.approx(
+        float(prediction.tile_expression[0, prediction.gene_index(other)]), rel=1e-3
     )
 
 

@@ -168,17 +168,24 @@ class PredictWidget(JobWidget):
 
     def export(self, kind: str, path: str | Path, overwrite: bool = False) -> Path:
         """Write the slide-level CSV (``"csv"``), the tile-level h5ad (``"h5ad"``) or the
-        tiles with every gene as QuPath GeoJSON (``"geojson"``)."""
+        tiles as QuPath GeoJSON (``"geojson"``) with the top genes and the shown one."""
         if self.prediction is None:
             raise ValueError("nothing to export: run a prediction first")
         writers = {
             "csv": self.prediction.to_csv,
             "h5ad": self.prediction.to_h5ad,
-            "geojson": self.prediction.to_geojson,
+            "geojson": self._export_geojson,
         }
         if kind not in writers:
             raise ValueError(f"unknown export {kind!r}; use one of {sorted(writers)}")
         return writers[kind](path, overwrite=overwrite)
+
+    def _export_geojson(self, path: str | Path, overwrite: bool = False) -> Path:
+        """The table's top genes and the shown gene (tiles × all genes can be gigabytes)."""
+        genes = list(self.prediction.top_genes(self.top_n.value).index)
+        if self.gene.value and self.gene.value not in genes:
+            genes.append(self.gene.value)
+        return self.prediction.to_geojson(path, genes=genes, overwrite=overwrite)
 
     def _export(self, kind: str) -> None:
         from qtpy.QtWidgets import QFileDialog
