@@ -198,30 +198,7 @@ def test_train_and_predict_commands(tmp_path, capsys):
     regions = ModelBundle.load(model).training["regions_of_interest"]
     assert regions == {"slides_with_roi": 1, "roi_class": None}
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "predict",
-                str(cohort.slides[0].path),
-                "--model",
-                str(model),
-                "--out",
-                str(tmp_path / "pred"),
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--geojson",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "slide000.tif: 8 genes" in out
-    tiles = json.loads((tmp_path / "pred" / "slide000.tiles.geojson").read_text())["features"]
-    assert len(tiles[0]["properties"]["measurements"]) == 8 + 1  # ≤ 100 genes: all, + tissue
-    for name in ("slide000.expression.csv", "slide000.tiles.h5ad", "slide000.expression.png"):
-        assert (tmp_path / "pred" / name).exists()
-    again = [
+    predict = [
         "predict",
         str(cohort.slides[0].path),
         "--model",
@@ -231,9 +208,16 @@ def test_train_and_predict_commands(tmp_path, capsys):
         "--cache-dir",
         str(tmp_path / "cache"),
         "--geojson",
-        "--overwrite",
         "--quiet",
     ]
+    assert main(predict) == 0
+    out = capsys.readouterr().out
+    assert "slide000.tif: 8 genes" in out
+    tiles = json.loads((tmp_path / "pred" / "slide000.tiles.geojson").read_text())["features"]
+    assert len(tiles[0]["properties"]["measurements"]) == 8 + 1  # ≤ 100 genes: all, + tissue
+    for name in ("slide000.expression.csv", "slide000.tiles.h5ad", "slide000.expression.png"):
+        assert (tmp_path / "pred" / name).exists()
+    again = [*predict, "--overwrite"]
     assert main([*again, "--geojson-genes", "3"]) == 0
     tiles = json.loads((tmp_path / "pred" / "slide000.tiles.geojson").read_text())["features"]
     assert len(tiles[0]["properties"]["measurements"]) == 3 + 1  # the top 3 + tissue
