@@ -197,6 +197,13 @@ def test_train_and_predict_commands(tmp_path, capsys):
 
     regions = ModelBundle.load(model).training["regions_of_interest"]
     assert regions == {"slides_with_roi": 1, "roi_class": None}
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0  # what a model holds, for people and as JSON
+    described = capsys.readouterr().out
+    assert "8 (DRIVEN0" in described and "colour-stats" in described
+    assert "trained on   12 slides" in described and "regions      1 slides" in described
+    assert main(["info", "--json", str(model)]) == 0
+    assert json.loads(capsys.readouterr().out)["genes"][:1] == ["DRIVEN0"]
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     predict = [
         "predict",

@@ -298,3 +298,13 @@ def test_manifest_rows_and_roi_files_are_checked(tmp_path):
     path.write_text("slide,sample_id,patient_id,roi\na.svs,S1,P1,nope.geojson\n")
     with pytest.raises(ExpressionTableError, match=r"roi file.*nope\.geojson"):
         read_manifest(path)
+
+
+def test_a_bundle_reads_in_a_line_and_describes_itself():
+    from napari_deeppt.models import ModelBundle
+    from napari_deeppt.samples import demo_bundle
+
+    bundle = ModelBundle.load(demo_bundle(progress=False))
+    assert repr(bundle).startswith("ModelBundle(8 genes on log2p1, colour-stats features")
+    assert len(repr(bundle)) < 200  # never the weights
+    assert bundle.describe().splitlines()[0].startswith("DEMO MODEL")

@@ -72,17 +72,22 @@ def _format_info(info: dict[str, Any]) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .models import ModelBundle
     from .slide import open_slide
 
     for i, path in enumerate(args.slides):
+        if i and not args.json:
+            print()
+        if str(path).lower().endswith(".deeppt"):  # a model bundle, not a slide
+            bundle = ModelBundle.load(path)
+            if args.json:
+                print(json.dumps({"path": str(path), **bundle.metadata()}, default=str))
+            else:
+                print(f"{path}\n{bundle.describe()}")
+            continue
         with open_slide(path, mpp=args.mpp, magnification=args.magnification) as slide:
             info = slide.info()
-        if args.json:
-            print(json.dumps(info, default=str))
-        else:
-            if i:
-                print()
-            print(_format_info(info))
+        print(json.dumps(info, default=str) if args.json else _format_info(info))
     return 0
 
 
@@ -593,8 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    info = sub.add_parser("info", help="levels, pixel size, tiles and images of a slide")
-    info.add_argument("slides", nargs="+", metavar="SLIDE")
+    info = sub.add_parser(
+        "info", help="levels, pixel size, tiles and images of a slide; what a model holds"
+    )
+    info.add_argument("slides", nargs="+", metavar="SLIDE_OR_MODEL")
     info.add_argument("--json", action="store_true", help="one JSON object per slide")
     _add_mpp_options(info)
     info.set_defaults(func=cmd_info)

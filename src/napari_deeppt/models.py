@@ -74,7 +74,7 @@ class MLPRegression(_torch_nn().Module):  # type: ignore[misc]
         return self.net(x)
 
 
-@dataclass
+@dataclass(repr=False)
 class ModelBundle:
     """A trained DeepPT model with its metadata.
 
@@ -108,6 +108,47 @@ class ModelBundle:
     @property
     def n_genes(self) -> int:
         return len(self.genes)
+
+    def __repr__(self) -> str:
+        demo = ", DEMO MODEL" if self.demo else ""
+        return (
+            f"ModelBundle({self.n_genes} genes on {self.transform}, "
+            f"{self.feature.get('extractor')} features, {len(self.ensemble)} models{demo})"
+        )
+
+    def describe(self) -> str:
+        """A few lines for people: what the model predicts, from what, and how well."""
+        feature, training, metrics = self.feature, self.training, self.metrics
+        stain = (feature.get("stain") or {}).get("method") or "none"
+        shown = ", ".join(self.genes[:8]) + (", …" if self.n_genes > 8 else "")
+        lines = [
+            "DEMO MODEL (synthetic data: not for real use)" if self.demo else "DeepPT model",
+            f"  genes        {self.n_genes} ({shown}), on {self.transform}",
+            f"  features     {feature.get('extractor')} (weights {feature.get('weights_hash')}, "
+            f"{feature.get('feature_dim')} dims), {feature.get('tile_px')} px tiles at "
+            f"{feature.get('tile_mpp')} µm/px, stain {stain}",
+            f"  models       {len(self.ensemble)} (ensemble), latent {self.latent_dim}",
+        ]
+        if training:
+            unit = "spots" if training.get("mode") == "spots" else "slides"
+            lines.append(
+                f"  trained on   {training.get('n_samples')} {unit}"
+                + (f" of {training['n_patients']} patients" if "n_patients" in training else "")
+                + f", {training.get('outer_folds')}×{training.get('inner_folds')} folds, "
+                f"seed {training.get('seed')}"
+            )
+            regions = training.get("regions_of_interest") or {}
+            if regions.get("slides_with_roi"):
+                cls = f" (class {regions['roi_class']})" if regions.get("roi_class") else ""
+                lines.append(f"  regions      {regions['slides_with_roi']} slides{cls}")
+        if metrics:
+            median = metrics.get("median_r")
+            lines.append(
+                f"  held out     {metrics.get('significant')} of {metrics.get('genes')} genes "
+                "significant (Holm–Šidák)"
+                + (f", median R {median:.2f}" if isinstance(median, float) else "")
+            )
+        return "\n".join(lines)
 
     def metadata(self) -> dict[str, Any]:
         return {
