@@ -167,3 +167,10 @@ def test_params_dataclass_defaults_are_valid():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TissueParams()
+
+
+def test_a_mask_reads_in_a_line(svs_slide):
+    mask = detect_tissue(svs_slide.path)
+    text = repr(mask)
+    assert text.startswith("TissueMask(") and "mm² of tissue" in text and "small.svs" in text
+    assert "\n" not in text and len(text) < 200  # never the pixels

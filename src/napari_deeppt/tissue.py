@@ -80,7 +80,7 @@ class TissueParams:
             check(name, getattr(self, name) >= 0, "must be ≥ 0")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TissueMask:
     """A boolean tissue mask and its exact placement on level 0.
 
@@ -96,6 +96,16 @@ class TissueMask:
     source_level: int = 0
     slide_path: str = ""
     threshold: float = float("nan")
+
+    def __repr__(self) -> str:
+        h, w = self.mask.shape
+        area = (
+            f"{self.area_um2 / 1e6:.3f} mm² of tissue"
+            if self.slide_mpp
+            else f"{self.area_px:.0f} px² of tissue"
+        )
+        name = Path(self.slide_path).name if self.slide_path else "?"
+        return f"TissueMask({w}×{h} at {self.downsample:g}× downsample, {area}, slide {name!r})"
 
     @property
     def downsample(self) -> float:
