@@ -50,6 +50,7 @@ def test_serial_run_reports_the_corrupt_slide(serial):
     assert report.loc["BAD", "status"] == "error" and "corrupt.tif" in report.loc["BAD", "error"]
     assert (report.drop("BAD")["status"] == "ok").all()
     assert serial.expression.shape == (8, 8)
+    assert repr(serial).startswith("CohortResult(8 ok, 1 error; 8 genes; out ")
     assert (serial.out / "run_report.csv").exists()
     assert (serial.out / "cohort_expression.csv").exists()
 

@@ -110,3 +110,11 @@ def test_tiles_are_scored_against_the_cohorts_cut_offs():
     other_model = EXPRESSION.drop(columns=["D"])
     with pytest.raises(ExpressionTableError, match=r"not in the cohort"):
         tile_response(prediction, other_model, PARTNERS)
+
+
+def test_results_read_in_a_line():
+    text = repr(response_scores(EXPRESSION, PARTNERS))  # responders: X 3, Y 4, W 2
+    assert text == (
+        "ResponseResult(6 samples × 4 drugs, 9 predicted responses at score ≥ 0.54, "
+        "inactive below quantile 0.33)"
+    )

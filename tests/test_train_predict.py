@@ -69,6 +69,7 @@ def test_driven_genes_are_predicted_and_noise_genes_are_not_significant(cohort, 
         assert not metrics.loc[gene, "significant"], metrics
     assert result.summary["significant"] == len(cohort.driven)
     assert result.bundle_path.exists()
+    assert repr(result).startswith(f"TrainingResult(8 genes, {len(cohort.driven)} significant")
     genes_csv = pd.read_csv(result.bundle_path.with_suffix(".genes.csv"), index_col=0)
     assert list(genes_csv.columns) == ["pearson_r", "p_value", "p_holm_sidak", "significant"]
     heldout = pd.read_csv(result.bundle_path.with_suffix(".heldout.csv"), index_col=0)

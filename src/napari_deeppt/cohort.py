@@ -26,7 +26,7 @@ __all__ = ["CohortResult", "process_slide", "run_cohort"]
 REPORT_COLUMNS = ["sample_id", "slide", "status", "n_tiles", "seconds", "error"]
 
 
-@dataclass
+@dataclass(repr=False)
 class CohortResult:
     """What :func:`run_cohort` produced.
 
@@ -44,6 +44,11 @@ class CohortResult:
     expression: Any
     report: Any
     out: Path
+
+    def __repr__(self) -> str:
+        counts = self.report["status"].value_counts().to_dict() if len(self.report) else {}
+        done = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no slides"
+        return f"CohortResult({done}; {self.expression.shape[1]} genes; out {str(self.out)!r})"
 
 
 def _result_path(out: Path, sample_id: str) -> Path:

@@ -80,7 +80,7 @@ def read_partners(partners: Any) -> Any:
     return table[["drug", "partner", "type"]].drop_duplicates().reset_index(drop=True)
 
 
-@dataclass
+@dataclass(repr=False)
 class ResponseResult:
     """Scores of every sample for every drug.
 
@@ -106,6 +106,14 @@ class ResponseResult:
     quantile: float
     missing_partners: dict[str, list[str]] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        n, drugs = self.scores.shape
+        responders = int(self.responders.to_numpy().sum())
+        return (
+            f"ResponseResult({n} samples × {drugs} drugs, {responders} predicted responses "
+            f"at score ≥ {self.threshold}, inactive below quantile {self.quantile})"
+        )
 
     def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
         """samples × drugs matching scores."""

@@ -55,7 +55,7 @@ class TrainingSettings:
             raise ValueError("max_epochs and patience must be ≥ 1 and lr > 0")
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainingResult:
     """What :func:`train` made."""
 
@@ -63,6 +63,13 @@ class TrainingResult:
     gene_metrics: Any  # pandas.DataFrame, one row per gene
     summary: dict[str, Any]
     heldout: Any  # pandas.DataFrame, samples × genes, outer-fold predictions
+
+    def __repr__(self) -> str:
+        significant = self.summary.get("significant")
+        return (
+            f"TrainingResult({self.summary.get('genes')} genes, {significant} significant "
+            f"held out; bundle {str(self.bundle_path)!r})"
+        )
 
 
 # -- inputs ---------------------------------------------------------------------------------
