@@ -292,3 +292,16 @@ def test_console_detect_and_tile_with_a_shapes_layer_as_roi(viewer_with_slide, s
     assert viewer.layers["small tiles"].metadata["deeppt_grid"] is grid
     with pytest.raises(TypeError, match="needs the slide's layer"):
         napari_deeppt.detect_and_tile(svs_slide.path, tile_px=128, roi=shapes)
+
+
+def test_tissue_settings_fold_away_and_still_apply(qtbot, viewer_with_slide):
+    viewer, _ = viewer_with_slide
+    widget = TissueTilesWidget(viewer)
+    section = widget.tissue_settings
+    assert not section.isExpanded()  # DeepPT defaults: out of the way until wanted
+    assert section.isAncestorOf(widget.min_area_um2.native)
+    _small_tiles(widget)
+    widget.min_area_um2.value = 1e9  # no piece of tissue is that large
+    widget.run()
+    _wait(qtbot, widget)
+    assert "no tissue found" in widget.status.value

@@ -164,6 +164,32 @@ class JobWidget(Container):
     def _controls(self) -> list[Any]:
         return [self.run_button, self.cancel_button, self.progress, self.status]
 
+    def _fold(self, title: str, widgets: list[Any], before: Any, expanded: bool = False) -> Any:
+        """Put ``widgets`` in a collapsible section placed just above ``before``.
+
+        The widgets keep working as attributes of the dock (values, signals, tests); only
+        where they are drawn changes. Returns the section (a ``superqt.QCollapsible``).
+        """
+        from magicgui.widgets import Container
+        from superqt import QCollapsible
+
+        inner = Container(widgets=widgets, labels=True)
+        inner.margins = (0, 0, 0, 0)
+        section = QCollapsible(title)
+        section.addWidget(inner.native)
+        section.setContentsMargins(0, 0, 0, 0)
+        if expanded:
+            section.expand(animate=False)
+        else:
+            section.collapse(animate=False)
+        layout = self.native.layout()
+        row = before.native
+        while row.parentWidget() is not None and row.parentWidget() is not self.native:
+            row = row.parentWidget()  # the labelled row magicgui wrapped it in
+        layout.insertWidget(layout.indexOf(row), section)
+        self._folds = [*getattr(self, "_folds", []), (section, inner)]  # keep them alive
+        return section
+
     def run(self) -> Job | None:  # pragma: no cover - every dock overrides it
         raise NotImplementedError
 

@@ -86,13 +86,6 @@ class TissueTilesWidget(JobWidget):
                 self.slide_layer,
                 self.pixel_size,
                 self.slide_mpp,
-                self.mask_mpp,
-                self.min_saturation,
-                self.min_area_um2,
-                self.closing_um,
-                self.opening_um,
-                self.exclude_dark,
-                self.exclude_pen,
                 self.tile_px,
                 self.tile_mpp,
                 self.stride_px,
@@ -108,6 +101,19 @@ class TissueTilesWidget(JobWidget):
                 self.preview_method,
                 self.preview_button,
             ]
+        )
+        self.tissue_settings = self._fold(
+            "Tissue detection settings",
+            [
+                self.mask_mpp,
+                self.min_saturation,
+                self.min_area_um2,
+                self.closing_um,
+                self.opening_um,
+                self.exclude_dark,
+                self.exclude_pen,
+            ],
+            before=self.tile_px,
         )
         self.preview_button.changed.connect(self.preview)
         self.recut_button.changed.connect(self.recut)
