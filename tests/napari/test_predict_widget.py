@@ -84,7 +84,8 @@ def test_export_through_the_save_dialog_replaces_the_file_it_confirmed(
     target = tmp_path / "existing.expression.csv"
     target.write_text("old")  # the dialog has asked "replace?" and the user said yes
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
-    widget._export("csv")
+    widget._export("csv")  # in a worker: large exports never freeze napari
+    qtbot.waitUntil(lambda: widget._job is None, timeout=30_000)
     assert widget.status.value == f"wrote {target}"
     assert target.read_text().startswith("gene,expression")
 

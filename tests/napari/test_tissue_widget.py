@@ -305,3 +305,20 @@ def test_tissue_settings_fold_away_and_still_apply(qtbot, viewer_with_slide):
     widget.run()
     _wait(qtbot, widget)
     assert "no tissue found" in widget.status.value
+
+
+def test_export_dialog_writes_in_a_worker(qtbot, viewer_with_slide, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, _ = viewer_with_slide
+    widget = TissueTilesWidget(viewer)
+    _small_tiles(widget)
+    widget.run()
+    _wait(qtbot, widget)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path))
+    widget._export_dialog()
+    _wait(qtbot, widget)
+    assert widget.status.value == "wrote small.tissue.geojson, small.tiles.geojson"
+    widget._export_dialog()  # the same folder again: refused, nothing replaced
+    _wait(qtbot, widget)
+    assert "small.tissue.geojson: already exists" in widget.status.value

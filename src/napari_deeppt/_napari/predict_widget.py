@@ -194,8 +194,14 @@ class PredictWidget(JobWidget):
         path, _ = QFileDialog.getSaveFileName(
             self.native, "Export", self._slide_name + _EXPORT_SUFFIXES[kind]
         )
-        if path:
-            try:
-                self.status.value = f"wrote {self.export(kind, path, overwrite=True)}"
-            except Exception as exc:
-                self._on_error(exc)
+        if not path:
+            return
+
+        def job(progress: Any = None, cancel: Any = None) -> Path:
+            return self.export(kind, path, overwrite=True)
+
+        def on_result(written: Path) -> None:
+            self.status.value = f"wrote {written}"
+
+        job.__name__ = f"export_{kind}"
+        self._start(job, {}, on_result, status=f"writing {Path(path).name}…")

@@ -289,12 +289,17 @@ class TissueTilesWidget(JobWidget):
         from qtpy.QtWidgets import QFileDialog
 
         folder = QFileDialog.getExistingDirectory(self.native, "Export GeoJSON into")
-        if folder:
-            try:
-                paths = self.export_geojson(folder)
-                self.status.value = "wrote " + ", ".join(p.name for p in paths)
-            except Exception as exc:
-                self._on_error(exc)
+        if not folder:
+            return
+
+        def job(progress: Any = None, cancel: Any = None) -> list[Path]:
+            return self.export_geojson(folder)
+
+        def on_result(paths: list[Path]) -> None:
+            self.status.value = "wrote " + ", ".join(p.name for p in paths)
+
+        job.__name__ = "export_geojson"
+        self._start(job, {}, on_result, status="writing GeoJSON…")
 
     def preview(self) -> Job | None:
         """A mosaic of raw (top) vs normalised (bottom) tiles, beside the slide."""
