@@ -27,6 +27,15 @@ def _small_tiles(widget):
     widget.tile_mpp.value = 0.5
 
 
+def _detected(qtbot, viewer):
+    """The dock after detecting tissue and cutting 128 px tiles."""
+    widget = TissueTilesWidget(viewer)
+    _small_tiles(widget)
+    widget.run()
+    _wait(qtbot, widget)
+    return widget
+
+
 def test_run_adds_mask_and_tiles_then_rerun_replaces(qtbot, viewer_with_slide):
     viewer, _ = viewer_with_slide
     widget = TissueTilesWidget(viewer)
@@ -244,10 +253,7 @@ def test_qupath_round_trip_through_the_dock(qtbot, viewer_with_slide, svs_slide,
     import json
 
     viewer, _ = viewer_with_slide
-    widget = TissueTilesWidget(viewer)
-    _small_tiles(widget)
-    widget.run()
-    _wait(qtbot, widget)
+    widget = _detected(qtbot, viewer)
     everything = viewer.layers["small tiles"].metadata["deeppt_grid"]
     tissue_path, tiles_path = widget.export_geojson(tmp_path)
     assert len(json.loads(tiles_path.read_text())["features"]) == len(everything)
@@ -311,10 +317,7 @@ def test_export_dialog_writes_in_a_worker(qtbot, viewer_with_slide, tmp_path, mo
     from qtpy.QtWidgets import QFileDialog
 
     viewer, _ = viewer_with_slide
-    widget = TissueTilesWidget(viewer)
-    _small_tiles(widget)
-    widget.run()
-    _wait(qtbot, widget)
+    widget = _detected(qtbot, viewer)
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path))
     widget._export_dialog()
     _wait(qtbot, widget)
