@@ -136,6 +136,17 @@ def test_features_writes_exports_then_uses_the_cache(tmp_path, capsys, svs_slide
     assert main([*args, "--overwrite"]) == 0
     assert "(from the cache)" in capsys.readouterr().out
     assert main(args) == 2  # no silent overwrite
+    w = svs_slide.width
+    roi = tmp_path / "left.geojson"
+    ring = [[0, 0], [w // 2, 0], [w // 2, svs_slide.height], [0, svs_slide.height], [0, 0]]
+    roi.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    assert main([*args, "--overwrite", "--roi", str(roi)]) == 0  # fewer tiles, recomputed
+    assert len(np.load(tmp_path / "out" / "small.features.npy")) < len(features)
+    capsys.readouterr()
+    grid_csv = tmp_path / "grid.csv"
+    grid_csv.write_text("")
+    assert main([*args, "--overwrite", "--roi", str(roi), "--tiles", str(grid_csv)]) == 2
+    assert "with --tiles the grid is used as is" in capsys.readouterr().err
 
 
 def test_features_without_weights_offline_is_one_clear_line(

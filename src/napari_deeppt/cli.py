@@ -279,6 +279,8 @@ def cmd_features(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown --formats {sorted(unknown)}; use npy, csv, h5ad, zarr")
     if args.tiles and len(args.slides) != 1:
         raise ValueError("--tiles takes the grid of one slide; give one SLIDE with it")
+    if args.tiles and args.roi:
+        raise ValueError("--roi restricts detected tiles; with --tiles the grid is used as is")
     for path in args.slides:
         slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
         stem = _stem(slide.path)
@@ -292,6 +294,8 @@ def cmd_features(args: argparse.Namespace) -> int:
                 tile_px=args.tile_px,
                 mpp=args.tile_mpp,
                 min_tissue=args.min_tissue,
+                roi=_regions_for(args.roi, slide.path, len(args.slides)),
+                roi_class=args.roi_class,
                 progress=not args.quiet,
             )
         features = extract_features(
@@ -680,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     feats.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_mpp_options(feats)
+    _add_roi_options(feats)
     feats.set_defaults(func=cmd_features)
 
     tr = sub.add_parser(
