@@ -65,6 +65,28 @@ class Prediction:
     def top_genes(self, n: int = 20) -> Any:
         return self.slide_expression.sort_values(ascending=False).head(n)
 
+    def signature(self, genes: list[str]) -> tuple[np.ndarray, float]:
+        """A gene signature: the mean of ``genes``' predictions per tile, and for the slide.
+
+        Returns
+        -------
+        tiles, slide
+            ``(n_tiles,)`` per-tile means and the mean of the genes' slide-level values, on
+            the bundle's scale (e.g. mean log2(x + 1)).
+        """
+        genes = list(dict.fromkeys(genes))
+        if not genes:
+            raise ValueError("a signature needs at least one gene")
+        missing = [g for g in genes if g not in self.genes]
+        if missing:
+            raise BundleMismatchError(
+                f"gene(s) {missing[:5]} are not predicted by this model "
+                f"({len(self.genes)} genes, e.g. {self.genes[:5]})"
+            )
+        columns = [self.gene_index(g) for g in genes]
+        tiles = np.asarray(self.tile_expression[:, columns], np.float64).mean(axis=1)
+        return tiles.astype(np.float32), float(self.slide_expression[genes].mean())
+
     def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
         """Slide-level expression: one row per gene (gene, value, transform)."""
         import pandas as pd

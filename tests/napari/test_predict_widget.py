@@ -123,3 +123,24 @@ def test_predict_inside_regions_drawn_on_the_slide(
     grid = widget.prediction.grid
     assert "inside the regions" in widget.status.value
     assert (grid.centres_um()[:, 0] < w_um / 2).all()
+
+
+def test_signature_map_is_the_mean_of_its_genes_per_tile(qtbot, viewer_with_slide, bundle_path):
+    viewer, _ = viewer_with_slide
+    widget = PredictWidget(viewer)
+    widget.bundle.value = bundle_path
+    assert widget.show_signature("DRIVEN0") is None and "predict first" in widget.status.value
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    prediction = widget.prediction
+    widget.signature_genes.value = "DRIVEN0, DRIVEN1 DRIVEN0"  # commas, spaces, repeats
+    layer = widget.show_signature()
+    assert layer.name == "small signature"
+    assert layer.metadata["genes"] == ["DRIVEN0", "DRIVEN1"]
+    expected = (prediction.tile_map("DRIVEN0") + prediction.tile_map("DRIVEN1")) / 2
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-5)
+    slide = (prediction.slide_expression["DRIVEN0"] + prediction.slide_expression["DRIVEN1"]) / 2
+    assert f"{slide:.3f}" in widget.status.value
+    np.testing.assert_allclose(layer.translate, viewer.layers["small expression"].translate)
+    assert widget.show_signature("DRIVEN0 NOPE") is None
+    assert "['NOPE'] are not predicted by this model" in widget.status.value

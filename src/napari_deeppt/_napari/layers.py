@@ -150,46 +150,66 @@ def robust_limits(values: np.ndarray) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
 
 
-def expression_layer_data(prediction: Any, gene: str, slide_name: str) -> LayerData:
-    """One gene's tile predictions as a float image at tile stride; NaN (clear) off tissue."""
-    raster = prediction.tile_map(gene).astype(np.float32)
-    grid = prediction.grid
+def tile_values_layer_data(
+    grid: Any,
+    values: np.ndarray,
+    name: str,
+    metadata: dict[str, Any],
+    colormap: str = "viridis",
+    contrast_limits: tuple[float, float] | None = None,
+) -> LayerData:
+    """One value per tile as a float image at tile stride over the slide; NaN (clear) where
+    no tile was kept."""
+    raster = grid.raster(np.asarray(values, np.float32), fill=np.nan).astype(np.float32)
     kwargs = {
-        "name": f"{slide_name} expression",
-        "colormap": "viridis",
-        "contrast_limits": robust_limits(raster),
+        "name": name,
+        "colormap": colormap,
+        "contrast_limits": contrast_limits or robust_limits(raster),
         "opacity": 0.75,
-        "metadata": {
-            "deeppt_prediction": prediction,
-            "gene": gene,
-            "transform": prediction.transform,
-            "demo_model": prediction.demo,
-        },
+        "metadata": metadata,
         **_placed(grid.placement, (grid.slide_mpp, grid.slide_mpp)),
     }
     return (raster, kwargs, "image")
+
+
+def expression_layer_data(prediction: Any, gene: str, slide_name: str) -> LayerData:
+    """One gene's tile predictions as a float image at tile stride; NaN (clear) off tissue."""
+    values = prediction.tile_expression[:, prediction.gene_index(gene)]
+    metadata = {
+        "deeppt_prediction": prediction,
+        "gene": gene,
+        "transform": prediction.transform,
+        "demo_model": prediction.demo,
+    }
+    return tile_values_layer_data(prediction.grid, values, f"{slide_name} expression", metadata)
+
+
+def signature_layer_data(prediction: Any, genes: list[str], slide_name: str) -> LayerData:
+    """The mean of several genes' tile predictions (a signature) as a layer."""
+    genes = list(dict.fromkeys(genes))
+    values, slide_value = prediction.signature(genes)
+    metadata = {
+        "deeppt_prediction": prediction,
+        "genes": list(genes),
+        "slide_value": slide_value,
+        "transform": prediction.transform,
+    }
+    return tile_values_layer_data(prediction.grid, values, f"{slide_name} signature", metadata)
 
 
 def response_layer_data(
     prediction: Any, tile_scores: np.ndarray, drug: str, slide_name: str, threshold: float
 ) -> LayerData:
     """A drug's per-tile matching scores (0–1) at tile stride, over the slide."""
-    grid = prediction.grid
-    raster = grid.raster(np.asarray(tile_scores, np.float32), fill=np.nan).astype(np.float32)
-    kwargs = {
-        "name": f"{slide_name} response",
-        "colormap": "PiYG",
-        "contrast_limits": (0.0, 1.0),
-        "opacity": 0.75,
-        "metadata": {
-            "drug": drug,
-            "threshold": threshold,
-            "deeppt_prediction": prediction,
-            "note": "tile scores against the cohort's cut-offs: exploratory",
-        },
-        **_placed(grid.placement, (grid.slide_mpp, grid.slide_mpp)),
+    metadata = {
+        "drug": drug,
+        "threshold": threshold,
+        "deeppt_prediction": prediction,
+        "note": "tile scores against the cohort's cut-offs: exploratory",
     }
-    return (raster, kwargs, "image")
+    return tile_values_layer_data(
+        prediction.grid, tile_scores, f"{slide_name} response", metadata, "PiYG", (0.0, 1.0)
+    )
 
 
 def show_expression(viewer: Any, prediction: Any, gene: str, slide_name: str) -> Any:

@@ -5,11 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import ComboBox, FileEdit, PushButton, SpinBox, Table, create_widget
+from magicgui.widgets import (
+    ComboBox,
+    FileEdit,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    Table,
+    create_widget,
+)
 
 from ..slide import as_slide
 from ._jobs import Job, JobWidget
-from .layers import robust_limits, show_expression
+from .layers import add_or_update, robust_limits, show_expression, signature_layer_data
 
 __all__ = ["PredictWidget"]
 
@@ -36,6 +44,11 @@ class PredictWidget(JobWidget):
         # choices come from a callable: napari calls reset_choices() on docked widgets
         # whenever layers change, which must not forget the predicted genes
         self.gene = ComboBox(label="gene", choices=self._gene_choices, nullable=True)
+        self.signature_genes = LineEdit(
+            label="signature",
+            tooltip="genes separated by commas or spaces; their mean is mapped per tile",
+        )
+        self.signature_button = PushButton(text="Show signature map", enabled=False)
         self.top_n = SpinBox(label="top genes", value=20, min=1, max=500)
         self.table = Table(label="slide-level", value={"gene": [], "expression": []})
         self.export_csv_button = PushButton(text="Export slide CSV…", enabled=False)
@@ -52,6 +65,8 @@ class PredictWidget(JobWidget):
                 self.device,
                 *self._controls(),
                 self.gene,
+                self.signature_genes,
+                self.signature_button,
                 self.top_n,
                 self.table,
                 self.export_csv_button,
@@ -61,6 +76,7 @@ class PredictWidget(JobWidget):
         )
         self._make_gene_box_searchable()
         self.gene.changed.connect(self.show_gene)
+        self.signature_button.changed.connect(lambda: self.show_signature())
         self.top_n.changed.connect(self._fill_table)
         self.export_csv_button.changed.connect(lambda: self._export("csv"))
         self.export_h5ad_button.changed.connect(lambda: self._export("h5ad"))
@@ -89,6 +105,7 @@ class PredictWidget(JobWidget):
         self.export_csv_button.enabled = done
         self.export_h5ad_button.enabled = done
         self.export_geojson_button.enabled = done
+        self.signature_button.enabled = done
 
     def run(self) -> Job | None:
         """Predict in a thread worker; then fill the gene picker, the table and the layer."""
@@ -154,6 +171,29 @@ class PredictWidget(JobWidget):
         self.status.value = (
             f"{gene}: {self.prediction.slide_expression[gene]:.3f} "
             f"(slide mean), tiles {low:.2f}–{high:.2f}"
+        )
+        return layer
+
+    def show_signature(self, genes: list[str] | str | None = None) -> Any:
+        """Add (or update) ``<slide> signature``: the mean of several genes per tile."""
+        if self.prediction is None:
+            self.status.value = "predict first"
+            return None
+        text = self.signature_genes.value if genes is None else genes
+        if isinstance(text, str):
+            genes = [g for g in text.replace(",", " ").split() if g]
+        try:
+            data = signature_layer_data(self.prediction, list(genes or []), self._slide_name)
+        except Exception as exc:
+            self._on_error(exc)
+            return None
+        layer = add_or_update(self._viewer, data)
+        layer.contrast_limits = data[1]["contrast_limits"]
+        layer.metadata.update(data[1]["metadata"])
+        slide_value = data[1]["metadata"]["slide_value"]
+        self.status.value = (
+            f"signature of {len(data[1]['metadata']['genes'])} genes: {slide_value:.3f} "
+            f"(slide, mean {self.prediction.transform})"
         )
         return layer
 
