@@ -38,10 +38,7 @@ def _detected(qtbot, viewer):
 
 def test_run_adds_mask_and_tiles_then_rerun_replaces(qtbot, viewer_with_slide):
     viewer, _ = viewer_with_slide
-    widget = TissueTilesWidget(viewer)
-    _small_tiles(widget)
-    widget.run()
-    _wait(qtbot, widget)
+    widget = _detected(qtbot, viewer)
     names = [lyr.name for lyr in viewer.layers]
     assert names == ["small", "small tissue", "small tiles"]
     grid = viewer.layers["small tiles"].metadata["deeppt_grid"]
@@ -82,10 +79,7 @@ def test_mask_pixels_sit_on_the_tissue_they_came_from(qtbot, viewer_with_slide, 
 
 def test_tile_raster_pixels_sit_on_their_tiles(qtbot, viewer_with_slide):
     viewer, slide_layer = viewer_with_slide
-    widget = TissueTilesWidget(viewer)
-    _small_tiles(widget)
-    widget.run()
-    _wait(qtbot, widget)
+    _detected(qtbot, viewer)
     tiles_layer = viewer.layers["small tiles"]
     grid = tiles_layer.metadata["deeppt_grid"]
     for i in range(0, len(grid), 7):
@@ -139,10 +133,7 @@ def test_missing_mpp_reports_and_override_fixes(qtbot, make_napari_viewer, no_mp
 
 def test_preview_normalisation_mosaic(qtbot, viewer_with_slide):
     viewer, _ = viewer_with_slide
-    widget = TissueTilesWidget(viewer)
-    _small_tiles(widget)
-    widget.run()
-    _wait(qtbot, widget)
+    widget = _detected(qtbot, viewer)
     widget.preview_n.value = 4
     widget.preview()
     _wait(qtbot, widget)
@@ -201,10 +192,7 @@ def test_tiles_follow_regions_drawn_on_the_slide(qtbot, viewer_with_slide, svs_s
     np.testing.assert_allclose(
         ellipse.exterior.mean(axis=0), [(w_um - 35) / svs_slide.mpp + 0.5, 35 / svs_slide.mpp + 0.5]
     )
-    widget = TissueTilesWidget(viewer)
-    _small_tiles(widget)
-    widget.run()
-    _wait(qtbot, widget)
+    widget = _detected(qtbot, viewer)
     everything = viewer.layers["small tiles"].metadata["deeppt_grid"]
     widget.reset_choices()
     widget.roi_layer.value = shapes
