@@ -114,7 +114,7 @@ def add_or_update(viewer: Any, layer_data: LayerData) -> Any:
     """Add a layer, or replace the data and placement of the same-named layer of that kind."""
     data, kwargs, kind = layer_data
     name = kwargs["name"]
-    if name in viewer.layers and viewer.layers[name]._type_string == kind:
+    if name in viewer.layers and type(viewer.layers[name]).__name__.lower() == kind:
         layer = viewer.layers[name]
         layer.data = data
         for key in ("scale", "translate"):
