@@ -104,39 +104,23 @@ def test_a_killed_worker_is_survived(manifest, bundle, serial, tmp_path):
 def test_run_command_serial(manifest, bundle, tmp_path, capsys):
     from napari_deeppt.cli import main
 
-    code = main(
-        [
-            "run",
-            str(manifest),
-            "--model",
-            str(bundle),
-            "--out",
-            str(tmp_path),
-            "--scheduler",
-            "serial",
-            "--quiet",
-        ]
-    )
+    command = [
+        "run",
+        str(manifest),
+        "--model",
+        str(bundle),
+        "--out",
+        str(tmp_path),
+        "--scheduler",
+        "serial",
+        "--quiet",
+    ]
+    code = main(command)
     assert code == 1  # one slide failed, and the exit status says so
     captured = capsys.readouterr()
     assert "9 slides: 8 ok, 1 error" in captured.out
     assert "BAD" in captured.err
-    assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--model",
-                str(bundle),
-                "--out",
-                str(tmp_path),
-                "--scheduler",
-                "serial",
-                "--quiet",
-            ]
-        )
-        == 1
-    )
+    assert main(command) == 1  # rerun: done slides are skipped, the bad one still fails
     assert "8 skipped" in capsys.readouterr().out
 
 

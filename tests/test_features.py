@@ -11,6 +11,8 @@ from napari_deeppt.errors import CancelledError, WeightsNotFoundError
 from napari_deeppt.features import FeatureSet, extract_features, load_extractor
 from napari_deeppt.tiles import make_tile_grid
 
+RANDOM_RESNET18 = {"extractor": "resnet18", "weights": "random", "progress": False}
+
 
 @pytest.fixture(scope="module")
 def slide_and_grid(svs_slide):
@@ -65,12 +67,7 @@ def test_equals_direct_torchvision_forward(slide_and_grid, tmp_path):
 
 def test_stain_normalisation_changes_features_and_provenance(slide_and_grid, tmp_path):
     slide, grid = slide_and_grid
-    common = {
-        "extractor": "resnet18",
-        "weights": "random",
-        "cache_dir": tmp_path,
-        "progress": False,
-    }
+    common = {**RANDOM_RESNET18, "cache_dir": tmp_path}
     plain = extract_features(slide, grid, stain=None, **common)
     macenko = extract_features(slide, grid, stain="macenko", **common)
     assert plain.provenance["stain"]["method"] is None
@@ -81,12 +78,7 @@ def test_stain_normalisation_changes_features_and_provenance(slide_and_grid, tmp
 
 def test_cache_hit_miss_and_invalidation(slide_and_grid, tmp_path, monkeypatch):
     slide, grid = slide_and_grid
-    common = {
-        "extractor": "resnet18",
-        "weights": "random",
-        "cache_dir": tmp_path,
-        "progress": False,
-    }
+    common = {**RANDOM_RESNET18, "cache_dir": tmp_path}
     first = extract_features(slide, grid, **common)
     assert len(list(tmp_path.glob("*.zarr"))) == 1
     import napari_deeppt.features.engine as engine

@@ -635,6 +635,9 @@ def train(
     targets = torch.tensor(values, dtype=torch.float32)
     groups = table["patient_id"].to_numpy()
 
+    feature_options = _feature_options(
+        extractor, weights, device, stain, cache_dir, cancel, options.seed
+    )
     feature_sets = []
     with make_progress(progress, len(table), "features per slide", unit="slide") as bar:
         rois = table["roi"] if "roi" in table.columns else [None] * len(table)
@@ -654,20 +657,7 @@ def train(
                     f"{path}: no tissue tiles{where}; remove it from the manifest or adjust "
                     "min_tissue"
                 )
-            feature_sets.append(
-                extract_features(
-                    path,
-                    grid,
-                    extractor=extractor,
-                    weights=weights,
-                    device=device,
-                    stain=stain,
-                    cache_dir=cache_dir,
-                    progress=False,
-                    cancel=cancel,
-                    seed=options.seed,
-                )
-            )
+            feature_sets.append(extract_features(path, grid, **feature_options))
             bar.update()
     features = [torch.tensor(fs.features, dtype=torch.float32) for fs in feature_sets]
 
@@ -713,6 +703,22 @@ def train(
     heldout_table = pd.DataFrame(heldout, index=samples, columns=chosen)
     _write_outputs(out, bundle, metrics, heldout_table, overwrite)
     return TrainingResult(out, metrics, summary, heldout_table)
+
+
+def _feature_options(
+    extractor: str, weights: Any, device: Any, stain: Any, cache_dir: Any, cancel: Any, seed: int
+) -> dict[str, Any]:
+    """The extract_features settings shared by every slide of a training run."""
+    return {
+        "extractor": extractor,
+        "weights": weights,
+        "device": device,
+        "stain": stain,
+        "cache_dir": cache_dir,
+        "progress": False,
+        "cancel": cancel,
+        "seed": seed,
+    }
 
 
 def _is_spot_table(table: Any) -> bool:
@@ -769,6 +775,9 @@ def _train_spots(
     features: list[Any] = [None] * len(table)
     provenance: dict[str, Any] = {}
     slides = list(dict.fromkeys(table["slide"]))
+    feature_options = _feature_options(
+        extractor, weights, device, stain, cache_dir, cancel, options.seed
+    )
     with make_progress(progress, len(slides), "spot features per slide", unit="slide") as bar:
         for path in slides:
             check_cancelled(cancel, "training")
@@ -777,18 +786,7 @@ def _train_spots(
             grid = spot_grid(
                 slide, table["x"].to_numpy()[rows], table["y"].to_numpy()[rows], tile_px, tile_mpp
             )
-            fs = extract_features(
-                slide,
-                grid,
-                extractor=extractor,
-                weights=weights,
-                device=device,
-                stain=stain,
-                cache_dir=cache_dir,
-                progress=False,
-                cancel=cancel,
-                seed=options.seed,
-            )
+            fs = extract_features(slide, grid, **feature_options)
             provenance = fs.provenance
             for j, row in enumerate(rows):
                 features[row] = torch.tensor(fs.features[j : j + 1], dtype=torch.float32)
