@@ -17,6 +17,7 @@ __all__ = [
     "SlideNotFoundError",
     "SlideReadError",
     "TileGridError",
+    "WeightsMismatchError",
 ]
 
 
@@ -66,6 +67,10 @@ class NoTissueWarning(UserWarning):
 
 class WeightsNotFoundError(DeepPTError, FileNotFoundError):
     """Model weights are not available (offline, missing file, wrong architecture)."""
+
+
+class WeightsMismatchError(WeightsNotFoundError):
+    """A weights file was read but its tensors do not fit the extractor (another architecture)."""
 
 
 class BundleError(DeepPTError, ValueError):

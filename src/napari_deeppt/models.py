@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +21,72 @@ import numpy as np
 
 from .errors import BundleError
 
-__all__ = ["AutoEncoder", "MLPRegression", "ModelBundle"]
+__all__ = ["AutoEncoder", "MLPRegression", "ModelBundle", "bundle_digest"]
 
 BUNDLE_FORMAT = "napari-deeppt-bundle"
 BUNDLE_VERSION = 1
+
+
+def bundle_digest(path: str | Path) -> str:
+    """The sha256 (hex) of a bundle file's bytes, as :attr:`ModelBundle.sha256` records it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines or [""])[0]
+    if not text or "weights_only" in text:
+        return type(exc).__name__
+    return text[:200]
+
+
+def _read_payload(path: Path, data: bytes) -> dict[str, Any]:
+    """The torch payload of a bundle file, or one line saying why it is none."""
+    import torch
+
+    stream = io.BytesIO(data)
+    try:
+        payload = torch.load(stream, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        from .torchfile import why_unreadable
+
+        reason = (
+            why_unreadable(stream, exc) or "not a readable torch file: corrupt, or another format"
+        )
+        raise BundleError(f"{path}: not a napari-deeppt model bundle ({reason})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
+        what = (
+            f"a dict with keys {', '.join(map(str, list(payload)[:3]))}"
+            if isinstance(payload, dict)
+            else f"a {type(payload).__name__}"
+        )
+        raise BundleError(f"{path}: not a napari-deeppt model bundle (a torch file of {what})")
+    return payload
+
+
+def _read_metadata(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's metadata; a newer format version says to upgrade."""
+    try:
+        meta = json.loads(payload["metadata_json"])
+        version = int(meta.get("version", 1))
+    except Exception as exc:
+        raise BundleError(
+            f"{path}: not a napari-deeppt model bundle (its metadata is unreadable: "
+            f"{_first_line(exc)})"
+        ) from exc
+    if version > BUNDLE_VERSION:
+        from . import __version__
+
+        raise BundleError(
+            f"{path}: was written by a newer napari-deeppt (bundle format {version}; "
+            f"napari-deeppt {__version__} reads up to {BUNDLE_VERSION}); upgrade napari-deeppt "
+            "(pip install -U napari-deeppt)"
+        )
+    return meta
 
 
 def _torch_nn() -> Any:
@@ -93,6 +157,9 @@ class ModelBundle:
         Settings and summary metrics of the run that made it.
     demo
         True for bundles trained on synthetic data (the demo): never for real use.
+    sha256
+        Hash of the file's bytes when the bundle was loaded or saved (None before): what a
+        result can record to name the exact model that made it.
     """
 
     genes: list[str]
@@ -104,6 +171,7 @@ class ModelBundle:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     demo: bool = False
+    sha256: str | None = field(default=None, compare=False)
 
     @property
     def n_genes(self) -> int:
@@ -165,7 +233,11 @@ class ModelBundle:
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write one file (torch, ``weights_only``-safe: tensors, lists and a JSON string)."""
+        """Write one file (torch, ``weights_only``-safe: tensors, lists and a JSON string).
+
+        The file is written under a temporary name and renamed when complete; an existing
+        ``path`` is refused (``FileExistsError``) unless ``overwrite``. Sets :attr:`sha256`.
+        """
         import torch
 
         from .io import atomic_path
@@ -178,25 +250,34 @@ class ModelBundle:
         }
         with atomic_path(path, overwrite=overwrite) as tmp:
             torch.save(payload, tmp)
+            digest = bundle_digest(tmp)
+        self.sha256 = digest
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> ModelBundle:
-        """Read a bundle; a corrupt or foreign file raises :class:`BundleError`."""
-        import torch
+        """Read a bundle; a corrupt or foreign file raises :class:`BundleError` in one line.
 
+        The bundle's :attr:`sha256` is the hash of the file's bytes (read once).
+        """
         path = Path(path)
         if not path.exists():
             raise BundleError(f"{path}: no such model bundle")
+        if path.is_dir():
+            raise BundleError(
+                f"{path}: is a directory, not a napari-deeppt model bundle (a .deeppt file)"
+            )
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
-                raise ValueError("not a napari-deeppt model bundle")
-            meta = json.loads(payload["metadata_json"])
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+        payload = _read_payload(path, data)
+        meta = _read_metadata(path, payload)
+        try:
             bundle = cls(
                 genes=list(meta["genes"]),
-                transform=meta["transform"],
-                feature=meta["feature"],
+                transform=str(meta["transform"]),
+                feature=dict(meta["feature"]),
                 autoencoder=payload["autoencoder"],
                 ensemble=list(payload["ensemble"]),
                 latent_dim=int(meta["latent_dim"]),
@@ -205,12 +286,12 @@ class ModelBundle:
                 demo=bool(meta.get("demo", False)),
             )
             bundle.build()  # the tensors must fit the architecture
-        except BundleError:
-            raise
         except Exception as exc:
             raise BundleError(
-                f"{path}: not a readable napari-deeppt model bundle ({type(exc).__name__}: {exc})"
+                f"{path}: not a napari-deeppt model bundle (its contents are incomplete or do "
+                f"not fit together: {_first_line(exc)}); train or copy the model again"
             ) from exc
+        bundle.sha256 = hashlib.sha256(data).hexdigest()
         return bundle
 
     def build(self) -> tuple[Any, list[Any]]:

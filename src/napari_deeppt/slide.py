@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import LevelSource, SlideParts
+from .backends.derived import derive_levels, stored_windows
 from .errors import (
     MissingMppError,
     NotRGBError,
@@ -31,10 +33,6 @@ __all__ = ["SLIDE_SUFFIXES", "LevelInfo", "Slide", "as_slide", "open_slide"]
 
 #: File name endings the reader accepts (lower case).
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".zarr", ".ome.zarr")
-#: Coarser levels are derived lazily until the coarsest is at most this many pixels across.
-DERIVED_LEVEL_MAX_SIZE = 2048
-#: Factor between derived levels.
-DERIVED_LEVEL_FACTOR = 4
 #: A level may be this much coarser than asked for and still be read from (then resized).
 LEVEL_TOLERANCE = 0.01
 
@@ -96,7 +94,9 @@ class Slide:
         self.format = parts.format
         self.compression = parts.compression
         self.properties = dict(parts.properties)
-        self._token = _path_token(self.path)
+        # dask treats arrays of one name as one: never share names between two openings
+        # (a Zarr chunk rewritten in place changes neither the folder's size nor its mtime)
+        self._token = uuid.uuid4().hex[:16]
         self.levels = [self._as_dask(src, f"level{i}") for i, src in enumerate(parts.levels)]
         self._add_derived_levels()
         self.associated_images = {
@@ -118,20 +118,8 @@ class Slide:
         )
 
     def _add_derived_levels(self) -> None:
-        import dask.array as da
-
-        f = DERIVED_LEVEL_FACTOR
-        while max(self.levels[-1].shape[:2]) > DERIVED_LEVEL_MAX_SIZE:
-            src = self.levels[-1]
-            h, w = (src.shape[0] // f) * f, (src.shape[1] // f) * f
-            src = src[:h, :w]
-            row_chunk, col_chunk = src.chunksize[:2]
-            rows = _aligned_chunk(row_chunk, f)
-            cols = w if col_chunk >= w else _aligned_chunk(col_chunk, f)
-            src = src.rechunk((rows, cols, src.shape[2]))
-            out_chunks = (*(tuple(c // f for c in dim) for dim in src.chunks[:2]), src.chunks[2])
-            out = da.map_blocks(_block_mean, src, f, dtype=src.dtype, chunks=out_chunks)
-            self.levels.append(out)
+        for level in derive_levels(self.levels[-1]):
+            self.levels.append(level)
             self._sources.append(None)
 
     # -- geometry -----------------------------------------------------------------------------
@@ -274,13 +262,17 @@ class Slide:
         Reads from the coarsest level that is at least as fine as ``mpp`` and resizes (area
         averaging when shrinking, bilinear when enlarging).
         """
+        level, src_w, src_h = self.read_plan(width, height, mpp)
+        region = self.read_region(x, y, src_w, src_h, level=level, fill=fill)
+        return resize_rgb(region, width, height)
+
+    def read_plan(self, width: int, height: int, mpp: float) -> tuple[int, int, int]:
+        """``(level, width, height)`` that :meth:`read_region_at_mpp` reads before resizing
+        to ``width × height`` px at ``mpp`` µm/px (the coarsest level at least as fine)."""
         target_ds = mpp / self.require_mpp("reading at a physical resolution")
         level = self.best_level_for_downsample(target_ds)
         ds = self.downsamples[level]
-        src_w = max(1, round(width * target_ds / ds))
-        src_h = max(1, round(height * target_ds / ds))
-        region = self.read_region(x, y, src_w, src_h, level=level, fill=fill)
-        return resize_rgb(region, width, height)
+        return level, max(1, round(width * target_ds / ds)), max(1, round(height * target_ds / ds))
 
     def get_thumbnail(self, max_size: int = 1024) -> np.ndarray:
         """The whole slide, its longer side at most ``max_size`` pixels."""
@@ -295,10 +287,43 @@ class Slide:
         return resize_rgb(image, max(1, round(w / factor)), max(1, round(h / factor)))
 
     # -- identity and info --------------------------------------------------------------------
-    @property
-    def fingerprint(self) -> str:
-        """A content-derived identity for caches: stable across renames and copies."""
-        return _content_fingerprint(self.path, [lv.shape for lv in self.levels])
+    def content_digest(self, grid: Any) -> str:
+        """A digest of every stored byte that reading ``grid``'s tiles decodes.
+
+        What a cache of per-tile results is keyed on: the raw bytes of the file tiles
+        (strips, Zarr chunks) that ``grid.read_tile`` and the batched JPEG reader read at the
+        level :meth:`read_plan` picks (for a derived level: the stored pixels it averages),
+        plus all that changes how they decode (compression, JPEG tables, colour space, dtype,
+        level shapes). Nothing is decoded; a copy of the file elsewhere has the same digest.
+        A change where no tile of the grid reads keeps it (the cached result still holds).
+
+        Parameters
+        ----------
+        grid
+            A :class:`~napari_deeppt.tiles.TileGrid` (its ``xy``, ``tile_px`` and ``mpp``).
+
+        Returns
+        -------
+        str
+            64 hexadecimal characters.
+
+        Raises
+        ------
+        SlideReadError
+            A tile the grid reads is cut short (a truncated file).
+        """
+        level, width, height = self.read_plan(grid.tile_px, grid.tile_px, grid.mpp)
+        return self.region_digest(grid.xy, width, height, level)
+
+    def region_digest(self, xy: Any, width: int, height: int, level: int = 0) -> str:
+        """:meth:`content_digest` of ``width × height`` px regions of ``level`` at level-0
+        top-left corners ``xy`` (``(n, 2)``, x then y), placed as :meth:`read_region` does."""
+        stored = min(level, self.n_stored_levels - 1)  # a derived level reads this one
+        windows = stored_windows(xy, self.downsamples_xy[level], width, height, level - stored)
+        shapes = repr(([lv.shape for lv in self.levels], level)).encode()
+        digest = hashlib.blake2b(shapes, digest_size=32)
+        digest.update(self._sources[stored].content_digest(*windows))  # type: ignore[union-attr]
+        return digest.hexdigest()
 
     def info(self) -> dict[str, Any]:
         """Everything ``deeppt info`` prints, as plain data."""
@@ -346,21 +371,6 @@ class Slide:
         )
 
 
-def _aligned_chunk(native: int, factor: int, minimum: int = 256) -> int:
-    """Smallest multiple of both ``native`` and ``factor`` that is at least ``minimum``."""
-    step = math.lcm(int(native), factor)
-    return step * max(1, math.ceil(minimum / step))
-
-
-def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
-    h, w, c = block.shape
-    reshaped = block.reshape(h // factor, factor, w // factor, factor, c)
-    mean = reshaped.mean(axis=(1, 3), dtype=np.float32)
-    if np.issubdtype(block.dtype, np.integer):
-        return np.rint(mean).astype(block.dtype)
-    return mean.astype(block.dtype)
-
-
 def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize a ``(h, w, c)`` uint8 image (area averaging down, bilinear up) with Pillow."""
     if image.shape[1] == width and image.shape[0] == height:
@@ -381,30 +391,6 @@ def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
     pil = Image.fromarray(image[..., 0] if squeeze else image)
     out = np.asarray(pil.resize((width, height), resample))
     return out[..., np.newaxis] if squeeze else out
-
-
-def _path_token(path: Path) -> str:
-    try:
-        stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    except OSError:
-        key = str(path)
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
-def _content_fingerprint(path: Path, shapes: list[tuple[int, ...]]) -> str:
-    digest = hashlib.sha256(repr(shapes).encode())
-    files = sorted(p for p in path.rglob("*") if p.is_file())[:64] if path.is_dir() else [path]
-    for file in files:
-        size = file.stat().st_size
-        relative = file.relative_to(path).as_posix() if path.is_dir() else ""
-        digest.update(f"{relative}|{size}".encode())
-        with open(file, "rb") as fh:
-            digest.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), os.SEEK_END)
-                digest.update(fh.read(1 << 20))
-    return digest.hexdigest()[:32]
 
 
 def _is_zarr(path: Path) -> bool:

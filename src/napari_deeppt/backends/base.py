@@ -7,6 +7,7 @@ Everything above this module is format-agnostic.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepPTError, SlideReadError
+from .stored import StoredChunks, touched_chunks
 
 __all__ = ["LevelSource", "SlideParts"]
 
@@ -47,6 +49,9 @@ class LevelSource:
     ndim = 3
     #: The TIFF page behind this level, when there is one (direct JPEG decoding uses it).
     tiff_page: Any = None
+    #: The stored chunks behind this level, when the backend knows them (see ``stored.py``):
+    #: then content digests hash raw bytes, and every read first checks for truncation.
+    stored: StoredChunks | None = None
 
     def __init__(
         self,
@@ -111,6 +116,12 @@ class LevelSource:
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
         """Read ``[rows, cols]`` (in-bounds slices with explicit start/stop) as (h, w, c)."""
+        if self.stored is not None:  # a tile cut short would decode as grey rows: refuse
+            height, width = rows.stop - rows.start, cols.stop - cols.start
+            keys = touched_chunks(
+                rows.start, cols.start, height, width, self.shape[:2], self.stored.chunk_shape
+            )
+            self.stored.check(keys)
         try:
             block = np.asarray(self.array[self._backend_key(rows, cols)])
         except DeepPTError:
@@ -118,6 +129,44 @@ class LevelSource:
         except Exception as exc:  # the backend's own error: say which file and tile
             raise self._locate_failure(rows, cols, exc) from exc
         return self._to_yxc(block)
+
+    def content_digest(self, rows0: Any, cols0: Any, height: int, width: int) -> bytes:
+        """Digest of every stored byte that windows of this level read, without decoding.
+
+        Parameters
+        ----------
+        rows0, cols0
+            Top-left corner of each window in this level's pixels (windows may reach past
+            the edges; only the part inside is read).
+        height, width
+            Size of every window.
+
+        Returns
+        -------
+        bytes
+            Changes whenever a pixel inside a window can change: the raw bytes of the stored
+            chunks the windows touch and everything that changes how they decode. Chunks no
+            window touches are not read, so a change there keeps the digest.
+        """
+        digest = hashlib.blake2b(
+            repr((self.shape, str(self.dtype), self.axes, self.n_channels)).encode(),
+            digest_size=32,
+        )
+        chunk = self.stored.chunk_shape if self.stored is not None else self.chunks
+        keys = touched_chunks(rows0, cols0, height, width, self.shape[:2], chunk)
+        if self.stored is not None:
+            digest.update(self.stored.describe())
+            digest.update(self.stored.digest(keys))
+            return digest.digest()
+        crow, ccol = chunk  # no stored view: hash the decoded pixels of the touched chunks
+        digest.update(keys.tobytes())
+        for r, c in keys:
+            r0, c0 = int(r) * crow, int(c) * ccol
+            block = self.read(
+                slice(r0, min(r0 + crow, self.shape[0])), slice(c0, min(c0 + ccol, self.shape[1]))
+            )
+            digest.update(np.ascontiguousarray(block).tobytes())
+        return digest.digest()
 
     def _locate_failure(self, rows: slice, cols: slice, exc: Exception) -> SlideReadError:
         """Find the first native tile in the window that fails, for a precise message."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import SlideFormatError
 from .base import LevelSource, SlideParts
+from .stored import ZarrChunks
 from .tiff import UNIT_TO_UM, _parse_ome_xml
 
 __all__ = ["open_ome_zarr"]
@@ -74,7 +75,9 @@ def open_ome_zarr(path: Path) -> SlideParts:
         array = group[dataset["path"]]
         axes = letters if len(letters) == array.ndim else "TCZYX"[-array.ndim :]
         chunks = (array.chunks[axes.index("Y")], array.chunks[axes.index("X")])
-        sources.append(LevelSource(array, axes, path, f"level {i}", chunks))
+        source = LevelSource(array, axes, path, f"level {i}", chunks)
+        source.stored = _stored_chunks(array, axes, source.n_channels)
+        sources.append(source)
 
     associated: dict[str, LevelSource] = {}
     for name, sub in associated_groups.items():
@@ -115,6 +118,19 @@ def open_ome_zarr(path: Path) -> SlideParts:
             parts.mpp_xy = before
     parts.properties = {"ome-zarr.multiscales": multiscale}
     return parts
+
+
+def _stored_chunks(array: Any, axes: str, n_channels: int) -> ZarrChunks | None:
+    """Chunk files of an array in a local directory store; None elsewhere (zip, remote...),
+    where content digests hash decoded pixels instead."""
+    try:
+        from zarr.storage import LocalStore
+
+        if not isinstance(array.store, LocalStore):
+            return None
+        return ZarrChunks(array, axes, n_channels, Path(array.store.root))
+    except Exception:  # another zarr generation: decoded digests are still right
+        return None
 
 
 def _compression_name(array: Any) -> str:

@@ -7,15 +7,21 @@ memory-mapped instead (a huge single-strip TIFF would otherwise be one giant chu
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import struct
 import threading
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import SlideFormatError
 from .base import LevelSource, SlideParts
+from .stored import RawFile, TiffSegments
 
 __all__ = ["open_tiff"]
 
@@ -149,18 +155,131 @@ def _yx(series: Any) -> tuple[int, int]:
     return int(series.shape[axes.index("Y")]), int(series.shape[axes.index("X")])
 
 
+class _TifffileLog(logging.Filter):
+    """Holds back tifffile's log records in threads that are opening a slide.
+
+    tifffile logs what it finds wrong (a directory past the end of the file ...) and carries
+    on; without a handler Python prints that to stderr. While :func:`open_tiff` runs, the
+    records are kept instead, and what they mean becomes one error or one warning.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = getattr(self.local, "records", None)
+        if held is None:
+            return True
+        held.append(record)
+        return False
+
+
+_TIFFFILE_LOG = _TifffileLog()
+
+
+@contextmanager
+def _holding_tifffile_log() -> Iterator[list[logging.LogRecord]]:
+    logger = logging.getLogger("tifffile")
+    if _TIFFFILE_LOG not in logger.filters:
+        logger.addFilter(_TIFFFILE_LOG)
+    outer = getattr(_TIFFFILE_LOG.local, "records", None)
+    held: list[logging.LogRecord] = []
+    _TIFFFILE_LOG.local.records = held
+    try:
+        yield held
+    finally:
+        _TIFFFILE_LOG.local.records = outer
+
+
+def _truncated(path: Path, size: int, offset: int, inside: bool) -> SlideFormatError:
+    where = "runs past the end" if inside else "is past the end"
+    return SlideFormatError(
+        f"{path}: the file is truncated ({size} bytes; its directory at offset {offset} "
+        f"{where}) — re-copy it"
+    )
+
+
+def _check_directories(path: Path, tif: Any = None) -> None:
+    """Raise :class:`SlideFormatError` when an image directory lies past the end of the file.
+
+    tifffile stops at such a directory with a log line, and the slide would open with fewer
+    levels than it has (or none: "no 2-D image"). Walks the chain of directories from the
+    header, and every page's SubIFDs, with the file's own offset sizes.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        header = fh.read(16)
+        order = "<" if header[:2] == b"II" else ">"
+        if tif is not None:
+            t = tif.tiff
+            fmt = (t.offsetformat, t.offsetsize, t.tagnoformat, t.tagnosize, t.tagsize)
+        elif header[2:4] in (b"\x2b\x00", b"\x00\x2b"):  # BigTIFF
+            fmt = (order + "Q", 8, order + "Q", 8, 20)
+        else:
+            fmt = (order + "I", 4, order + "H", 2, 12)
+        first_at = 4 if fmt[1] == 4 else 8
+        if len(header) < first_at + fmt[1]:
+            raise SlideFormatError(
+                f"{path}: the file is truncated ({size} bytes, shorter than a TIFF header) — "
+                "re-copy it"
+            )
+        chains = [struct.unpack(fmt[0], header[first_at : first_at + fmt[1]])[0]]
+        if tif is not None:
+            chains += [o for page in tif.pages for o in (getattr(page, "subifds", None) or ())]
+        for offset in chains:
+            _walk_directories(fh, path, size, int(offset), fmt)
+
+
+def _walk_directories(fh: Any, path: Path, size: int, offset: int, fmt: tuple) -> None:
+    offsetformat, offsetsize, tagnoformat, tagnosize, tagsize = fmt
+    seen: set[int] = set()
+    while offset and offset not in seen and len(seen) < 1 << 20:
+        seen.add(offset)
+        if offset + tagnosize > size:
+            raise _truncated(path, size, offset, offset < size)
+        fh.seek(offset)
+        count = struct.unpack(tagnoformat, fh.read(tagnosize))[0]
+        end = offset + tagnosize + count * tagsize + offsetsize
+        if end > size:
+            raise _truncated(path, size, offset, True)
+        fh.seek(end - offsetsize)
+        offset = struct.unpack(offsetformat, fh.read(offsetsize))[0]
+
+
 def open_tiff(path: Path) -> SlideParts:
-    """Open a TIFF-family slide; see the module docstring."""
+    """Open a TIFF-family slide; see the module docstring.
+
+    Raises
+    ------
+    SlideFormatError
+        Not a readable TIFF, truncated before one of its image directories, or no 2-D image.
+    """
+    with _holding_tifffile_log() as held:
+        parts = _open_tiff(path)
+    problems = sorted({r.getMessage() for r in held if r.levelno >= logging.ERROR})
+    if problems:  # the file opened, but tifffile found something wrong with it
+        warnings.warn(f"{path}: tifffile reports: {'; '.join(problems)[:500]}", stacklevel=3)
+    return parts
+
+
+def _open_tiff(path: Path) -> SlideParts:
     import tifffile
 
     try:
         tif = tifffile.TiffFile(path)
         series_list = list(tif.series)
     except Exception as exc:
+        _check_directories(path)
         raise SlideFormatError(
             f"{path}: not a readable TIFF/SVS file ({type(exc).__name__}: {exc}). "
             "The file may be truncated, corrupt, or another format with a TIFF extension."
         ) from exc
+    try:
+        _check_directories(path, tif)
+    except BaseException:
+        tif.close()
+        raise
     try:
         tif.filehandle.set_lock(True)  # dask reads tiles from several threads
     except AttributeError:
@@ -199,12 +318,14 @@ def open_tiff(path: Path) -> SlideParts:
                 level_series.append((s, 0))
         others = [s for s in others if all(s is not ls for ls, _ in level_series)]
 
+    raw = RawFile(path, tif.filehandle.size)
     sources: list[LevelSource] = []
     for index, (series, level) in enumerate(level_series):
         array, axes, chunks = _level_array(tif, series, level)
         n_channels = 3 if _is_rgba(series) else None
         source = LevelSource(array, axes, path, f"level {index}", chunks, n_channels)
         source.tiff_page = series.levels[level].keyframe  # for direct (GPU) JPEG decoding
+        source.stored = _stored_segments(series, level, raw, source.name)
         sources.append(source)
     sources.sort(key=lambda src: -src.shape[0] * src.shape[1])
 
@@ -217,13 +338,27 @@ def open_tiff(path: Path) -> SlideParts:
         associated[key] = LevelSource(
             array, axes, path, f"associated image {key!r}", chunks, 3 if _is_rgba(s) else None
         )
+        associated[key].stored = _stored_segments(s, 0, raw, associated[key].name)
 
     page = main.keyframe
-    parts = SlideParts(levels=sources, associated=associated, closers=[tif])
+    parts = SlideParts(levels=sources, associated=associated, closers=[tif, raw])
     parts.compression = getattr(page.compression, "name", str(page.compression)).lower()
     parts.properties = {"tiff.ImageDescription": (page.description or "")[:4000]}
     _parse_metadata(tif, main, parts, path)
     return parts
+
+
+def _stored_segments(series: Any, level: int, raw: RawFile, name: str) -> TiffSegments | None:
+    """The tiles/strips behind a level stored in one TIFF page, else None (decoded digests)."""
+    import tifffile
+
+    pages = series.levels[level].pages
+    if len(pages) != 1 or not isinstance(pages[0], tifffile.TiffPage):
+        return None
+    try:
+        return TiffSegments(pages[0], raw, name)
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def _is_rgba(series: Any) -> bool:

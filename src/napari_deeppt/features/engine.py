@@ -340,7 +340,7 @@ def _cache_key(
     fields = {
         "format": FEATURE_FORMAT_VERSION,
         "grid_format": GRID_FORMAT_VERSION,
-        "slide_fingerprint": slide.fingerprint,
+        "slide_content": slide.content_digest(grid),  # the stored bytes these tiles read
         "slide_mpp": slide.mpp,
         "grid": {
             "params": grid._meta()["params"],

@@ -20,14 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeepPTError, WeightsNotFoundError
+from ..errors import (
+    BundleMismatchError,
+    DeepPTError,
+    WeightsMismatchError,
+    WeightsNotFoundError,
+)
 
 __all__ = [
     "EXTRACTORS",
     "ExtractorSpec",
     "LoadedExtractor",
+    "check_weights",
     "load_extractor",
     "register_extractor",
+    "weights_file_hash",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -187,7 +194,12 @@ class LoadedExtractor:
     weights_hash: str
 
 
-def _file_hash(path: Path) -> str:
+def weights_file_hash(path: str | os.PathLike[str]) -> str:
+    """The hash a weights file is recorded under (first 16 hex digits of its sha256).
+
+    It is the ``weights_hash`` of :func:`load_extractor`, of features' provenance and of a
+    model bundle's ``feature``, so that a file can be checked against them without loading it.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -195,34 +207,104 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+_file_hash = weights_file_hash
+
+_STATE_DICT_FIX = (
+    "pass a state dict saved with torch.save(model.state_dict(), path), or a .safetensors file"
+)
+
+
+def _load_file(path: Path) -> Any:
+    """``torch.load``/safetensors, every failure turned into one line naming the file."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if path.suffix == ".safetensors":
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            reason = f"not a valid .safetensors file: {first}"
+        else:
+            from ..torchfile import why_unreadable
+
+            reason = why_unreadable(path, exc) or "corrupt, or not a torch file"
+        fix = _STATE_DICT_FIX if "pickled" in reason else "download or copy it again"
+        raise WeightsNotFoundError(
+            f"{path}: not a readable weights file ({reason}); {fix}"
+        ) from exc
+
+
 def _read_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
     if not path.exists():
         raise WeightsNotFoundError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsNotFoundError(f"{path}: not a readable weights file ({exc})") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    if path.is_dir():
+        raise WeightsNotFoundError(f"{path}: is a directory, not a weights file")
+    state = _load_file(path)
+    for key in ("state_dict", "model"):  # training checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
     if not isinstance(state, dict):
-        raise WeightsNotFoundError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise WeightsNotFoundError(
+            f"{path}: expected a state dict (names → tensors), got a {type(state).__name__}; "
+            + _STATE_DICT_FIX
+        )
+    odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise WeightsNotFoundError(
+            f"{path}: expected a state dict (names → tensors), but {odd[0]!r} is a "
+            f"{type(state[odd[0]]).__name__}; " + _STATE_DICT_FIX
+        )
     return state
+
+
+def _fit_problems(model: Any, state: dict[str, Any], name: str) -> list[str]:
+    """What does not fit, naming a few tensors: shapes first, then missing, then unexpected."""
+    own = model.state_dict()
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    # BatchNorm fills num_batches_tracked itself when an (older) state dict lacks it
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if wrong:
+        key = wrong[0]
+        more = f" (and {len(wrong) - 1} more of another shape)" if len(wrong) > 1 else ""
+        problems.append(
+            f"{key} is {list(state[key].shape)} in the file but {list(own[key].shape)} "
+            f"in {name}{more}"
+        )
+    if missing:
+        problems.append(
+            f"{len(missing)} tensors {name} needs are missing (e.g. {', '.join(missing[:3])})"
+        )
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+    return problems
 
 
 def _apply_state(model: Any, state: dict[str, Any], source: str, spec: ExtractorSpec) -> None:
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise WeightsNotFoundError(
-            f"{source}: these weights do not fit {spec.name} (missing {len(missing)} tensors, "
-            f"e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]})"
+    problems = _fit_problems(model, state, spec.name)
+    if not problems:
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # what our check does not foresee: torch's first line
+            problems = [(str(exc).splitlines() or ["load_state_dict failed"])[0][:200]]
+        else:
+            if missing or unexpected:
+                problems = [f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"]
+    if problems:
+        expected = f" ({spec.weights_name})" if spec.weights_name else ""
+        raise WeightsMismatchError(
+            f"{source}: these weights do not fit {spec.name}: "
+            + "; ".join(problems)
+            + f". Pass weights made for {spec.name}{expected}, or choose the extractor "
+            "these were made for"
         )
 
 
@@ -298,3 +380,46 @@ def load_extractor(
         ".safetensors state dict; on the command line --weights PATH). weights='random' "
         "runs with random weights, for tests only."
     )
+
+
+def check_weights(
+    extractor: str = "resnet50",
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    expected_hash: str | None = None,
+    download: bool | None = None,
+    seed: int = 0,
+) -> str:
+    """Resolve and load an extractor's weights once, and return their hash.
+
+    Meant for a driver (a cohort run, a CLI command) before it schedules any slide: bad
+    weights then fail once, in the driver, instead of in every worker.
+
+    Parameters
+    ----------
+    extractor, weights, download, seed
+        As for :func:`load_extractor`.
+    expected_hash
+        The hash the features must have (a model bundle's ``feature["weights_hash"]``).
+
+    Returns
+    -------
+    str
+        The weights hash that :func:`~napari_deeppt.features.extract_features` will record.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        Missing, unreadable or (:class:`~napari_deeppt.errors.WeightsMismatchError`) not
+        fitting weights.
+    BundleMismatchError
+        The weights are not the ones ``expected_hash`` names.
+    """
+    loaded = load_extractor(extractor, weights, download=download, seed=seed)
+    if expected_hash is not None and loaded.weights_hash != expected_hash:
+        raise BundleMismatchError(
+            f"{loaded.weights_source}: {extractor} weights {loaded.weights_hash}, but the model "
+            f"was trained on features from weights {expected_hash}; pass the weights file it "
+            "was trained with (--weights PATH)"
+        )
+    return loaded.weights_hash

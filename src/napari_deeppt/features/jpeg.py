@@ -6,6 +6,11 @@ streams: the level's JPEGTables are merged into each, and for RGB-colourspace ti
 ``photometric=RGB``) an Adobe APP14 marker with transform 0 tells the decoder not to convert
 from YCbCr. Regions are stitched and resized on the device. On the CPU the same code gives
 exactly tifffile's pixels (tested); it is used by default only on CUDA.
+
+A tile whose stored stream is cut short (a truncated file, a byte count too small) or that
+the decoder refuses raises :class:`~napari_deeppt.errors.SlideReadError` naming the file,
+the level and the tile, as the ordinary reader does: nvJPEG or libjpeg would otherwise fill
+the missing rows with grey.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..backends.stored import jpeg_stream_problem, truncated_tile_error
 
 __all__ = ["JpegBatch", "JpegTileReader"]
 
@@ -33,7 +40,7 @@ class JpegTileReader:
         self.tables = page.jpegtables
         self.rgb_colourspace = int(page.photometric) == 2
         self.downsample = slide.downsamples[level]
-        target_ds = grid.mpp / slide.mpp
+        target_ds = grid.mpp / slide.mpp  # as Slide.read_plan: the same region size
         self.region_px = max(1, round(grid.tile_px * target_ds / self.downsample))
 
     @classmethod
@@ -41,7 +48,7 @@ class JpegTileReader:
         """A reader when the level the grid reads from is JPEG-tiled in a TIFF, else None."""
         if slide.mpp is None:
             return None
-        level = slide.best_level_for_downsample(grid.mpp / slide.mpp)
+        level = slide.read_plan(grid.tile_px, grid.tile_px, grid.mpp)[0]
         source = slide._sources[level] if level < len(slide._sources) else None
         page = getattr(source, "tiff_page", None)
         if page is None or int(page.compression) != 7 or not page.is_tiled:
@@ -53,14 +60,46 @@ class JpegTileReader:
     def _stream(self, index: int) -> bytes:
         page = self.page
         fh = page.parent.filehandle
+        count = int(page.databytecounts[index])
         with fh.lock:
             fh.seek(page.dataoffsets[index])
-            data = fh.read(page.databytecounts[index])
+            data = fh.read(count)
+        problem = jpeg_stream_problem(data, count)
+        if problem:
+            raise self._tile_error(index, problem)
         if self.tables:
             data = self.tables[:-2] + data[2:]  # SOI + tables + the tile's segments
         if self.rgb_colourspace:
             data = data[:2] + _ADOBE_RGB + data[2:]
         return data
+
+    def _tile_error(self, index: int, why: str) -> Exception:
+        row, col = divmod(int(index), self.per_row)
+        return truncated_tile_error(
+            self.slide.path,
+            f"level {self.level}",
+            row * self.tile_h,
+            col * self.tile_w,
+            (self.tile_h, self.tile_w),
+            why,
+        )
+
+    def _decode_checked(self, streams: list[Any], keys: Any, device: Any) -> list[Any]:
+        """Decode; if the decoder refuses the batch, name the first tile it refuses."""
+        import torch
+
+        try:
+            return self._decode(streams, device)
+        except Exception as exc:
+            if keys is None:
+                raise
+            for key, stream in zip(keys, streams, strict=True):
+                try:
+                    self._decode([stream], torch.device("cpu"))
+                except Exception as tile_exc:
+                    why = f"its JPEG data does not decode ({tile_exc})"
+                    raise self._tile_error(int(key), why) from tile_exc
+            raise exc
 
     def _windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-left (row, col) in level pixels of each grid tile's region, as read_region."""
@@ -114,6 +153,7 @@ class JpegTileReader:
             first_tile_col=tx0,
             slots=slots.reshape(keys.shape),
             streams=streams,
+            keys=unique[present],
         )
 
     @staticmethod
@@ -153,7 +193,7 @@ class JpegTileReader:
             on_device = self._decode(streams, device)
         except Exception as exc:  # an unsupported stream, a missing nvJPEG...
             return f"decoding on {device} failed ({type(exc).__name__}: {exc})"
-        reference = self._decode(streams, torch.device("cpu"))
+        reference = self._decode_checked(streams, keys, torch.device("cpu"))
         for a, b in zip(on_device, reference, strict=True):
             if tuple(a.shape) != tuple(b.shape):
                 return f"decoding on {device} gave {tuple(a.shape)} px tiles, not {tuple(b.shape)}"
@@ -172,7 +212,7 @@ class JpegTileReader:
         from .resample import resize_like_pillow
 
         th, tw, size = self.tile_h, self.tile_w, self.region_px
-        decoded = self._decode(batch.streams, device)
+        decoded = self._decode_checked(batch.streams, batch.keys, device)
         n = len(decoded)
         # the decoded file tiles, channels last, then the fill tile for tiles never written
         fill = torch.zeros((1, th, tw, 3), dtype=torch.uint8, device=device)
@@ -237,6 +277,7 @@ class JpegBatch:
     slots: np.ndarray  # (B, span_y, span_x) index into streams of each touched file tile
     streams: list[Any]  # JPEG streams (uint8 tensors), one per distinct file tile written;
     # slot len(streams) stands for tiles never written (they read as 0)
+    keys: np.ndarray | None = None  # (len(streams),) the file tile of each stream
 
 
 def reference_tiles(slide: Any, grid: Any, indices: Any) -> np.ndarray:
