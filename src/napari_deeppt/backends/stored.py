@@ -61,9 +61,15 @@ def touched_chunks(
     chunk
         ``(rows, cols)`` of one stored chunk.
     """
+    (h, w), (ch, cw) = shape, (int(chunk[0]), int(chunk[1]))
+    if np.ndim(rows0) == 0 and np.ndim(cols0) == 0:  # one window (every read): directly
+        r0, r1 = max(int(rows0), 0), min(int(rows0) + height, h)
+        c0, c1 = max(int(cols0), 0), min(int(cols0) + width, w)
+        ys, xs = range(r0 // ch, (r1 - 1) // ch + 1), range(c0 // cw, (c1 - 1) // cw + 1)
+        pairs = [(y, x) for y in ys for x in xs] if r1 > r0 and c1 > c0 else []
+        return np.array(pairs, np.int64).reshape(-1, 2)
     rows0 = np.atleast_1d(np.asarray(rows0, np.int64))
     cols0 = np.atleast_1d(np.asarray(cols0, np.int64))
-    (h, w), (ch, cw) = shape, (int(chunk[0]), int(chunk[1]))
     r0, r1 = np.clip(rows0, 0, h), np.clip(rows0 + height, 0, h)
     c0, c1 = np.clip(cols0, 0, w), np.clip(cols0 + width, 0, w)
     inside = (r1 > r0) & (c1 > c0)

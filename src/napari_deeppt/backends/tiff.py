@@ -263,7 +263,8 @@ def open_tiff(path: Path) -> SlideParts:
     return parts
 
 
-def _open_tiff(path: Path) -> SlideParts:
+def _open_tifffile(path: Path) -> tuple[Any, list[Any]]:
+    """tifffile's view of the file and its series, or a one-line SlideFormatError."""
     import tifffile
 
     try:
@@ -284,6 +285,11 @@ def _open_tiff(path: Path) -> SlideParts:
         tif.filehandle.set_lock(True)  # dask reads tiles from several threads
     except AttributeError:
         tif.filehandle.lock = threading.RLock()
+    return tif, series_list
+
+
+def _open_tiff(path: Path) -> SlideParts:
+    tif, series_list = _open_tifffile(path)
     image_series = [s for s in series_list if "Y" in s.axes and "X" in s.axes]
     if not image_series:
         tif.close()
