@@ -166,6 +166,71 @@ def _load_bundle(bundle: Any) -> tuple[Any, str]:
     return ModelBundle.load(bundle), str(bundle)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples → lists), to compare settings."""
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def _grid_settings(features: Any) -> dict[str, Any]:
+    """Tile size and resolution of the features' grid: the grid itself, else its provenance."""
+    params = getattr(features.grid, "params", None)
+    if params is not None:
+        return {"tile_px": params.tile_px, "mpp": params.mpp}
+    return features.provenance.get("grid", {}).get("params", {})
+
+
+def _fit_problems(expected: dict[str, Any], features: Any) -> list[str]:
+    """What in ``features`` differs from what a bundle's ``feature`` settings need."""
+    got = features.provenance
+    problems = []
+    for key, label in (("extractor", "extractor"), ("weights_hash", "weights")):
+        if got.get(key) != expected.get(key):
+            problems.append(f"{label} {got.get(key)!r} (the model needs {expected.get(key)!r})")
+    if features.feature_dim != int(expected["feature_dim"]):
+        problems.append(
+            f"{features.feature_dim} features per tile (the model needs {expected['feature_dim']})"
+        )
+    grid = _grid_settings(features)
+    for key, name in (("tile_px", "tile_px"), ("tile_mpp", "mpp")):
+        if key in expected and (
+            grid.get(name) is None or float(grid[name]) != float(expected[key])
+        ):
+            problems.append(f"{name}={grid.get(name)} (the model needs {expected[key]})")
+    stain, needed = _plain(got.get("stain") or {}), _plain(expected.get("stain") or {})
+    if stain.get("method") != needed.get("method"):
+        problems.append(f"stain {stain.get('method')!r} (the model needs {needed.get('method')!r})")
+    elif stain != needed:
+        differ = sorted(k for k in set(stain) | set(needed) if stain.get(k) != needed.get(k))
+        problems.append(
+            f"stain {stain.get('method')!r} with other settings ({', '.join(differ)} differ "
+            "from the model's)"
+        )
+    return problems
+
+
+def _check_weights_file(feature: dict[str, Any], weights: Any, bundle_path: str) -> None:
+    """Refuse a weights file that is not the one the bundle's features came from, up front."""
+    import os
+
+    from .features.extractors import weights_file_hash
+
+    if not isinstance(weights, (str, os.PathLike)) or str(weights) == "random":
+        return
+    path = Path(weights).expanduser()
+    expected = feature.get("weights_hash")
+    if not path.is_file() or expected is None:
+        return  # a missing file is load_extractor's to report
+    found = weights_file_hash(path)
+    if found != expected:
+        raise BundleMismatchError(
+            f"{path}: these weights (hash {found}) are not the ones "
+            f"{bundle_path or 'the model'} was trained with (hash {expected}); pass the "
+            "weights file the model was trained with"
+        )
+
+
 def _stain_for(config: dict[str, Any]) -> Any:
     from .stain import MacenkoTarget, ReinhardTarget
 
@@ -190,34 +255,8 @@ def predict_from_features(features: Any, bundle: Any, device: Any = "cpu") -> Pr
     import pandas as pd
 
     model, bundle_path = _load_bundle(bundle)
-    expected, got = model.feature, features.provenance
-    problems = []
-    if got.get("extractor") != expected.get("extractor"):
-        problems.append(
-            f"extractor {got.get('extractor')!r} (the model needs {expected.get('extractor')!r})"
-        )
-    if got.get("weights_hash") != expected.get("weights_hash"):
-        problems.append(
-            f"weights {got.get('weights_hash')!r} (the model needs "
-            f"{expected.get('weights_hash')!r})"
-        )
-    if features.feature_dim != int(expected["feature_dim"]):
-        problems.append(
-            f"{features.feature_dim} features per tile (the model needs {expected['feature_dim']})"
-        )
-    grid_params = got.get("grid", {}).get("params", {})
-    for key, name in (("tile_px", "tile_px"), ("tile_mpp", "mpp")):
-        if (
-            key in expected
-            and grid_params.get(name) is not None
-            and float(grid_params[name]) != float(expected[key])
-        ):
-            problems.append(f"{name}={grid_params[name]} (the model needs {expected[key]})")
-    if (got.get("stain") or {}).get("method") != (expected.get("stain") or {}).get("method"):
-        problems.append(
-            f"stain {(got.get('stain') or {}).get('method')!r} (the model needs "
-            f"{(expected.get('stain') or {}).get('method')!r})"
-        )
+    got = features.provenance
+    problems = _fit_problems(model.feature, features)
     if problems:
         raise BundleMismatchError(
             f"{bundle_path or 'the model'} does not fit these features: "
@@ -236,7 +275,7 @@ def predict_from_features(features: Any, bundle: Any, device: Any = "cpu") -> Pr
         slide_name=name,
         bundle_path=bundle_path,
         demo=model.demo,
-        provenance={"features": got, "bundle": model.metadata()},
+        provenance={"features": got, "bundle": model.metadata(), "bundle_sha256": model.sha256},
     )
 
 
@@ -294,6 +333,9 @@ def predict(
     roi = adapt_regions(roi, source)  # a napari Shapes layer over the slide's layer, say
     model, bundle_path = _load_bundle(bundle)
     feature = model.feature
+    if weights is None and feature.get("weights_hash") == "random-0":
+        weights = "random"
+    _check_weights_file(feature, weights, bundle_path)
     grid_given = grid
     if grid is None:
         _, grid = detect_and_tile(
@@ -309,8 +351,6 @@ def predict(
     if len(grid) == 0:
         where = " inside the regions of interest" if roi is not None else ""
         raise DeepPTError(f"{slide.path}: no tissue tiles{where} to predict from")
-    if weights is None and feature.get("weights_hash") == "random-0":
-        weights = "random"
     features = extract_features(
         slide,
         grid,
