@@ -299,3 +299,15 @@ def test_a_pyramid_cut_before_a_later_directory_says_truncated(tmp_path, capsys,
     out, err = capsys.readouterr()
     assert out == "" and err == ""
     assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
+def test_an_ome_zarr_missing_a_level_says_so(zarr_pair, tmp_path):
+    """An OME-Zarr copy without one of its level arrays is refused in one line naming it."""
+    first, _, _ = zarr_pair
+    copy = tmp_path / "partial.ome.zarr"
+    shutil.copytree(first, copy)
+    (copy / "0" / ".zarray").unlink()
+    with pytest.raises(SlideFormatError) as error:
+        open_slide(copy)
+    message = str(error.value)
+    assert message.startswith(str(copy)) and "'0'" in message and "re-copy" in message

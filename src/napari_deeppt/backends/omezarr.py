@@ -67,17 +67,19 @@ def open_ome_zarr(path: Path) -> SlideParts:
             ome_xml = None
         group = group[keys[0]]
         ngff = _ngff(dict(group.attrs))
-    multiscale = ngff["multiscales"][0]
-    letters, units = _axis_names(multiscale.get("axes", ["t", "c", "z", "y", "x"][-5:]))
-    datasets = multiscale["datasets"]
-    sources = []
-    for i, dataset in enumerate(datasets):
-        array = group[dataset["path"]]
-        axes = letters if len(letters) == array.ndim else "TCZYX"[-array.ndim :]
-        chunks = (array.chunks[axes.index("Y")], array.chunks[axes.index("X")])
-        source = LevelSource(array, axes, path, f"level {i}", chunks)
-        source.stored = _stored_chunks(array, axes, source.n_channels)
-        sources.append(source)
+    try:
+        multiscale = ngff["multiscales"][0]
+        letters, units = _axis_names(multiscale.get("axes", ["t", "c", "z", "y", "x"][-5:]))
+        datasets = list(multiscale["datasets"])
+        paths = [str(d["path"]) for d in datasets]
+        if not paths:
+            raise IndexError("no datasets")
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise SlideFormatError(
+            f"{path}: its OME-Zarr 'multiscales' metadata is malformed ({type(exc).__name__}: "
+            f"{exc}); re-export the image"
+        ) from exc
+    sources = [_level_source(group, p, i, letters, path) for i, p in enumerate(paths)]
 
     associated: dict[str, LevelSource] = {}
     for name, sub in associated_groups.items():
@@ -118,6 +120,23 @@ def open_ome_zarr(path: Path) -> SlideParts:
             parts.mpp_xy = before
     parts.properties = {"ome-zarr.multiscales": multiscale}
     return parts
+
+
+def _level_source(group: Any, key: str, index: int, letters: str, path: Path) -> LevelSource:
+    """The array of one listed level; a missing one means an incomplete copy."""
+    try:
+        array = group[key]
+        array.ndim  # noqa: B018 (a group under that name has no ndim)
+    except (KeyError, FileNotFoundError, AttributeError) as exc:
+        raise SlideFormatError(
+            f"{path}: the OME-Zarr metadata lists level {index} at {key!r}, but there is no "
+            "readable array there (an incomplete copy?) — re-copy it"
+        ) from exc
+    axes = letters if len(letters) == array.ndim else "TCZYX"[-array.ndim :]
+    chunks = (array.chunks[axes.index("Y")], array.chunks[axes.index("X")])
+    source = LevelSource(array, axes, path, f"level {index}", chunks)
+    source.stored = _stored_chunks(array, axes, source.n_channels)
+    return source
 
 
 def _stored_chunks(array: Any, axes: str, n_channels: int) -> ZarrChunks | None:
