@@ -311,3 +311,14 @@ def test_an_ome_zarr_missing_a_level_says_so(zarr_pair, tmp_path):
         open_slide(copy)
     message = str(error.value)
     assert message.startswith(str(copy)) and "'0'" in message and "re-copy" in message
+
+
+def test_an_uncompressed_slide_digest_reads_only_the_rows_the_grid_reads(uncompressed_pair):
+    """An uncompressed single-strip TIFF is digested by the rows read, not the whole file."""
+    first, second = (open_slide(p) for p in uncompressed_pair)
+    with tifffile.TiffFile(uncompressed_pair[0]) as tif:
+        assert len(tif.pages[0].dataoffsets) == 1  # one strip holds every row
+    top = _tile_grid(first, 64, MPP, rows=range(0, 256), cols=range(0, 1024))
+    middle = _tile_grid(first, 64, MPP, rows=range(448, 480), cols=range(0, 1024))
+    assert first.content_digest(top) == second.content_digest(top)  # rows 0–319 are equal
+    assert first.content_digest(middle) != second.content_digest(middle)  # reach row 543

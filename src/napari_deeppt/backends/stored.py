@@ -40,6 +40,8 @@ __all__ = [
 MERGE_GAP = 1 << 16
 #: ... and the merged read at most this long.
 MAX_READ = 1 << 24
+#: Uncompressed rows stored back to back are digested in chunks of about this many bytes.
+UNCOMPRESSED_ROWS_BYTES = 1 << 20
 #: TIFF tags that locate data (offsets, byte counts, sub-directories), not what it decodes to.
 LOCATION_TAGS = frozenset({273, 279, 288, 289, 324, 325, 330, 34665, 34853, 40965})
 JPEG = 7
@@ -184,9 +186,35 @@ class TiffSegments(StoredChunks):
         self.counts = np.asarray(page.databytecounts, np.int64)
         if len(self.offsets) != self.planes * self.rows * self.cols:
             raise ValueError("segment count does not match the page's geometry")
+        self._split_uncompressed_rows(page, length, width)
         self.jpeg = int(page.compression) == JPEG
         self._verified = np.zeros(len(self.offsets), bool)
         self._description = _describe_page(page)
+
+    def _split_uncompressed_rows(self, page: Any, length: int, width: int) -> None:
+        """Uncompressed rows stored back to back: chunks of ``UNCOMPRESSED_ROWS_BYTES``.
+
+        A plain uncompressed TIFF is often one strip of every row; digesting it whole for
+        a grid that reads a few rows would hash the whole file. Its bytes are rows in
+        order, so rows ``[r0, r1)`` are bytes ``[start + r0·row, start + r1·row)``.
+        """
+        row = width * int(page.samplesperpixel) * page.dtype.itemsize
+        contiguous = np.array_equal(self.offsets[1:], (self.offsets + self.counts)[:-1])
+        if (
+            int(page.compression) != 1
+            or page.is_tiled
+            or self.planes != 1
+            or int(page.bitspersample) % 8
+            or int(getattr(page, "fillorder", 1)) != 1
+            or not contiguous
+            or int(self.counts.sum()) < length * row
+        ):
+            return
+        rows = max(1, UNCOMPRESSED_ROWS_BYTES // row)
+        starts = np.arange(0, length, rows, dtype=np.int64)
+        self.chunk_shape, self.rows, self.cols = (rows, width), len(starts), 1
+        self.offsets = int(self.offsets[0]) + starts * row
+        self.counts = np.minimum(rows, length - starts) * row
 
     def describe(self) -> bytes:
         return self._description
