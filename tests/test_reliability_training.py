@@ -450,3 +450,42 @@ def test_a_sample_twice_in_the_expression_table_is_refused(cohort, tmp_path):
     pd.concat([table, table.iloc[[2]]]).to_csv(tmp_path / "e.csv")
     with pytest.raises(ExpressionTableError, match=r"e\.csv.*sample\(s\).*S002.*more than once"):
         read_expression(tmp_path / "e.csv", samples)
+
+
+# -- found on the way ------------------------------------------------------------------------
+def test_infinite_expression_values_are_refused(cohort, tmp_path):
+    """An expression value of inf is named (gene, sample), never trained on as a number."""
+    samples = [f"S{i:03d}" for i in range(6)]
+    table = pd.read_csv(cohort.expression, index_col=0)[samples]
+    table.loc["DRIVEN1", "S004"] = np.inf
+    table.to_csv(tmp_path / "e.csv")
+    with pytest.raises(ExpressionTableError, match=r"e\.csv.*'DRIVEN1'.*'S004'"):
+        read_expression(tmp_path / "e.csv", samples)
+
+
+def test_training_settings_name_the_bad_value():
+    """A setting that cannot work (batch of 0 slides, latent size 0) is named at once."""
+    for field in ("batch_slides", "ae_batch", "latent_dim", "max_epochs", "patience"):
+        with pytest.raises(ValueError, match=rf"{field} must be ≥ 1, got 0"):
+            TrainingSettings(**{field: 0})
+    with pytest.raises(ValueError, match=r"outer_folds must be ≥ 2, got 1"):
+        TrainingSettings(outer_folds=1)
+    with pytest.raises(ValueError, match=r"ae_epochs must be ≥ 0, got -1"):
+        TrainingSettings(ae_epochs=-1)
+    with pytest.raises(ValueError, match=r"lr must be a finite number > 0, got nan"):
+        TrainingSettings(lr=float("nan"))
+
+
+def test_training_that_diverges_is_refused_not_saved_as_nan():
+    """A run whose predictions become NaN/inf (lr far too large) fails, naming lr."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    features = [torch.tensor(rng.normal(size=(1, 8)), dtype=torch.float32) for _ in range(60)]
+    targets = torch.tensor(rng.normal(size=(60, 2)), dtype=torch.float32)
+    groups = np.repeat(np.arange(6), 10)
+    options = TrainingSettings(
+        outer_folds=2, inner_folds=2, max_epochs=5, patience=2, lr=1e8, ae_epochs=2, latent_dim=4
+    )
+    with pytest.raises(DeepPTError, match=r"diverged.*lr=1e\+08"):
+        training._cross_validate(features, targets, groups, ["a", "b"], options, False, None)

@@ -53,10 +53,15 @@ class TrainingSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.outer_folds < 2 or self.inner_folds < 2:
-            raise ValueError("outer_folds and inner_folds must be ≥ 2")
-        if self.max_epochs < 1 or self.patience < 1 or not self.lr > 0:
-            raise ValueError("max_epochs and patience must be ≥ 1 and lr > 0")
+        least = dict.fromkeys(
+            ("max_epochs", "patience", "batch_slides", "ae_batch", "latent_dim"), 1
+        )
+        least.update(outer_folds=2, inner_folds=2, ae_epochs=0)  # ae_epochs=0: untrained
+        for name, minimum in least.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name} must be ≥ {minimum}, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
 
 
 @dataclass(repr=False)
@@ -201,6 +206,13 @@ def read_expression(
     if numeric.isna().any().any():
         gene = numeric.columns[numeric.isna().any()][0]
         raise ExpressionTableError(f"{path}: missing values, e.g. gene {gene!r}")
+    infinite = ~np.isfinite(numeric.to_numpy(np.float64))
+    if infinite.any():
+        row, column = np.argwhere(infinite)[0]
+        raise ExpressionTableError(
+            f"{path}: infinite value for gene {numeric.columns[column]!r}, sample "
+            f"{numeric.index[row]!r} ({int(infinite.sum())} in all); expression must be finite"
+        )
     return numeric.astype(np.float64)
 
 
@@ -684,6 +696,7 @@ def _cross_validate(
             heldout[test_idx] = _ensemble_predict(
                 states, latents, test_idx, len(genes), options.latent_dim
             )
+            _require_finite(heldout[test_idx], options, f"outer fold {k + 1}")
             bar.update()
         if within:
             metrics, per_section = section_metrics(heldout, targets.numpy(), genes, groups)
@@ -696,8 +709,23 @@ def _cross_validate(
         states = _ensemble(
             latents, targets, np.arange(n), groups, options, options.seed, cancel, within
         )
+        for state in [autoencoder.state_dict(), *states]:
+            _require_finite(
+                np.concatenate([v.numpy().ravel() for v in state.values()]),
+                options,
+                "the final model",
+            )
         bar.update()
     return _CrossValidation(heldout, metrics, summary, per_section, autoencoder, states)
+
+
+def _require_finite(values: np.ndarray, options: TrainingSettings, where: str) -> None:
+    """Refuse a diverged run: NaN/inf predictions or weights are never kept or scored."""
+    if not np.isfinite(values).all():
+        raise DeepPTError(
+            f"training diverged: {where} has non-finite predictions or weights with "
+            f"lr={options.lr:g}; lower lr (DeepPT: 1e-4) and train again"
+        )
 
 
 def _write_outputs(
