@@ -160,7 +160,6 @@ def read_expression(
     ids (a table's gene names are never reported as its samples). Every id must be present
     exactly once, genes unique and values numeric.
     """
-    import pandas as pd
 
     path = Path(path)
     table = _read_table_file(path)
@@ -193,7 +192,13 @@ def read_expression(
     duplicated = table.columns[table.columns.duplicated()].unique().tolist()
     if duplicated:
         raise ExpressionTableError(f"{path}: duplicated gene(s) {duplicated[:8]}")
-    table = table.loc[list(sample_ids)]
+    return _numeric(path, table.loc[list(sample_ids)])
+
+
+def _numeric(path: Path, table: Any) -> Any:
+    """The table as float64, refusing text, missing and infinite values (named)."""
+    import pandas as pd
+
     numeric = table.apply(pd.to_numeric, errors="coerce")
     bad = numeric.isna() & ~table.isna()
     if bad.any().any():
