@@ -61,7 +61,7 @@ def test_local_cluster_equals_serial_and_resumes(manifest, bundle, serial, tmp_p
     assert result.report.set_index("sample_id").loc["BAD", "status"] == "error"
     again = run_cohort(manifest, bundle, tmp_path, n_workers=2, progress=False)
     statuses = again.report.set_index("sample_id")["status"]
-    assert (statuses.drop("BAD") == "skipped").all()
+    assert (statuses.drop("BAD") == "reused").all()
     pd.testing.assert_frame_equal(again.expression, serial.expression, rtol=1e-6)
 
 
@@ -96,7 +96,9 @@ def test_a_killed_worker_is_survived(manifest, bundle, serial, tmp_path):
     pd.testing.assert_frame_equal(result.expression, serial.expression, rtol=1e-6)
     files = sorted(p.name for p in (tmp_path / "slides").iterdir())
     assert files == sorted(
-        [f"S{i:03d}.expression.csv" for i in range(8)] + [f"S{i:03d}.tiles.h5ad" for i in range(8)]
+        f"S{i:03d}.{kind}"
+        for i in range(8)
+        for kind in ("expression.csv", "tiles.h5ad", "run.json")
     )
     assert np.isfinite(result.expression.to_numpy()).all()
 
@@ -120,8 +122,8 @@ def test_run_command_serial(manifest, bundle, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "9 slides: 8 ok, 1 error" in captured.out
     assert "BAD" in captured.err
-    assert main(command) == 1  # rerun: done slides are skipped, the bad one still fails
-    assert "8 skipped" in capsys.readouterr().out
+    assert main(command) == 1  # rerun: done slides are reused, the bad one still fails
+    assert "8 reused" in capsys.readouterr().out
 
 
 def test_interrupt_leaves_only_complete_results_and_resumes(
@@ -147,14 +149,16 @@ def test_interrupt_leaves_only_complete_results_and_resumes(
     names = sorted(p.name for p in (tmp_path / "slides").iterdir())
     assert names == [
         "S000.expression.csv",
+        "S000.run.json",
         "S000.tiles.h5ad",
         "S001.expression.csv",
+        "S001.run.json",
         "S001.tiles.h5ad",
     ]
     monkeypatch.undo()
     resumed = run_cohort(manifest, bundle, tmp_path, scheduler="serial", progress=False)
     statuses = resumed.report.set_index("sample_id")["status"]
-    assert (statuses[["S000", "S001"]] == "skipped").all()
+    assert (statuses[["S000", "S001"]] == "reused").all()
     assert (statuses.drop(["S000", "S001", "BAD"]) == "ok").all()
     pd.testing.assert_frame_equal(resumed.expression, serial.expression, rtol=1e-6)
 

@@ -1,9 +1,12 @@
 """Cohort runs: every slide of a manifest → tissue, tiles, features, predictions, on dask.
 
-One dask task per slide. Each task writes its results under ``<out>/slides/`` through a
-temporary name and a rename, so a result file is either complete or absent; a rerun skips
-slides whose results exist (resume), a failing slide becomes a row of the run report with its
-error and never stops the others, and Ctrl-C (or a lost worker) leaves only complete results.
+One dask task per slide. Each task writes its results under ``<out>/slides/`` through
+temporary names and renames, so a slide's results are either complete or absent. Each result
+records what made it (:mod:`napari_deeppt.cohort_records`: the bundle's SHA-256, the slide's
+identity, the weights, the regions of interest, the napari-deeppt version); a rerun reuses a
+result only when all of these match (resume) and recomputes the others, saying why in the
+report. A failing slide becomes a row of the run report with its error and never stops the
+others, and Ctrl-C (or a lost worker) leaves only complete results.
 By default a ``LocalCluster`` sized to the machine runs the tasks (one worker per GPU, each
 with a ``GPU`` resource, when GPUs are present); ``scheduler=`` connects to any existing
 ``dask.distributed`` cluster (dask-jobqueue, Kubernetes) instead.
@@ -11,6 +14,7 @@ with a ``GPU`` resource, when GPUs are present); ``scheduler=`` connects to any 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -18,12 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cohort_records import (
+    check_sample_ids,
+    expected_record,
+    file_sha256,
+    read_record,
+    record_path,
+    stale_reason,
+)
 from .errors import DeepPTError
+from .io import atomic_path, remove_stale_partials
 from .progress import ProgressLike, make_progress
 
 __all__ = ["CohortResult", "process_slide", "run_cohort"]
 
-REPORT_COLUMNS = ["sample_id", "slide", "status", "n_tiles", "seconds", "error"]
+REPORT_COLUMNS = ["sample_id", "slide", "status", "n_tiles", "seconds", "error", "note"]
 
 
 @dataclass(repr=False)
@@ -35,8 +48,9 @@ class CohortResult:
     expression
         samples × genes slide-level predictions of every slide done (this run or before).
     report
-        One row per manifest slide: status (``ok``, ``skipped`` = done before, ``error``),
-        tiles, seconds, error message.
+        One row per manifest slide: status (``ok``, ``reused`` = made before by the same
+        bundle, slide and settings, ``error``), tiles, seconds, error message, and a note
+        (why an earlier result was not reused).
     out
         The output folder.
     """
@@ -82,11 +96,16 @@ def process_slide(
     device: str = "auto",
     roi: str | None = None,
     roi_class: str | None = None,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predict one slide and write its results atomically; never raises for a bad slide.
 
+    The expression CSV, the tiles' h5ad and ``record`` (what made them, see
+    :mod:`napari_deeppt.cohort_records`) are written together: all new, or all as before.
     Returns the slide's run-report row.
     """
+    from .cohort_records import record_path
+    from .io import atomic_outputs
     from .prediction import predict
 
     started = time.perf_counter()
@@ -110,13 +129,33 @@ def process_slide(
             cache_dir=cache_dir,
             progress=False,
         )
-        target = _result_path(Path(out), sample_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        prediction.to_h5ad(target.with_name(f"{sample_id}.tiles.h5ad"), overwrite=True)
-        prediction.to_csv(target, overwrite=True)  # last: its presence marks the slide done
         row["n_tiles"] = len(prediction.grid)
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        target = _result_path(Path(out), sample_id)
+        written = {
+            **(record or {}),
+            "n_tiles": row["n_tiles"],
+            "seconds": row["seconds"],
+            "features": {
+                k: prediction.provenance.get("features", {}).get(k)
+                for k in ("cache_key", "weights_hash", "device")
+            },
+        }
+        paths = [
+            target.with_name(f"{sample_id}.tiles.h5ad"),
+            target,
+            record_path(Path(out), sample_id),
+        ]
+        with atomic_outputs(paths, overwrite=True) as (h5ad, csv, json_path):
+            prediction.to_h5ad(h5ad, overwrite=True)
+            prediction.to_csv(csv, overwrite=True)
+            json_path.write_text(json.dumps(written, indent=1, default=str), encoding="utf-8")
     except DeepPTError as exc:
         row.update(status="error", error=str(exc))
+    except OSError as exc:  # the output folder: full, read-only...
+        from .io import describe_os_error
+
+        row.update(status="error", error=describe_os_error(exc))
     except Exception as exc:  # an unexpected failure: keep the cohort going, report it
         row.update(status="error", error=f"{type(exc).__name__}: {exc}")
         row["traceback"] = traceback.format_exc(limit=5)
@@ -183,7 +222,9 @@ def run_cohort(
         As for :func:`~napari_deeppt.prediction.predict`; ``device="auto"`` gives each worker
         its own GPU when there are several.
     resume
-        Skip slides whose results already exist.
+        Reuse the results of an earlier run into ``out`` that were made by the same bundle,
+        slide, weights and regions (see :mod:`napari_deeppt.cohort_records`); the others are
+        recomputed and the report's note says why.
     retries
         Times a slide is retried when its worker dies (not when the slide itself fails).
     roi_class
@@ -193,33 +234,22 @@ def run_cohort(
     """
     import pandas as pd
 
-    from .models import ModelBundle
-
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    bundle = str(Path(bundle).resolve())
-    ModelBundle.load(bundle)  # fail early, in the driver, on a bad bundle
-    if isinstance(manifest, pd.DataFrame):
-        table = manifest.copy()
-    else:
-        from .training import read_manifest
-
-        table = read_manifest(manifest, require_patient=False)
+    table = _read_table(manifest)
+    bundle, weights_id = _check_model(bundle, weights)  # once, in the driver, before any slide
+    _make_folder(out / "slides")
+    bundle_sha256 = file_sha256(bundle)
     rows: dict[str, dict[str, Any]] = {}
     todo = []
     rois = table["roi"] if "roi" in table.columns else [None] * len(table)
     for slide, sample, roi in zip(table["slide"], table["sample_id"], rois, strict=True):
-        if resume and _result_path(out, sample).exists():
-            rows[sample] = {
-                "sample_id": sample,
-                "slide": slide,
-                "status": "skipped",
-                "n_tiles": None,
-                "seconds": 0.0,
-                "error": "done before",
-            }
+        record = expected_record(str(slide), bundle_sha256, weights_id, roi, roi_class)
+        reused, note = _reusable(out, str(sample), record) if resume else (None, "")
+        if reused is not None:
+            rows[sample] = {**reused, "slide": slide}
         else:
-            todo.append((str(slide), str(sample), roi))
+            task = {"slide": str(slide), "sample_id": str(sample), "roi": roi, "record": record}
+            todo.append((task, note))
     args = {
         "bundle": bundle,
         "out": str(out),
@@ -228,24 +258,31 @@ def run_cohort(
         "cache_dir": None if cache_dir is None else str(cache_dir),
         "roi_class": roi_class,
     }
+    remove_stale_partials(out / "slides")  # left by a run that was killed
     with make_progress(progress, len(todo), "slides", unit="slide") as bar:
         if scheduler == "serial":
-            for slide, sample, roi in todo:
-                rows[sample] = process_slide(slide, sample, roi=roi, **args)
+            for task, _ in todo:
+                rows[task["sample_id"]] = process_slide(**task, **args)
                 bar.update()
         elif todo:
             _run_distributed(
-                todo, args, scheduler, n_workers, threads_per_worker, retries, rows, bar
+                [t for t, _ in todo],
+                args,
+                scheduler,
+                n_workers,
+                threads_per_worker,
+                retries,
+                rows,
+                bar,
             )
-    for stale in (out / "slides").glob(".*.partial-*"):  # left by a killed worker
-        stale.unlink(missing_ok=True)
+    for task, note in todo:
+        rows[task["sample_id"]]["note"] = note
+    remove_stale_partials(out / "slides")
     report = pd.DataFrame([rows[s] for s in table["sample_id"] if s in rows])
     report = report.reindex(
         columns=[*REPORT_COLUMNS, *(c for c in report.columns if c not in REPORT_COLUMNS)]
     )
     expression = _collect(out, list(table["sample_id"]))
-    from .io import atomic_path
-
     with atomic_path(out / "run_report.csv", overwrite=True) as tmp:
         report.to_csv(tmp, index=False)
     with atomic_path(out / "cohort_expression.csv", overwrite=True) as tmp:
@@ -253,8 +290,75 @@ def run_cohort(
     return CohortResult(expression, report, out)
 
 
+def _read_table(manifest: Any) -> Any:
+    """The manifest with sample ids that are safe, distinct file names."""
+    import pandas as pd
+
+    if isinstance(manifest, pd.DataFrame):
+        table = manifest.copy()
+        source: object = "the manifest"
+    else:
+        from .training import read_manifest
+
+        table = read_manifest(manifest, require_patient=False)
+        source = manifest
+    table["sample_id"] = table["sample_id"].astype(str)
+    check_sample_ids(list(table["sample_id"]), source)
+    return table
+
+
+def _check_model(bundle: str | Path, weights: str | None) -> tuple[str, str]:
+    """Load the bundle and its extractor's weights once; return the bundle path and weights id.
+
+    Raises
+    ------
+    BundleError, WeightsNotFoundError, BundleMismatchError
+        The bundle or the weights cannot be used; nothing has been scheduled yet.
+    """
+    from .features.extractors import check_weights
+    from .models import ModelBundle
+
+    path = str(Path(bundle).resolve())
+    feature = ModelBundle.load(path).feature
+    if weights is None and feature.get("weights_hash") == "random-0":
+        weights = "random"
+    weights_id = check_weights(
+        feature["extractor"], weights, expected_hash=feature.get("weights_hash")
+    )
+    return path, weights_id
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .errors import OutputError
+        from .io import describe_os_error
+
+        raise OutputError(f"cannot make the output folder: {describe_os_error(exc)}") from exc
+
+
+def _reusable(out: Path, sample: str, record: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """An earlier result's report row if it was made as ``record`` says, else why not."""
+    if not _result_path(out, sample).exists():
+        return None, ""
+    old = read_record(record_path(out, sample))
+    reason = stale_reason(old, record)
+    if reason is not None or old is None:
+        return None, reason or ""
+    row = {
+        "sample_id": sample,
+        "status": "reused",
+        "n_tiles": old.get("n_tiles"),
+        "seconds": old.get("seconds"),
+        "error": "",
+        "note": "made before by the same bundle, slide and settings",
+    }
+    return row, ""
+
+
 def _run_distributed(
-    todo: list[tuple[str, str, str | None]],
+    todo: list[dict[str, Any]],
     args: dict[str, Any],
     scheduler: Any,
     n_workers: int | None,
@@ -281,12 +385,11 @@ def _run_distributed(
     )
     futures = {}
     try:
-        for slide, sample, roi in todo:
+        for task in todo:
+            slide, sample = task["slide"], task["sample_id"]
             future = client.submit(
                 process_slide,
-                slide,
-                sample,
-                roi=roi,
+                **task,
                 **args,
                 pure=False,
                 retries=retries,

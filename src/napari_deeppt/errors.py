@@ -13,6 +13,7 @@ __all__ = [
     "MissingMppError",
     "NoTissueWarning",
     "NotRGBError",
+    "OutputError",
     "SlideFormatError",
     "SlideNotFoundError",
     "SlideReadError",
@@ -83,3 +84,7 @@ class BundleMismatchError(DeepPTError, ValueError):
 
 class ExpressionTableError(DeepPTError, ValueError):
     """An expression matrix or manifest cannot be used as given (names what and where)."""
+
+
+class OutputError(DeepPTError, OSError):
+    """An output cannot be written (a folder that cannot be made, a full disk, no permission)."""

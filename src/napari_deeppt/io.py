@@ -1,14 +1,40 @@
-"""Writing files safely: temporary name, then rename; never clobber unless asked."""
+"""Writing files safely: temporary name, then rename; never clobber unless asked.
+
+Temporary names carry the host and process that write them (``.<name>.partial-<host>-<pid>-
+<random>``), so two writers never share one, and a partial left by a process that died (Ctrl-C
+twice, a killed dask worker, a full disk) is recognised as stale and removed by the next run
+(:func:`remove_stale_partials`) while a live run's partials are left alone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import re
 import shutil
-from collections.abc import Iterator
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "cache_root"]
+__all__ = [
+    "atomic_outputs",
+    "atomic_path",
+    "cache_root",
+    "describe_os_error",
+    "file_sha256",
+    "partial_name",
+    "remove_stale_partials",
+]
+
+#: A partial of another host is stale once it has not been touched for this long.
+STALE_AFTER_S = 24 * 3600
+_PARTIAL = re.compile(
+    r"^\.(?P<name>.+)\.partial-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-[0-9a-f]{8}(\..*)?$"
+)
 
 
 def cache_root() -> Path:
@@ -23,6 +49,69 @@ def cache_root() -> Path:
     return Path(base) / "napari-deeppt"
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def partial_name(name: str, host: str | None = None, pid: int | None = None) -> str:
+    """The temporary name under which ``name`` is written by this (or the given) process."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", host) if host else _host()
+    return f".{name}.partial-{host}-{os.getpid() if pid is None else pid}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove partial outputs in ``folder`` whose writer is gone; return what was removed.
+
+    A partial is stale when it was written on this host by a process that no longer runs, or
+    (another host's, which cannot be asked) when it has not changed for ``STALE_AFTER_S``.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    here, now = _host(), time.time()
+    for entry in sorted(folder.iterdir()):
+        match = _PARTIAL.match(entry.name)
+        if not match:
+            continue
+        try:
+            age = now - entry.stat().st_mtime
+        except OSError:
+            continue
+        mine = match["host"] == here  # this host's: ask whether its writer still runs
+        if (not _alive(int(match["pid"]))) if mine else age > STALE_AFTER_S:
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; move it onto ``path`` only if the block succeeds.
@@ -32,21 +121,95 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
     FileExistsError
         ``path`` exists and ``overwrite`` is False (checked before any work is done).
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
+    with atomic_outputs([path], overwrite=overwrite) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_outputs(
+    paths: Iterable[str | os.PathLike[str]], overwrite: bool = False
+) -> Iterator[list[Path]]:
+    """Write several files as one: all of them new, or (on any failure) all of them as before.
+
+    Yields one temporary path per target (same folder, same suffix). When the block succeeds
+    the targets are replaced together: existing ones are first moved aside, and put back if
+    any rename fails. When the block fails (an exception, a full disk, Ctrl-C) the temporary
+    files are removed and the targets are untouched.
+
+    Raises
+    ------
+    FileExistsError
+        A target exists and ``overwrite`` is False (checked before any work is done).
+    """
+    targets = [Path(p) for p in paths]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
         raise FileExistsError(
-            f"{path}: already exists; choose another output or allow "
+            f"{', '.join(existing)}: already exist(s); choose another output or allow "
             "overwriting (--overwrite / overwrite=True)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    tmps = [t.with_name(partial_name(t.name) + t.suffix) for t in targets]
     try:
-        yield tmp
-        if path.is_dir() and tmp.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        yield tmps
+        _commit(targets, tmps)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        for tmp in tmps:
+            _remove(tmp)
+
+
+def _commit(targets: list[Path], tmps: list[Path]) -> None:
+    """Rename every temporary onto its target; on a failure restore the old targets."""
+    backups: list[tuple[Path, Path]] = []
+    done: list[Path] = []
+    try:
+        for target in targets:
+            if target.exists():
+                backup = target.with_name(partial_name(target.name) + ".old")
+                os.replace(target, backup)
+                backups.append((backup, target))
+        for tmp, target in zip(tmps, targets, strict=True):
+            if tmp.exists():
+                os.replace(tmp, target)
+                done.append(target)
+    except BaseException:
+        for target in done:
+            _remove(target)
+        for backup, target in backups:
+            os.replace(backup, target)
+        raise
+    for backup, _ in backups:
+        _remove(backup)
+
+
+_ADVICE = {
+    errno.ENOSPC: "no space left on the device; free some space and run again (nothing was "
+    "half-written)",
+    errno.EDQUOT: "disk quota exceeded; free some space and run again (nothing was half-written)",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "permission denied; choose a folder you can write to",
+    errno.EROFS: "the file system is read-only; choose another output folder",
+    errno.ENOTDIR: "a part of this path is a file, not a folder; choose another output folder",
+    errno.EEXIST: "already exists and is not a folder; choose another output folder",
+    errno.EISDIR: "is a folder; give a file name",
+    errno.ENAMETOOLONG: "the name is too long for the file system",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the file, the problem and what to do."""
+    where = _final_name(exc.filename) if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} → {_final_name(exc.filename2)}"
+    problem = _ADVICE.get(exc.errno or -1) or exc.strerror or str(exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        problem = "no such file or folder"
+    return f"{where}: {problem}" if where else problem
+
+
+def _final_name(filename: object) -> str:
+    """The file a temporary name stands for (what the user asked for), else the name itself."""
+    path = Path(str(filename))
+    match = _PARTIAL.match(path.name)
+    return str(path.with_name(match["name"])) if match else str(filename)

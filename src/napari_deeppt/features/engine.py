@@ -436,7 +436,7 @@ def extract_features(
 
     from .. import __version__
     from ..devices import resolve_device
-    from ..io import atomic_path, cache_root
+    from ..io import atomic_path, cache_root, remove_stale_partials
     from ..tiles import detect_and_tile
     from .extractors import load_extractor
 
@@ -515,6 +515,8 @@ def extract_features(
         else _null()
     )
     out = np.empty((len(grid), spec.feature_dim), dtype)
+    if use_cache:  # partial entries of runs that died (Ctrl-C, a killed worker) go
+        remove_stale_partials(cache_path.parent)
     writer = atomic_path(cache_path, overwrite=cache_path.exists()) if use_cache else _null()
     with writer as tmp:
         store = _create_store(tmp, grid, spec.feature_dim, dtype, provenance) if tmp else None

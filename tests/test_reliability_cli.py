@@ -1,0 +1,299 @@
+"""Failure modes of the command line and cohort runs, and the guarantee for each."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from napari_deeppt.cli import main
+from napari_deeppt.cohort import run_cohort
+from napari_deeppt.samples import demo_bundle
+from napari_deeppt.synthetic import write_synthetic_cohort
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    return demo_bundle(progress=False)
+
+
+@pytest.fixture(scope="module")
+def other_bundle(bundle, tmp_path_factory) -> Path:
+    """A valid bundle that predicts differently: every ensemble member's weights scaled."""
+    from napari_deeppt.models import ModelBundle
+
+    model = ModelBundle.load(bundle)
+    for state in model.ensemble:
+        for name, value in state.items():
+            if value.is_floating_point():
+                state[name] = value * 0.5
+    path = tmp_path_factory.mktemp("other") / "other.deeppt"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return write_synthetic_cohort(tmp_path_factory.mktemp("cohort"), n_slides=3, seed=11)
+
+
+def _predict_args(slides, bundle, out, *extra):
+    return [
+        "predict",
+        *map(str, slides),
+        "--model",
+        str(bundle),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+# -- outputs: two inputs never write one output; nothing half-written ---------------------
+
+
+def test_two_slides_with_one_file_name_are_refused_before_any_work(
+    tmp_path, capsys, cohort, bundle
+):
+    """Slides that would share an output name are refused before anything is read or written."""
+    first = tmp_path / "a" / "x.tif"
+    second = tmp_path / "b" / "x.tif"
+    for target, source in ((first, cohort.slides[0].path), (second, cohort.slides[1].path)):
+        target.parent.mkdir()
+        shutil.copy(source, target)
+    out = tmp_path / "out"
+    code = main(_predict_args([first, second], bundle, out, "--overwrite"))
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert str(first) in line and str(second) in line and "x." in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, cohort, bundle):
+    """An --out under a file is a one-line error naming the folder, exit 2."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code = main(_predict_args([cohort.slides[0].path], bundle, afile / "sub"))
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and str(afile) in line
+
+
+def test_a_full_disk_leaves_the_old_outputs_whole_and_a_rerun_works(
+    tmp_path, capsys, cohort, bundle, other_bundle, monkeypatch
+):
+    """A write that fails (ENOSPC) keeps every output of the slide as it was; the rerun works."""
+    import napari_deeppt.cli as cli
+
+    out = tmp_path / "out"
+    slide = cohort.slides[0].path
+    assert main(_predict_args([slide], bundle, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+
+    def full_disk(_slide, _prediction, _gene, path, overwrite=False):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(cli, "write_expression_png", full_disk)
+    code = main(_predict_args([slide], other_bundle, out, "--overwrite"))
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "no space left" in line.lower()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # all old, none partial
+    monkeypatch.undo()
+    assert main(_predict_args([slide], bundle, out, "--overwrite")) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_a_bad_slide_among_several_is_reported_and_the_others_run(tmp_path, capsys, cohort, bundle):
+    """A slide that fails is named; the other slides are written; a summary and exit 1 follow."""
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00" + b"\xff" * 64)
+    out = tmp_path / "out"
+    slides = [cohort.slides[0].path, bad, cohort.slides[1].path]
+    code = main(_predict_args(slides, bundle, out))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.tif" in err and "Traceback" not in err
+    assert "1 of 3 slides failed" in err
+    for slide in (cohort.slides[0].path, cohort.slides[1].path):
+        assert (out / f"{slide.stem}.expression.csv").exists()
+
+
+def test_warnings_reach_the_user_as_clean_lines(tmp_path, capsys, bundle):
+    """A blank slide's NoTissueWarning is one 'warning:' line, never a source line."""
+    from napari_deeppt.synthetic import SyntheticSlide, write_synthetic_slide
+
+    blank = write_synthetic_slide(
+        tmp_path / "blank.svs", SyntheticSlide(1024, 1024, 1.0), level_factors=(4,)
+    )
+    code = main(_predict_args([blank.path], bundle, tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert code in (1, 2)
+    assert "warnings.warn" not in err and "NoTissueWarning" not in err
+    assert any(line.startswith("warning: ") and "tissue" in line for line in err.splitlines())
+
+
+# -- cohort runs: resume checks what made each result ------------------------------------
+
+
+def _manifest(tmp_path, cohort, slides=None, ids=None) -> Path:
+    slides = slides or [s.path for s in cohort.slides]
+    ids = ids or [f"S{i}" for i in range(len(slides))]
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame({"slide": [str(s) for s in slides], "sample_id": ids}).to_csv(path, index=False)
+    return path
+
+
+def test_resume_with_another_bundle_recomputes_every_slide(tmp_path, cohort, bundle, other_bundle):
+    """A resumed run never mixes two models: results of another bundle are recomputed."""
+    manifest = _manifest(tmp_path, cohort)
+    out = tmp_path / "run"
+    first = run_cohort(manifest, bundle, out, scheduler="serial", progress=False)
+    fresh = run_cohort(
+        manifest, other_bundle, tmp_path / "fresh", scheduler="serial", progress=False
+    )
+    resumed = run_cohort(manifest, other_bundle, out, scheduler="serial", progress=False)
+    assert (resumed.report["status"] == "ok").all(), resumed.report
+    assert "another model" in " ".join(resumed.report["note"])
+    pd.testing.assert_frame_equal(resumed.expression, fresh.expression)
+    assert not first.expression.equals(resumed.expression)
+
+
+def test_resume_reuses_matching_results_and_keeps_their_tile_counts(tmp_path, cohort, bundle):
+    """Results made by the same bundle, slide and settings are reused and say so, tiles kept."""
+    manifest = _manifest(tmp_path, cohort)
+    out = tmp_path / "run"
+    first = run_cohort(manifest, bundle, out, scheduler="serial", progress=False)
+    again = run_cohort(manifest, bundle, out, scheduler="serial", progress=False)
+    assert (again.report["status"] == "reused").all(), again.report
+    assert list(again.report["n_tiles"]) == list(first.report["n_tiles"])
+    assert (again.report["n_tiles"] > 0).all()
+    pd.testing.assert_frame_equal(again.expression, first.expression)
+
+
+def test_resume_with_another_slide_under_a_sample_id_recomputes_it(tmp_path, cohort, bundle):
+    """A sample id that now names another slide is recomputed, the others reused."""
+    slides = [s.path for s in cohort.slides]
+    out = tmp_path / "run"
+    run_cohort(
+        _manifest(tmp_path, cohort, slides[:2]), bundle, out, scheduler="serial", progress=False
+    )
+    swapped = _manifest(tmp_path, cohort, [slides[0], slides[2]])
+    resumed = run_cohort(swapped, bundle, out, scheduler="serial", progress=False)
+    status = resumed.report.set_index("sample_id")["status"]
+    assert status["S0"] == "reused" and status["S1"] == "ok"
+    fresh = run_cohort(swapped, bundle, tmp_path / "fresh", scheduler="serial", progress=False)
+    pd.testing.assert_frame_equal(resumed.expression, fresh.expression)
+
+
+def test_resume_with_other_settings_recomputes(tmp_path, cohort, bundle):
+    """Regions of interest added to the manifest (a setting that changes the result) make the
+    earlier whole-tissue results stale."""
+    manifest = _manifest(tmp_path, cohort)
+    out = tmp_path / "run"
+    run_cohort(manifest, bundle, out, scheduler="serial", progress=False)
+    ring = [[0, 0], [600, 0], [600, 1024], [0, 1024], [0, 0]]
+    (tmp_path / "left.geojson").write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {},
+            }
+        )
+    )
+    table = pd.read_csv(manifest)
+    table["roi"] = str(tmp_path / "left.geojson")
+    table.to_csv(manifest, index=False)
+    again = run_cohort(manifest, bundle, out, scheduler="serial", progress=False)
+    assert (again.report["status"] == "ok").all(), again.report
+    fresh = run_cohort(manifest, bundle, tmp_path / "fresh", scheduler="serial", progress=False)
+    pd.testing.assert_frame_equal(again.expression, fresh.expression)
+
+
+def test_manifest_sample_ids_cannot_leave_the_output_folder(tmp_path, cohort, bundle):
+    """A sample id like ../../x is refused before any slide is read; nothing is written."""
+    from napari_deeppt.errors import DeepPTError
+
+    out = tmp_path / "deep" / "er" / "run"
+    manifest = _manifest(tmp_path, cohort, [cohort.slides[0].path], ["../../x"])
+    with pytest.raises(DeepPTError, match=r"\.\./\.\./x"):
+        run_cohort(manifest, bundle, out, scheduler="serial", progress=False)
+    assert not list(tmp_path.glob("deep/**/*.csv")) and not (tmp_path / "deep" / "x").exists()
+
+
+def test_sample_ids_that_differ_only_in_case_are_refused(tmp_path, cohort, bundle):
+    """Two sample ids that one file system would store as one file are refused."""
+    from napari_deeppt.errors import DeepPTError
+
+    manifest = _manifest(tmp_path, cohort, [s.path for s in cohort.slides[:2]], ["Ab", "aB"])
+    with pytest.raises(DeepPTError, match="Ab"):
+        run_cohort(manifest, bundle, tmp_path / "run", scheduler="serial", progress=False)
+
+
+def test_run_checks_the_bundle_and_weights_before_any_slide(
+    tmp_path, capsys, cohort, bundle, monkeypatch
+):
+    """deeppt run with unusable weights stops in the driver, once, before scheduling slides."""
+    import napari_deeppt.cohort as cohort_module
+    from napari_deeppt.models import ModelBundle
+
+    model = ModelBundle.load(bundle)
+    model.feature = {**model.feature, "extractor": "resnet50", "weights_hash": "0123"}
+    resnet = tmp_path / "resnet.deeppt"
+    model.save(resnet)
+    manifest = _manifest(tmp_path, cohort)
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(os.urandom(256))
+    out = tmp_path / "run"
+    calls = []
+    monkeypatch.setattr(cohort_module, "process_slide", lambda *a, **k: calls.append(a))
+    args = ["run", str(manifest), "--model", str(resnet), "--out", str(out), "--quiet"]
+    code = main([*args, "--weights", str(weights), "--scheduler", "serial"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "w.pth" in line and "weights_only" not in line
+    assert calls == [] and not list(out.glob("slides/*"))
+    (tmp_path / "bad.deeppt").write_bytes(os.urandom(300))
+    args[3] = str(tmp_path / "bad.deeppt")
+    assert main([*args, "--scheduler", "serial"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "bad.deeppt" in line and "weights_only" not in line and calls == []
+
+
+def test_stale_partial_files_are_cleaned_but_live_ones_kept(tmp_path):
+    """Partial outputs of a dead process are removed; a live process's partials are kept."""
+    import socket
+    import subprocess
+    import sys
+
+    from napari_deeppt.io import partial_name, remove_stale_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = tmp_path / partial_name("abc.zarr", host=host, pid=dead.pid)
+    live = tmp_path / partial_name("def.zarr", host=host, pid=os.getpid())
+    foreign = tmp_path / partial_name("ghi.zarr", host="another-host", pid=dead.pid)
+    for folder in (stale, live, foreign):
+        folder.mkdir()
+        (folder / "chunk").write_bytes(b"x")
+    removed = remove_stale_partials(tmp_path)
+    assert removed == [stale]
+    assert not stale.exists() and live.exists() and foreign.exists()
+    old = time.time() - 3 * 24 * 3600
+    os.utime(foreign, (old, old))
+    assert remove_stale_partials(tmp_path) == [foreign]
