@@ -16,6 +16,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .cli_common import (
+    USER_ERRORS,
+    describe,
+    for_each_slide,
+    make_output_folder,
+    plan_outputs,
+    stem,
+)
 from .errors import DeepPTError
 
 __all__ = ["main"]
@@ -134,8 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .slide import open_slide
     from .tiles import detect_and_tile
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_folder(args.out)
     slides = (
         [Path(args.slide)] if args.slide else [cmu1_small_region_path(), synthetic_sample().path]
     )
@@ -147,26 +154,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     for path in slides:
         with open_slide(path) as slide:
-            stem = _stem(slide.path)
+            name = stem(slide.path)
             print(f"opened {slide}")
-            png = write_overview_png(slide, out / f"{stem}-overview.png")
+            png = write_overview_png(slide, out / f"{name}-overview.png")
             print(f"  wrote {png}")
             mask, grid = detect_and_tile(slide, tile_px=512, mpp=0.5)
             area = f", {mask.area_um2 / 1e6:.2f} mm² of tissue" if mask.slide_mpp else ""
             print(f"  {len(grid)} tiles of 512 px at 0.5 µm/px{area}")
             tiles_png = write_tiles_overview_png(
-                slide, mask, grid, out / f"{stem}-tiles.png", overwrite=True
+                slide, mask, grid, out / f"{name}-tiles.png", overwrite=True
             )
             print(f"  wrote {tiles_png}")
             prediction = predict(slide, bundle, progress=not args.quiet)
             gene = prediction.top_genes(1).index[0]
             files = [
-                prediction.to_csv(out / f"{stem}.expression.csv", overwrite=True),
-                prediction.to_h5ad(out / f"{stem}.tiles.h5ad", overwrite=True),
+                prediction.to_csv(out / f"{name}.expression.csv", overwrite=True),
+                prediction.to_h5ad(out / f"{name}.tiles.h5ad", overwrite=True),
                 write_expression_png(
-                    slide, prediction, gene, out / f"{stem}.expression.png", overwrite=True
+                    slide, prediction, gene, out / f"{name}.expression.png", overwrite=True
                 ),
-                prediction.to_geojson(out / f"{stem}.tiles.geojson", overwrite=True),
+                prediction.to_geojson(out / f"{name}.tiles.geojson", overwrite=True),
             ]
             print(
                 f"  DEMO MODEL prediction from {len(prediction.grid)} tiles; top: "
@@ -210,11 +217,15 @@ def cmd_tiles(args: argparse.Namespace) -> int:
     import warnings
 
     from .errors import NoTissueWarning
+    from .io import atomic_outputs
     from .slide import open_slide
     from .tiles import detect_and_tile
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    names = ["tiles.csv", "tissue.npz", "tiles.png"]
+    if args.geojson:
+        names += ["tissue.geojson", "tiles.geojson"]
+    out = make_output_folder(args.out)
+    plan = plan_outputs(args.slides, out, lambda s: [f"{s}.{n}" for n in names], args.overwrite)
     tissue = {
         "mpp": args.mask_mpp,
         "min_area_um2": args.min_area_um2,
@@ -223,15 +234,13 @@ def cmd_tiles(args: argparse.Namespace) -> int:
     }
     if args.min_saturation is not None:
         tissue["min_saturation"] = args.min_saturation
-    for path in args.slides:
+
+    rois = _regions_per_slide(args.roi, args.slides)  # every slide's, before any work
+    excludes = _regions_per_slide(args.exclude, args.slides)
+
+    def one(path: str) -> None:
         slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
-        stem = _stem(slide.path)
-        targets = [out / f"{stem}.tiles.csv", out / f"{stem}.tissue.npz", out / f"{stem}.tiles.png"]
-        if args.geojson:
-            targets += [out / f"{stem}.tissue.geojson", out / f"{stem}.tiles.geojson"]
-        _refuse_existing(targets, args.overwrite)
-        roi = _regions_for(args.roi, slide.path, len(args.slides))
-        exclude = _regions_for(args.exclude, slide.path, len(args.slides))
+        roi, exclude = rois[path], excludes[path]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoTissueWarning)
             mask, grid = detect_and_tile(
@@ -249,30 +258,35 @@ def cmd_tiles(args: argparse.Namespace) -> int:
             )
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
-        grid.save(targets[0], overwrite=args.overwrite)
-        mask.save(targets[1], overwrite=args.overwrite)
-        write_tiles_overview_png(slide, mask, grid, targets[2], overwrite=args.overwrite)
-        if args.geojson:
-            mask.to_geojson(targets[3], overwrite=args.overwrite)
-            grid.to_geojson(targets[4], overwrite=args.overwrite)
+        with atomic_outputs(plan[path], overwrite=True) as tmp:
+            grid.save(tmp[0], overwrite=True)
+            mask.save(tmp[1], overwrite=True)
+            write_tiles_overview_png(slide, mask, grid, tmp[2], overwrite=True)
+            if args.geojson:
+                mask.to_geojson(tmp[3], overwrite=True)
+                grid.to_geojson(tmp[4], overwrite=True)
         rows, cols = grid.grid_shape
         area = f"{mask.area_um2 / 1e6:.3f} mm² tissue" if mask.slide_mpp else ""
         print(
             f"{slide.path.name}: {len(grid)} tiles of {rows * cols} kept "
             f"({args.tile_px} px at {args.tile_mpp} µm/px), {area}"
         )
-        for target in targets:
-            print(f"  wrote {target}")
-    return 0
+        _print_written(plan[path])
+
+    return for_each_slide(args.slides, one)
+
+
+def _print_written(targets: list[Path]) -> None:
+    for target in targets:
+        print(f"  wrote {target}")
 
 
 def cmd_features(args: argparse.Namespace) -> int:
     from .features import extract_features
+    from .io import atomic_outputs
     from .slide import open_slide
     from .tiles import TileGrid, detect_and_tile
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = set(formats) - {"npy", "csv", "h5ad", "zarr"}
     if unknown:
@@ -281,11 +295,15 @@ def cmd_features(args: argparse.Namespace) -> int:
         raise ValueError("--tiles takes the grid of one slide; give one SLIDE with it")
     if args.tiles and args.roi:
         raise ValueError("--roi restricts detected tiles; with --tiles the grid is used as is")
-    for path in args.slides:
+    out = make_output_folder(args.out)
+    plan = plan_outputs(
+        args.slides, out, lambda s: [f"{s}.features.{fmt}" for fmt in formats], args.overwrite
+    )
+
+    rois = _regions_per_slide(args.roi, args.slides)
+
+    def one(path: str) -> None:
         slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
-        stem = _stem(slide.path)
-        targets = {fmt: out / f"{stem}.features.{fmt}" for fmt in formats}
-        _refuse_existing(targets.values(), args.overwrite)
         if args.tiles:
             grid = TileGrid.load(args.tiles)
         else:
@@ -294,7 +312,7 @@ def cmd_features(args: argparse.Namespace) -> int:
                 tile_px=args.tile_px,
                 mpp=args.tile_mpp,
                 min_tissue=args.min_tissue,
-                roi=_regions_for(args.roi, slide.path, len(args.slides)),
+                roi=rois[path],
                 roi_class=args.roi_class,
                 progress=not args.quiet,
             )
@@ -317,17 +335,18 @@ def cmd_features(args: argparse.Namespace) -> int:
             "h5ad": features.to_h5ad,
             "zarr": features.save,
         }
-        for fmt, target in targets.items():
-            writers[fmt](target, overwrite=args.overwrite)
+        with atomic_outputs(plan[path], overwrite=True) as tmp:
+            for fmt, target in zip(formats, tmp, strict=True):
+                writers[fmt](target, overwrite=True)
         seconds = features.provenance.get("seconds") or 0.0
         timing = " (from the cache)" if features.from_cache else f" in {seconds:.1f} s"
         print(
             f"{slide.path.name}: {len(features)} tiles × {features.feature_dim} features "
             f"({args.extractor}, weights {features.provenance['weights_hash']}){timing}"
         )
-        for target in targets.values():
-            print(f"  wrote {target}")
-    return 0
+        _print_written(plan[path])
+
+    return for_each_slide(args.slides, one)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -367,14 +386,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     s = result.summary
+    scope = s.get("r_scope", "pooled")
     print(
         f"{s['genes']} genes: {s['significant']} significant (Holm–Šidák), "
         f"{s['r_above_0.4']} with R > 0.4, median R of the top 1000 "
-        f"{s['median_r_top_1000']:.3f}"
+        f"{s['median_r_top_1000']:.3f} (held-out Pearson R, {scope})"
     )
-    print(f"  wrote {result.bundle_path}")
-    print(f"  wrote {result.bundle_path.with_suffix('.genes.csv')}")
-    print(f"  wrote {result.bundle_path.with_suffix('.heldout.csv')}")
+    suffixes = ["", ".genes.csv", ".heldout.csv"]
+    if scope != "pooled":
+        suffixes.append(".sections.csv")
+    for suffix in suffixes:
+        print(f"  wrote {result.bundle_path.with_suffix(suffix) if suffix else result.bundle_path}")
     return 0
 
 
@@ -421,6 +443,7 @@ def write_expression_png(
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .io import atomic_outputs
     from .models import ModelBundle
     from .prediction import predict
     from .slide import open_slide
@@ -430,23 +453,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         unknown = [g for g in args.geojson_genes.split(",") if g.strip() not in bundle.genes]
         if unknown:  # before any slide is read
             raise DeepPTError(f"--geojson-genes: {unknown[:5]} not predicted by {args.model}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in args.slides:
+    names = ["expression.csv", "tiles.h5ad", "expression.png"]
+    if args.geojson:
+        names.append("tiles.geojson")
+    out = make_output_folder(args.out)
+    plan = plan_outputs(args.slides, out, lambda s: [f"{s}.{n}" for n in names], args.overwrite)
+
+    rois = _regions_per_slide(args.roi, args.slides)
+
+    def one(path: str) -> None:
         slide = open_slide(path, mpp=args.mpp, magnification=args.magnification)
-        stem = _stem(slide.path)
-        targets = [
-            out / f"{stem}.expression.csv",
-            out / f"{stem}.tiles.h5ad",
-            out / f"{stem}.expression.png",
-        ]
-        if args.geojson:
-            targets.append(out / f"{stem}.tiles.geojson")
-        _refuse_existing(targets, args.overwrite)
         prediction = predict(
             slide,
             bundle,
-            roi=_regions_for(args.roi, slide.path, len(args.slides)),
+            roi=rois[path],
             roi_class=args.roi_class,
             weights=args.weights,
             device=args.device,
@@ -454,22 +474,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         prediction.bundle_path = str(args.model)
-        prediction.to_csv(targets[0], overwrite=args.overwrite)
-        prediction.to_h5ad(targets[1], overwrite=args.overwrite)
         gene = args.gene or prediction.top_genes(1).index[0]
-        write_expression_png(slide, prediction, gene, targets[2], overwrite=args.overwrite)
-        if args.geojson:
-            genes = _geojson_genes(args.geojson_genes, prediction)
-            prediction.to_geojson(targets[3], genes=genes, overwrite=args.overwrite)
+        with atomic_outputs(plan[path], overwrite=True) as tmp:
+            prediction.to_csv(tmp[0], overwrite=True)
+            prediction.to_h5ad(tmp[1], overwrite=True)
+            write_expression_png(slide, prediction, gene, tmp[2], overwrite=True)
+            if args.geojson:
+                genes = _geojson_genes(args.geojson_genes, prediction)
+                prediction.to_geojson(tmp[3], genes=genes, overwrite=True)
         demo = " (DEMO MODEL: synthetic data)" if prediction.demo else ""
         print(
             f"{slide.path.name}: {len(prediction.genes)} genes from {len(prediction.grid)} "
             f"tiles{demo}; top: "
             + ", ".join(f"{g} {v:.2f}" for g, v in prediction.top_genes(3).items())
         )
-        for target in targets:
-            print(f"  wrote {target}")
-    return 0
+        _print_written(plan[path])
+
+    return for_each_slide(args.slides, one)
 
 
 def cmd_response(args: argparse.Namespace) -> int:
@@ -554,17 +575,22 @@ def _add_roi_options(parser: argparse.ArgumentParser, exclude: bool = False) -> 
         )
 
 
+def _regions_per_slide(option: str | None, slides: list[str]) -> dict[str, Path | None]:
+    """Each slide's regions file, all found (or refused) before any slide is read."""
+    return {path: _regions_for(option, Path(path), len(slides)) for path in slides}
+
+
 def _regions_for(option: str | None, slide_path: Path, n_slides: int) -> Path | None:
     """The GeoJSON file for one slide: ``option`` itself, or ``<stem>.geojson`` in it."""
     if option is None:
         return None
     given = Path(option)
     if given.is_dir():
-        stem = _stem(slide_path)
-        for name in (f"{stem}.geojson", f"{slide_path.name}.geojson", f"{stem}.json"):
+        base = stem(slide_path)
+        for name in (f"{base}.geojson", f"{slide_path.name}.geojson", f"{base}.json"):
             if (given / name).is_file():
                 return given / name
-        raise DeepPTError(f"{given}: no {stem}.geojson for {slide_path.name}")
+        raise DeepPTError(f"{given}: no {base}.geojson for {slide_path.name}")
     if not given.is_file():
         raise DeepPTError(f"{given}: no such GeoJSON file or folder")
     if n_slides > 1:
@@ -573,23 +599,6 @@ def _regions_for(option: str | None, slide_path: Path, n_slides: int) -> Path | 
             "<stem>.geojson files, one per slide"
         )
     return given
-
-
-def _refuse_existing(targets: Any, overwrite: bool) -> None:
-    """Stop before any work if outputs exist and --overwrite was not given."""
-    existing = [str(t) for t in targets if Path(t).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{', '.join(existing)} already exist; pass --overwrite to replace them"
-        )
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".svs", ".tiff", ".tif", ".zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -828,18 +837,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``deeppt``."""
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (DeepPTError, FileExistsError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except USER_ERRORS as exc:
+            if args.debug:
+                raise
+            print(f"error: {describe(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("cancelled", file=sys.stderr)
+            return 130
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+    """Warnings reach a person as ``warning: <message>``, not as a source line."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover
