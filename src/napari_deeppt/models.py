@@ -29,11 +29,9 @@ BUNDLE_VERSION = 1
 
 def bundle_digest(path: str | Path) -> str:
     """The sha256 (hex) of a bundle file's bytes, as :attr:`ModelBundle.sha256` records it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from .io import file_sha256
+
+    return file_sha256(path)
 
 
 def _first_line(exc: BaseException) -> str:

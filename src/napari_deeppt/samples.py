@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_path, cache_root
+from .io import atomic_path, cache_root, file_sha256
 from .synthetic import GENERATOR_VERSION, SyntheticSlide, default_sample_spec
 
 __all__ = ["cmu1_small_region_path", "demo_bundle", "synthetic_sample"]
@@ -50,14 +50,6 @@ def cmu1_small_region_path() -> Path:
     return Path(str(resources.files("napari_deeppt") / "data" / "CMU-1-Small-Region.svs"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -77,7 +69,7 @@ def _cache_problem(path: Path, key: dict[str, Any]) -> str | None:
     ):
         return "its record is for other settings"
     try:
-        if _sha256(path) != record.get("sha256"):
+        if file_sha256(path) != record.get("sha256"):
             return "its bytes changed since it was written (an interrupted write or a bad copy)"
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or exc})"
@@ -96,7 +88,7 @@ def _cached(path: Path, key: dict[str, Any], make: Callable[[Path], None]) -> Pa
             return path
         warnings.warn(f"{path}: {problem}; making it again", UserWarning, stacklevel=3)
     make(path)
-    record = {"key": key, "sha256": _sha256(path)}
+    record = {"key": key, "sha256": file_sha256(path)}
     with atomic_path(_record_path(path), overwrite=True) as tmp:
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
     return path

@@ -736,14 +736,16 @@ def _require_finite(values: np.ndarray, options: TrainingSettings, where: str) -
 def _write_outputs(
     out: Path, bundle: Any, cv: _CrossValidation, heldout: Any, overwrite: bool
 ) -> None:
-    from .io import atomic_path
+    """The bundle and its tables, written together: all new, or (on a failure) all as before."""
+    from .io import atomic_outputs
 
-    bundle.save(out, overwrite=overwrite)
     tables = [(".genes.csv", cv.metrics), (".heldout.csv", heldout)]
     if cv.per_section is not None:
         tables.append((".sections.csv", cv.per_section))
-    for suffix, table in tables:
-        with atomic_path(out.with_suffix(suffix), overwrite=overwrite) as tmp:
+    targets = [out, *(out.with_suffix(suffix) for suffix, _ in tables)]
+    with atomic_outputs(targets, overwrite=overwrite) as (bundle_tmp, *table_tmps):
+        bundle.save(bundle_tmp, overwrite=True)
+        for (_, table), tmp in zip(tables, table_tmps, strict=True):
             table.to_csv(tmp)
 
 

@@ -13,7 +13,6 @@ Weights are resolved in this order:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,11 +199,9 @@ def weights_file_hash(path: str | os.PathLike[str]) -> str:
     It is the ``weights_hash`` of :func:`load_extractor`, of features' provenance and of a
     model bundle's ``feature``, so that a file can be checked against them without loading it.
     """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    from ..io import file_sha256
+
+    return file_sha256(path)[:16]
 
 
 _file_hash = weights_file_hash
