@@ -127,6 +127,10 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
             "training::test_a_missing_or_unreadable_slide_is_found_before_any_feature_work",
         ],
     ),
+    "One slide listed for two samples sits in a training and a test fold at once": (
+        "Refused before any feature work, naming the slide and both samples.",
+        ["training::test_one_slide_listed_for_two_samples_is_refused_before_any_feature_work"],
+    ),
     "An expression table that does not match is misreported or trained on": (
         "The message shows the table's own sample names (both axes when none match); "
         "repeated samples and infinite values are refused; so are impossible settings and "

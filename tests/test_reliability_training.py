@@ -8,6 +8,7 @@ the test if they are called, and by an empty feature cache staying empty.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -404,6 +405,27 @@ def test_a_missing_or_unreadable_slide_is_found_before_any_feature_work(
             spots,
             counts,
             tmp_path / "s.deeppt",
+            progress=False,
+            outer_folds=2,
+            inner_folds=2,
+            **FEATURES,
+        )
+
+
+def test_one_slide_listed_for_two_samples_is_refused_before_any_feature_work(
+    cohort, tmp_path, no_feature_work
+):
+    """A slide listed under two samples is refused: its image would sit in train and test."""
+    table = pd.read_csv(cohort.manifest)
+    table["slide"] = [str(cohort.manifest.parent / s) for s in table["slide"]]
+    table.loc[3, "slide"] = "./" + str(Path(table.loc[1, "slide"]).relative_to(tmp_path.anchor))
+    table.loc[3, "slide"] = str(Path(tmp_path.anchor) / table.loc[3, "slide"])
+    table.to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(DeepPTError, match=r"slide001.*S001.*S003"):
+        train(
+            tmp_path / "m.csv",
+            cohort.expression,
+            tmp_path / "m.deeppt",
             progress=False,
             outer_folds=2,
             inner_folds=2,

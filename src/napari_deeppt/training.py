@@ -1079,6 +1079,15 @@ def _require_slide_files(table: Any, source: Any) -> None:
             f"{source}: {len(missing)} slide(s) not found: {_few(missing)}; fix the paths "
             "(relative ones are read from the manifest's folder)"
         )
+    owners: dict[Path, str] = {}
+    for slide, sample in zip(table["slide"], table["sample_id"], strict=True):
+        first = owners.setdefault(Path(slide).resolve(), sample)
+        if first != sample:
+            raise ExpressionTableError(
+                f"{source}: slide {slide} is listed for samples {first} and {sample}; one "
+                "image would be trained on twice and could sit in a training and a test fold "
+                "at once. List each slide once."
+            )
 
 
 def _section_labels(keys: list[str]) -> dict[str, str]:
