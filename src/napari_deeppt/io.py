@@ -144,8 +144,9 @@ def atomic_outputs(
     targets = [Path(p) for p in paths]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
+        verb = "already exists" if len(existing) == 1 else "already exist"
         raise FileExistsError(
-            f"{', '.join(existing)}: already exist(s); choose another output or allow "
+            f"{', '.join(existing)}: {verb}; choose another output or allow "
             "overwriting (--overwrite / overwrite=True)"
         )
     for target in targets:

@@ -102,7 +102,7 @@ def test_bad_bundle_is_reported(viewer_with_slide, tmp_path):
     widget = PredictWidget(viewer)
     widget.bundle.value = tmp_path / "bad.deeppt"
     assert widget.run() is None
-    assert "not a readable napari-deeppt model bundle" in widget.status.value
+    assert "not a napari-deeppt model bundle" in widget.status.value
 
 
 def test_predict_inside_regions_drawn_on_the_slide(
