@@ -9,7 +9,7 @@ import pytest
 
 from napari_deeppt import open_slide
 from napari_deeppt.errors import DeepPTError
-from napari_deeppt.geojson import _ring_area
+from napari_deeppt.io.geojson import _ring_area
 from napari_deeppt.tiles import detect_and_tile
 from napari_deeppt.tissue import TissueMask
 

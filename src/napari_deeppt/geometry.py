@@ -114,7 +114,7 @@ def as_regions(obj: Any, classification: str | None = None) -> list[Region]:
     import os
 
     if isinstance(obj, (str, os.PathLike)):
-        from .geojson import read_regions
+        from .io.geojson import read_regions
 
         return read_regions(obj, classification=classification)
     if isinstance(obj, Region):

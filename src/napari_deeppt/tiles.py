@@ -238,9 +238,9 @@ class TileGrid:
     ) -> Path:
         """Tiles as QuPath GeoJSON (level-0 px) with their tissue fraction and ``measurements``.
 
-        See :mod:`napari_deeppt.geojson`.
+        See :mod:`napari_deeppt.io.geojson`.
         """
-        from .geojson import tile_features, write_geojson
+        from .io.geojson import tile_features, write_geojson
 
         return write_geojson(tile_features(self, measurements), path, overwrite=overwrite)
 

@@ -202,9 +202,9 @@ class TissueMask:
     def to_geojson(self, path: str | Path, overwrite: bool = False) -> Path:
         """Tissue outlines as QuPath GeoJSON annotations (level-0 px), one per piece.
 
-        See :mod:`napari_deeppt.geojson`.
+        See :mod:`napari_deeppt.io.geojson`.
         """
-        from .geojson import mask_features, write_geojson
+        from .io.geojson import mask_features, write_geojson
 
         return write_geojson(mask_features(self), path, overwrite=overwrite)
 

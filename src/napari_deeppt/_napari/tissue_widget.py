@@ -247,7 +247,7 @@ class TissueTilesWidget(JobWidget):
 
     def import_regions(self, path: str | Path) -> Any:
         """Add a Shapes layer of a GeoJSON file's polygons (level-0 px) over the slide."""
-        from ..geojson import read_regions
+        from ..io.geojson import read_regions
 
         layer, _ = self._slide()
         regions = read_regions(path)

@@ -164,7 +164,7 @@ def write_geojson(
     features: Iterable[dict[str, Any]], path: str | Path, overwrite: bool = False
 ) -> Path:
     """Write a FeatureCollection, one feature at a time, atomically."""
-    from .io import atomic_path
+    from .files import atomic_path
 
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -194,8 +194,8 @@ def read_regions(path: str | Path, classification: str | None = None) -> list[An
     DeepPTError
         The file cannot be read, or holds no polygon (of that class), with what it does hold.
     """
-    from .errors import DeepPTError
-    from .geometry import Region
+    from ..errors import DeepPTError
+    from ..geometry import Region
 
     path = Path(path)
     try:
