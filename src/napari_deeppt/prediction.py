@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleMismatchError, DeepPTError
-from .hooks import adapt_regions, publish
 from .progress import CancelLike, ProgressLike
 from .slide import as_slide
 
@@ -329,8 +328,7 @@ def predict(
     from .features import extract_features
     from .tiles import detect_and_tile
 
-    source, slide = slide, as_slide(slide)
-    roi = adapt_regions(roi, source)  # a napari Shapes layer over the slide's layer, say
+    slide = as_slide(slide)
     model, bundle_path = _load_bundle(bundle)
     feature = model.feature
     if weights is None and feature.get("weights_hash") == "random-0":
@@ -366,5 +364,4 @@ def predict(
     prediction.bundle_path = bundle_path or prediction.bundle_path
     if roi is not None and grid_given is None:
         prediction.provenance["regions_of_interest"] = _describe_regions(roi, roi_class)
-    publish(source, prediction)
     return prediction

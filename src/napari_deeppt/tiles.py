@@ -8,7 +8,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ import numpy as np
 
 from .errors import DeepPTError, NoTissueWarning, TileGridError
 from .geometry import GridPlacement
-from .hooks import adapt_regions, publish
 from .progress import CancelLike, ProgressLike, check_cancelled, make_progress
 from .slide import Slide, as_slide
 from .tissue import TissueMask, detect_tissue
@@ -165,18 +164,12 @@ class TileGrid:
     def subset(self, keep: Any) -> TileGrid:
         """A grid with only the tiles selected by a boolean mask or index array."""
         keep = np.asarray(keep)
-        return TileGrid(
-            self.xy[keep],
-            self.rowcol[keep],
-            self.tissue_fraction[keep],
-            self.edge_fraction[keep],
-            self.grid_shape,
-            self.size_level0,
-            self.stride_level0,
-            self.params,
-            self.slide_dimensions,
-            self.slide_mpp,
-            self.slide_path,
+        return replace(
+            self,
+            xy=self.xy[keep],
+            rowcol=self.rowcol[keep],
+            tissue_fraction=self.tissue_fraction[keep],
+            edge_fraction=self.edge_fraction[keep],
         )
 
     def read_tile(self, slide: Slide, index: int) -> np.ndarray:
@@ -350,10 +343,29 @@ def make_tile_grid(
         edge_magnitude=edge_magnitude,
         edge_min_fraction=edge_min_fraction,
     )
-    source, slide = slide, as_slide(slide)
-    mpp0 = slide.require_mpp("tiling at a physical resolution")
+    slide = as_slide(slide)
     if mask is None:
         mask = detect_tissue(slide, progress=progress, cancel=cancel)
+    grid = _candidate_tiles(slide, mask, params)
+    candidates = grid.grid_shape[0] * grid.grid_shape[1]
+    grid = grid.subset(grid.tissue_fraction >= params.min_tissue)
+    if params.edge_filter and len(grid):
+        grid = _edge_filter(slide, grid, workers, progress, cancel)
+    if len(grid) == 0:
+        warnings.warn(
+            NoTissueWarning(
+                f"{slide.path}: no tile has at least {params.min_tissue:.0%} tissue"
+                + (" and enough edges" if params.edge_filter else "")
+                + f" ({candidates} candidate tiles of {params.tile_px} px at {params.mpp} µm/px)"
+            ),
+            stacklevel=2,
+        )
+    return grid
+
+
+def _candidate_tiles(slide: Slide, mask: TissueMask, params: TileGridParams) -> TileGrid:
+    """Every cell of the grid that fits in the slide, with its tissue fraction."""
+    mpp0 = slide.require_mpp("tiling at a physical resolution")
     if tuple(mask.slide_dimensions) != slide.dimensions:
         raise TileGridError(
             f"the tissue mask was made for a {mask.slide_dimensions} px slide, "
@@ -370,17 +382,14 @@ def make_tile_grid(
         )
     cols = math.floor((w0 - size0) / stride0 + 1e-9) + 1
     rows = math.floor((h0 - size0) / stride0 + 1e-9) + 1
-    rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    rr, cc = rr.ravel(), cc.ravel()
+    rr, cc = (a.ravel() for a in np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"))
     xs = np.round(cc * stride0).astype(np.int64)
     ys = np.round(rr * stride0).astype(np.int64)
-    fraction = mask.fraction(xs, ys, size0, size0).astype(np.float32)
-    keep = fraction >= params.min_tissue if params.min_tissue > 0 else np.ones_like(fraction, bool)
-    grid = TileGrid(
-        xy=np.stack([xs, ys], axis=1)[keep],
-        rowcol=np.stack([rr, cc], axis=1)[keep],
-        tissue_fraction=fraction[keep],
-        edge_fraction=np.full(int(keep.sum()), np.nan, np.float32),
+    return TileGrid(
+        xy=np.stack([xs, ys], axis=1),
+        rowcol=np.stack([rr, cc], axis=1),
+        tissue_fraction=mask.fraction(xs, ys, size0, size0).astype(np.float32),
+        edge_fraction=np.full(len(xs), np.nan, np.float32),
         grid_shape=(rows, cols),
         size_level0=float(size0),
         stride_level0=float(stride0),
@@ -389,39 +398,21 @@ def make_tile_grid(
         slide_mpp=float(mpp0),
         slide_path=str(slide.path),
     )
-    if params.edge_filter and len(grid):
-        slide.require_rgb("the Sobel edge filter")
-        edges = np.empty(len(grid), np.float32)
-        with make_progress(progress, len(grid), "Sobel edge filter", unit="tile") as bar:
-            for i, tile in grid.iter_tiles(slide, workers=workers):
-                check_cancelled(cancel, "tiling")
-                edges[i] = sobel_edge_fraction(tile, params.edge_magnitude)
-                bar.update()
-        grid = TileGrid(
-            grid.xy,
-            grid.rowcol,
-            grid.tissue_fraction,
-            edges,
-            grid.grid_shape,
-            grid.size_level0,
-            grid.stride_level0,
-            params,
-            grid.slide_dimensions,
-            grid.slide_mpp,
-            grid.slide_path,
-        )
-        grid = grid.subset(edges >= params.edge_min_fraction)
-    if len(grid) == 0:
-        warnings.warn(
-            NoTissueWarning(
-                f"{slide.path}: no tile has at least {params.min_tissue:.0%} tissue"
-                + (" and enough edges" if params.edge_filter else "")
-                + f" ({rows * cols} candidate tiles of {params.tile_px} px at {params.mpp} µm/px)"
-            ),
-            stacklevel=2,
-        )
-    publish(source, grid)
-    return grid
+
+
+def _edge_filter(
+    slide: Slide, grid: TileGrid, workers: int, progress: ProgressLike, cancel: CancelLike
+) -> TileGrid:
+    """DeepPT's Sobel criterion: read every tile, keep those with enough edges."""
+    slide.require_rgb("the Sobel edge filter")
+    params = grid.params
+    edges = np.empty(len(grid), np.float32)
+    with make_progress(progress, len(grid), "Sobel edge filter", unit="tile") as bar:
+        for i, tile in grid.iter_tiles(slide, workers=workers):
+            check_cancelled(cancel, "tiling")
+            edges[i] = sobel_edge_fraction(tile, params.edge_magnitude)
+            bar.update()
+    return replace(grid, edge_fraction=edges).subset(edges >= params.edge_min_fraction)
 
 
 def detect_and_tile(
@@ -443,8 +434,7 @@ def detect_and_tile(
     :meth:`~napari_deeppt.tissue.TissueMask.restrict`; ``roi_class`` picks a GeoJSON file's
     objects of one class, e.g. QuPath's ``"Tumor"``).
     """
-    source, slide = slide, as_slide(slide)
-    roi, exclude_regions = adapt_regions(roi, source), adapt_regions(exclude_regions, source)
+    slide = as_slide(slide)
     mask = detect_tissue(slide, progress=progress, cancel=cancel, **(tissue or {}))
     if roi is not None:
         mask = mask.restrict(roi, classification=roi_class)
@@ -462,6 +452,4 @@ def detect_and_tile(
         if mask.is_empty:  # already warned once: no tissue
             warnings.simplefilter("ignore", NoTissueWarning)
         grid = make_tile_grid(slide, mask, progress=progress, cancel=cancel, **grid_options)
-    publish(source, mask)
-    publish(source, grid)
     return mask, grid

@@ -12,7 +12,6 @@ import numpy as np
 
 from .errors import DeepPTError, NoTissueWarning
 from .geometry import GridPlacement
-from .hooks import publish
 from .progress import CancelLike, ProgressLike, check_cancelled, make_progress
 from .slide import as_slide, resize_rgb
 
@@ -327,23 +326,53 @@ def detect_tissue(
     TissueMask
         Empty (with a :class:`~napari_deeppt.errors.NoTissueWarning`) when nothing is found.
     """
-    from scipy import ndimage
-    from skimage import filters
-
     options = TissueParams(**params)
-    source, slide = slide, as_slide(slide)
+    slide = as_slide(slide)
     slide.require_rgb("tissue detection")
     mpp0 = slide.require_mpp("tissue detection (sizes and areas are in µm)")
-    target_ds = options.mpp / mpp0
+    level, image, downsample_xy = _mask_image(slide, options.mpp / mpp0, progress, cancel)
+    mask_mpp = mpp0 * (downsample_xy[0] + downsample_xy[1]) / 2
+    check_cancelled(cancel, "tissue detection")
+    tissue, artefacts, threshold = _threshold(image, options)
+    tissue = _clean(tissue, artefacts, options, mask_mpp)
+    result = TissueMask(
+        mask=np.ascontiguousarray(tissue, bool),
+        downsample_xy=downsample_xy,
+        slide_dimensions=slide.dimensions,
+        slide_mpp=mpp0,
+        params=options,
+        source_level=level,
+        slide_path=str(slide.path),
+        threshold=float(threshold),
+    )
+    if result.is_empty:
+        warnings.warn(
+            NoTissueWarning(
+                f"{slide.path}: no tissue found (saturation threshold {threshold:.3f}, "
+                f"min_area_um2={options.min_area_um2:g}). If the slide has tissue, lower "
+                "min_saturation or min_area_um2, or raise max_brightness."
+            ),
+            stacklevel=2,
+        )
+    return result
+
+
+def _mask_image(
+    slide: Any, target_ds: float, progress: ProgressLike, cancel: CancelLike
+) -> tuple[int, np.ndarray, tuple[float, float]]:
+    """The pyramid level read for the mask, resized to tile level 0 exactly at ``target_ds``."""
     level = slide.best_level_for_downsample(max(target_ds, 1.0))
     image = _read_level(slide, level, progress, cancel)
     w0, h0 = slide.dimensions
     mask_w = max(1, round(w0 / max(target_ds, 1.0)))
     mask_h = max(1, round(h0 / max(target_ds, 1.0)))
-    image = resize_rgb(image, mask_w, mask_h)
-    downsample_xy = (w0 / mask_w, h0 / mask_h)
-    mask_mpp = mpp0 * (downsample_xy[0] + downsample_xy[1]) / 2
-    check_cancelled(cancel, "tissue detection")
+    return level, resize_rgb(image, mask_w, mask_h), (w0 / mask_w, h0 / mask_h)
+
+
+def _threshold(image: np.ndarray, options: TissueParams) -> tuple[np.ndarray, np.ndarray, float]:
+    """Tissue (saturated and not too bright) and artefacts (dark, pen), and the threshold."""
+    from scipy import ndimage
+    from skimage import filters
 
     rgb = image.astype(np.float32)
     vmax = rgb.max(axis=2)
@@ -362,19 +391,27 @@ def detect_tissue(
     if options.exclude_pen:
         pen = (rgb[..., 1] > rgb[..., 0] + 10) & (saturation > threshold)
         artefacts |= ndimage.binary_dilation(pen, iterations=2)
-    tissue &= ~artefacts
+    return tissue & ~artefacts, artefacts, float(threshold)
 
-    def disk(radius_um: float) -> np.ndarray | None:
-        radius = round(radius_um / mask_mpp)
-        if radius < 1:
-            return None
-        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-        return xx**2 + yy**2 <= radius**2
 
-    if (footprint := disk(options.closing_um)) is not None:
+def _disk(radius_um: float, mask_mpp: float) -> np.ndarray | None:
+    radius = round(radius_um / mask_mpp)
+    if radius < 1:
+        return None
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return xx**2 + yy**2 <= radius**2
+
+
+def _clean(
+    tissue: np.ndarray, artefacts: np.ndarray, options: TissueParams, mask_mpp: float
+) -> np.ndarray:
+    """Closing, opening, small holes filled and small pieces dropped (sizes in µm)."""
+    from scipy import ndimage
+
+    if (footprint := _disk(options.closing_um, mask_mpp)) is not None:
         pad = footprint.shape[0]  # closing must not glue tissue to the slide border
         tissue = ndimage.binary_closing(np.pad(tissue, pad), footprint)[pad:-pad, pad:-pad]
-    if (footprint := disk(options.opening_um)) is not None:
+    if (footprint := _disk(options.opening_um, mask_mpp)) is not None:
         tissue = ndimage.binary_opening(tissue, footprint)
     tissue &= ~artefacts
     pixel_area = mask_mpp**2
@@ -383,24 +420,5 @@ def detect_tissue(
         tissue = ~holes
     if options.min_area_um2 > 0:
         tissue = _remove_small(tissue, options.min_area_um2 / pixel_area)
-    result = TissueMask(
-        mask=np.ascontiguousarray(tissue, bool),
-        downsample_xy=downsample_xy,
-        slide_dimensions=(w0, h0),
-        slide_mpp=mpp0,
-        params=options,
-        source_level=level,
-        slide_path=str(slide.path),
-        threshold=float(threshold),
-    )
-    if result.is_empty:
-        warnings.warn(
-            NoTissueWarning(
-                f"{slide.path}: no tissue found (saturation threshold {threshold:.3f}, "
-                f"min_area_um2={options.min_area_um2:g}). If the slide has tissue, lower "
-                "min_saturation or min_area_um2, or raise max_brightness."
-            ),
-            stacklevel=2,
-        )
-    publish(source, result)
-    return result
+    return tissue
+

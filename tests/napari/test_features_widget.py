@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import napari_deeppt
+from napari_deeppt._napari import console
 from napari_deeppt._napari.features_widget import FeaturesWidget
 
 
@@ -14,7 +14,7 @@ def viewer_with_tiles(make_napari_viewer, svs_slide, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_DEEPPT_CACHE", str(tmp_path / "cache"))
     viewer = make_napari_viewer()
     layer = viewer.open(str(svs_slide.path), plugin="napari-deeppt")[0]
-    napari_deeppt.make_tile_grid(layer, tile_px=64, mpp=2.0)  # console call adds the layer
+    console.make_tile_grid(layer, tile_px=64, mpp=2.0)  # the console call adds the layer
     return viewer, layer
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import napari_deeppt
+from napari_deeppt._napari import console
 from napari_deeppt._napari.predict_widget import PredictWidget
 from napari_deeppt.samples import demo_bundle
 
@@ -92,7 +92,7 @@ def test_export_through_the_save_dialog_replaces_the_file_it_confirmed(
 
 def test_console_predict_with_a_layer_adds_the_map(viewer_with_slide, bundle_path):
     viewer, layer = viewer_with_slide
-    prediction = napari_deeppt.predict(layer, bundle_path, progress=False)
+    prediction = console.predict(layer, bundle_path, progress=False)
     assert viewer.layers["small expression"].metadata["deeppt_prediction"] is prediction
 
 

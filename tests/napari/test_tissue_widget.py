@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import napari_deeppt
+from napari_deeppt._napari import console
 from napari_deeppt._napari.tissue_widget import TissueTilesWidget
 
 
@@ -145,9 +146,9 @@ def test_preview_normalisation_mosaic(qtbot, viewer_with_slide):
 
 def test_console_call_with_a_layer_adds_the_layers(viewer_with_slide):
     viewer, layer = viewer_with_slide
-    mask = napari_deeppt.detect_tissue(layer)
+    mask = console.detect_tissue(layer)
     assert viewer.layers["small tissue"].metadata["deeppt_mask"] is mask
-    grid = napari_deeppt.make_tile_grid(layer, mask, tile_px=128)
+    grid = console.make_tile_grid(layer, mask, tile_px=128)
     assert viewer.layers["small tiles"].metadata["n_tiles"] == len(grid)
 
 
@@ -279,12 +280,12 @@ def test_console_detect_and_tile_with_a_shapes_layer_as_roi(viewer_with_slide, s
     shapes = viewer.add_shapes(
         [np.array([[0, 0], [0, w_um / 2], [h_um, w_um / 2], [h_um, 0]])], shape_type="rectangle"
     )
-    _, everything = napari_deeppt.detect_and_tile(slide_layer, tile_px=128)
-    _, grid = napari_deeppt.detect_and_tile(slide_layer, tile_px=128, roi=shapes)
+    _, everything = console.detect_and_tile(slide_layer, tile_px=128)
+    _, grid = console.detect_and_tile(slide_layer, tile_px=128, roi=shapes)
     assert 0 < len(grid) < len(everything)
     assert (grid.centres_um()[:, 0] < w_um / 2).all()
     assert viewer.layers["small tiles"].metadata["deeppt_grid"] is grid
-    with pytest.raises(TypeError, match="needs the slide's layer"):
+    with pytest.raises(TypeError, match="Shapes"):  # the core takes regions, not layers
         napari_deeppt.detect_and_tile(svs_slide.path, tile_px=128, roi=shapes)
 
 

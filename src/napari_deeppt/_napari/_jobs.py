@@ -103,6 +103,17 @@ def start_job(
     return Job(worker, token)
 
 
+def offer_console(viewer: Any) -> None:
+    """Put the layer-aware calls (:mod:`napari_deeppt._napari.console`) in napari's console
+    as ``deeppt``; a viewer without a console (headless, a proxy without it) is left alone."""
+    from . import console
+
+    try:
+        viewer.update_console({"deeppt": console})
+    except Exception:  # the console is optional (qtconsole not installed, no window)
+        pass
+
+
 class JobWidget(Container):
     """A dock that runs one core function at a time in a worker.
 
@@ -115,6 +126,7 @@ class JobWidget(Container):
     def __init__(self, napari_viewer: Any, run_text: str) -> None:
         super().__init__(labels=True)
         self._viewer = napari_viewer
+        offer_console(napari_viewer)
         self._job: Job | None = None
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
