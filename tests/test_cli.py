@@ -204,7 +204,7 @@ def test_train_and_predict_commands(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "significant (Holm–Šidák)" in out and model.exists()
-    from napari_deeppt.models import ModelBundle
+    from napari_deeppt.model.bundle import ModelBundle
 
     regions = ModelBundle.load(model).training["regions_of_interest"]
     assert regions == {"slides_with_roi": 1, "roi_class": None}

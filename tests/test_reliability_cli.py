@@ -26,7 +26,7 @@ def bundle() -> Path:
 @pytest.fixture(scope="module")
 def other_bundle(bundle, tmp_path_factory) -> Path:
     """A valid bundle that predicts differently: every ensemble member's weights scaled."""
-    from napari_deeppt.models import ModelBundle
+    from napari_deeppt.model.bundle import ModelBundle
 
     model = ModelBundle.load(bundle)
     for state in model.ensemble:

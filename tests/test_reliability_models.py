@@ -23,7 +23,8 @@ from napari_deeppt.errors import (
     BundleMismatchError,
     WeightsNotFoundError,
 )
-from napari_deeppt.models import BUNDLE_VERSION, AutoEncoder, MLPRegression, ModelBundle
+from napari_deeppt.model.bundle import BUNDLE_VERSION, ModelBundle
+from napari_deeppt.model.nn import AutoEncoder, MLPRegression
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ def test_a_bundle_whose_tensors_do_not_fit_is_refused_in_one_line(bundle_file, t
 
 def test_bundle_sha256_is_the_hash_of_the_file(bundle_file, tmp_path):
     """A loaded (or saved) bundle carries the sha256 of its file's bytes."""
-    from napari_deeppt.models import bundle_digest
+    from napari_deeppt.model.bundle import bundle_digest
 
     expected = hashlib.sha256(bundle_file.read_bytes()).hexdigest()
     assert ModelBundle.load(bundle_file).sha256 == expected
@@ -473,8 +474,8 @@ def test_a_sample_slide_without_its_record_is_not_trusted(tmp_path):
 
 def _fast_demo(monkeypatch, calls: list) -> None:
     """Replace the demo's cohort and training (minutes on a CPU) by a hand-made bundle."""
+    import napari_deeppt.model.training as training
     import napari_deeppt.synthetic as synthetic
-    import napari_deeppt.training as training
 
     def cohort(directory, **kwargs):
         Path(directory).mkdir(parents=True, exist_ok=True)

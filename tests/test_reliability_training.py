@@ -14,17 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_deeppt import training
 from napari_deeppt.errors import DeepPTError, ExpressionTableError, MissingMppError
+from napari_deeppt.io.tables import read_expression, read_spots
+from napari_deeppt.model.crossval import cross_validate
+from napari_deeppt.model.folds import check_folds, group_folds
+from napari_deeppt.model.metrics import gene_metrics, section_metrics, validation_r
+from napari_deeppt.model.sample_features import spot_grid
+from napari_deeppt.model.settings import TrainingSettings
+from napari_deeppt.model.training import train
 from napari_deeppt.synthetic import write_synthetic_cohort
-from napari_deeppt.training import (
-    TrainingSettings,
-    gene_metrics,
-    read_expression,
-    read_spots,
-    spot_grid,
-    train,
-)
 
 FEATURES = {"extractor": "colour-stats", "tile_px": 64, "tile_mpp": 1.0, "stain": None}
 QUICK = {"max_epochs": 40, "patience": 10, "lr": 1e-3, "ae_epochs": 3, "latent_dim": 16}
@@ -161,7 +159,7 @@ def test_spot_r_is_the_mean_of_within_section_r_not_the_pooled_r():
     pred, truth, sections = _offset_construction()
     pooled = gene_metrics(pred, truth, ["G1", "G2"])
     assert (pooled["pearson_r"] < -0.8).all()  # the artefact: strongly negative when pooled
-    metrics, per_section = training.section_metrics(pred, truth, ["G1", "G2"], sections)
+    metrics, per_section = section_metrics(pred, truth, ["G1", "G2"], sections)
     assert per_section.shape == (2, 5) and list(per_section.columns[:2]) == ["sec0", "sec1"]
     for g, gene in enumerate(["G1", "G2"]):
         for s in range(5):
@@ -182,7 +180,7 @@ def test_within_section_p_value_is_fishers_combined_z():
     sections = np.repeat(["a", "b", "c"], [10, 20, 30])
     truth = rng.normal(0, 1, (60, 1))
     pred = 0.3 * truth + rng.normal(0, 1, (60, 1))
-    metrics, per_section = training.section_metrics(pred, truth, ["G"], sections)
+    metrics, per_section = section_metrics(pred, truth, ["G"], sections)
     r = per_section.loc["G", ["a", "b", "c"]].to_numpy(float)
     weights = np.array([7.0, 17.0, 27.0])
     z = (weights * np.arctanh(r)).sum() / math.sqrt(weights.sum())
@@ -196,7 +194,7 @@ def test_sections_too_small_or_constant_are_left_out_not_counted_as_zero():
     truth = rng.normal(0, 1, (63, 1))
     truth[33:] = 1.0  # constant in "flat"
     pred = truth + rng.normal(0, 0.1, (63, 1))
-    metrics, per_section = training.section_metrics(pred, truth, ["G"], sections)
+    metrics, per_section = section_metrics(pred, truth, ["G"], sections)
     assert np.isnan(per_section.loc["G", "tiny"]) and np.isnan(per_section.loc["G", "flat"])
     assert metrics.loc["G", "pearson_r"] == pytest.approx(per_section.loc["G", "big"])
     assert metrics.loc["G", "n_sections"] == 1
@@ -252,9 +250,9 @@ def test_a_spot_training_run_reports_within_section_r_per_gene_and_per_section(c
 def test_spot_early_stopping_scores_validation_within_sections():
     """Early stopping on spots ranks epochs by within-section R, not by the pooled R."""
     pred, truth, sections = _offset_construction()
-    assert training._validation_r(pred, truth, None) < -0.8  # bulk: pooled, as DeepPT
-    within = training._validation_r(pred, truth, sections)
-    per_section = training.section_metrics(pred, truth, ["G1", "G2"], sections)[1]
+    assert validation_r(pred, truth, None) < -0.8  # bulk: pooled, as DeepPT
+    within = validation_r(pred, truth, sections)
+    per_section = section_metrics(pred, truth, ["G1", "G2"], sections)[1]
     assert within == pytest.approx(np.nanmean(per_section.to_numpy())) and within > 0.7
 
 
@@ -262,9 +260,7 @@ def test_spot_early_stopping_scores_validation_within_sections():
 def test_fold_settings_five_sections_cannot_fill_five_by_five():
     """5 sections with 5 outer × 5 inner folds are refused, saying which settings work."""
     with pytest.raises(ExpressionTableError) as info:
-        training.check_folds(
-            5, TrainingSettings(outer_folds=5, inner_folds=5), "sections", "spots.csv"
-        )
+        check_folds(5, TrainingSettings(outer_folds=5, inner_folds=5), "sections", "spots.csv")
     message = str(info.value)
     assert message.startswith("spots.csv: 5 sections (slides) cannot fill 5 outer × 5 inner folds")
     assert "4 training sections" in message and "outer_folds=5, inner_folds=4" in message
@@ -273,12 +269,12 @@ def test_fold_settings_five_sections_cannot_fill_five_by_five():
 def test_fold_settings_fewer_patients_than_outer_folds():
     """Fewer patients than outer folds are refused with a setting that works for them."""
     with pytest.raises(ExpressionTableError) as info:
-        training.check_folds(3, TrainingSettings(outer_folds=5, inner_folds=5), "patients", "m.csv")
+        check_folds(3, TrainingSettings(outer_folds=5, inner_folds=5), "patients", "m.csv")
     message = str(info.value)
     assert "3 patients cannot fill 5 outer" in message
     assert "outer_folds=3, inner_folds=2" in message
     with pytest.raises(ExpressionTableError, match="at least 3 patients"):
-        training.check_folds(2, TrainingSettings(outer_folds=2, inner_folds=2), "patients", "m.csv")
+        check_folds(2, TrainingSettings(outer_folds=2, inner_folds=2), "patients", "m.csv")
 
 
 def _folds_work(n_groups: int, outer: int, inner: int) -> bool:
@@ -286,9 +282,9 @@ def _folds_work(n_groups: int, outer: int, inner: int) -> bool:
     groups = np.repeat(np.arange(n_groups), 2)  # two samples per group
     rng = np.random.default_rng(0)
     try:
-        for fold in training._group_folds(groups, outer, rng):
-            training._group_folds(np.delete(groups, fold), inner, rng)
-        training._group_folds(groups, inner, rng)
+        for fold in group_folds(groups, outer, rng):
+            group_folds(np.delete(groups, fold), inner, rng)
+        group_folds(groups, inner, rng)
     except DeepPTError:
         return False
     return True
@@ -305,10 +301,10 @@ def test_fold_check_agrees_with_the_folds_training_makes(n_groups):
             options = TrainingSettings(outer_folds=outer, inner_folds=inner)
             works = _folds_work(n_groups, outer, inner)
             if works:
-                training.check_folds(n_groups, options, "patients", "m.csv")
+                check_folds(n_groups, options, "patients", "m.csv")
                 continue
             with pytest.raises(ExpressionTableError) as info:
-                training.check_folds(n_groups, options, "patients", "m.csv")
+                check_folds(n_groups, options, "patients", "m.csv")
             for o, i in re.findall(r"outer_folds=(\d+), inner_folds=(\d+)", str(info.value)):
                 assert _folds_work(n_groups, int(o), int(i)), (n_groups, outer, inner, o, i)
             assert n_groups < 3 or "outer_folds=" in str(info.value)
@@ -510,4 +506,4 @@ def test_training_that_diverges_is_refused_not_saved_as_nan():
         outer_folds=2, inner_folds=2, max_epochs=5, patience=2, lr=1e8, ae_epochs=2, latent_dim=4
     )
     with pytest.raises(DeepPTError, match=r"diverged.*lr=1e\+08"):
-        training._cross_validate(features, targets, groups, ["a", "b"], options, False, None)
+        cross_validate(features, targets, groups, ["a", "b"], options, False, None)

@@ -13,7 +13,10 @@ from napari_deeppt.errors import (
     CancelledError,
     ExpressionTableError,
 )
-from napari_deeppt.models import ModelBundle
+from napari_deeppt.io.tables import read_expression, read_manifest
+from napari_deeppt.model.bundle import ModelBundle
+from napari_deeppt.model.metrics import holm_sidak
+from napari_deeppt.model.training import train
 from napari_deeppt.prediction import predict, predict_from_features
 from napari_deeppt.synthetic import (
     SyntheticSlide,
@@ -21,7 +24,6 @@ from napari_deeppt.synthetic import (
     write_synthetic_cohort,
     write_synthetic_slide,
 )
-from napari_deeppt.training import holm_sidak, read_expression, read_manifest, train
 
 FEATURES = {"extractor": "colour-stats", "tile_px": 64, "tile_mpp": 1.0, "stain": None}
 # small cohort: fewer folds and epochs than DeepPT, more (smaller) batches and a larger lr
@@ -267,7 +269,7 @@ def test_spatial_transcriptomics_spots(cohort, tmp_path):
 
 
 def test_spot_table_errors(tmp_path):
-    from napari_deeppt.training import read_spots
+    from napari_deeppt.io.tables import read_spots
 
     (tmp_path / "s.csv").write_text("slide,x\na.tif,1\n")
     with pytest.raises(ExpressionTableError, match=r"lacks column\(s\) \['y'\]"):
@@ -302,7 +304,7 @@ def test_manifest_rows_and_roi_files_are_checked(tmp_path):
 
 
 def test_a_bundle_reads_in_a_line_and_describes_itself():
-    from napari_deeppt.models import ModelBundle
+    from napari_deeppt.model.bundle import ModelBundle
     from napari_deeppt.samples import demo_bundle
 
     bundle = ModelBundle.load(demo_bundle(progress=False))

@@ -36,11 +36,11 @@ _EXPORTS = {
     "extract_features": "features",
     "FeatureSet": "features",
     "load_extractor": "features",
-    "train": "training",
-    "TrainingResult": "training",
+    "train": "model.training",
+    "TrainingResult": "model.training",
     "predict": "prediction",
     "Prediction": "prediction",
-    "ModelBundle": "models",
+    "ModelBundle": "model.bundle",
     "response_scores": "response",
     "read_partners": "response",
     "tile_response": "response",
@@ -61,7 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
         SlideReadError,
     )
     from .features import FeatureSet, extract_features, load_extractor
-    from .models import ModelBundle
+    from .model.bundle import ModelBundle
+    from .model.training import TrainingResult, train
     from .prediction import Prediction, predict
     from .progress import CancelToken
     from .response import read_partners, response_scores, tile_response
@@ -70,7 +71,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .synthetic import SyntheticSlide, write_synthetic_slide
     from .tiles import TileGrid, detect_and_tile, make_tile_grid
     from .tissue import TissueMask, detect_tissue
-    from .training import TrainingResult, train
 
 
 def __getattr__(name: str) -> Any:

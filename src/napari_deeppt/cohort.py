@@ -298,7 +298,7 @@ def _read_table(manifest: Any) -> Any:
         table = manifest.copy()
         source: object = "the manifest"
     else:
-        from .training import read_manifest
+        from .io.tables import read_manifest
 
         table = read_manifest(manifest, require_patient=False)
         source = manifest
@@ -316,7 +316,7 @@ def _check_model(bundle: str | Path, weights: str | None) -> tuple[str, str]:
         The bundle or the weights cannot be used; nothing has been scheduled yet.
     """
     from .features.extractors import check_weights
-    from .models import ModelBundle
+    from .model.bundle import ModelBundle
 
     path = str(Path(bundle).resolve())
     feature = ModelBundle.load(path).feature

@@ -158,7 +158,7 @@ class Prediction:
 
 
 def _load_bundle(bundle: Any) -> tuple[Any, str]:
-    from .models import ModelBundle
+    from .model.bundle import ModelBundle
 
     if isinstance(bundle, ModelBundle):
         return bundle, ""
@@ -312,7 +312,7 @@ def predict(
         A :class:`~napari_deeppt.slide.Slide`, a path, or a napari layer from this plugin (then
         the expression layers are also added next to it).
     bundle
-        A ``.deeppt`` file or a :class:`~napari_deeppt.models.ModelBundle`.
+        A ``.deeppt`` file or a :class:`~napari_deeppt.model.bundle.ModelBundle`.
     grid
         Tiles to use; must have the bundle's tile size and resolution.
     roi, roi_class

@@ -145,7 +145,8 @@ def demo_bundle(directory: Path | None = None, progress: bool = True) -> Path:
     path = directory / f"demo-model-v{GENERATOR_VERSION}-{_key_digest(key)[:12]}.deeppt"
 
     def make(target: Path) -> None:
-        from . import synthetic, training
+        from . import synthetic
+        from .model import training
 
         with tempfile.TemporaryDirectory(prefix=".demo-", dir=directory) as work:
             cohort = synthetic.write_synthetic_cohort(Path(work) / "cohort", **_DEMO_COHORT)

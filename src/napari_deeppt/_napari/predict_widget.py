@@ -120,7 +120,7 @@ class PredictWidget(JobWidget):
             bundle_path = Path(str(self.bundle.value or ""))
             if not bundle_path.is_file():
                 raise ValueError("choose a model bundle (.deeppt) first")
-            from ..models import ModelBundle
+            from ..model.bundle import ModelBundle
 
             bundle = ModelBundle.load(bundle_path)
             slide = as_slide(layer)

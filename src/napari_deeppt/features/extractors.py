@@ -226,7 +226,7 @@ def _load_file(path: Path) -> Any:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
             reason = f"not a valid .safetensors file: {first}"
         else:
-            from ..torchfile import why_unreadable
+            from ..io.torchfile import why_unreadable
 
             reason = why_unreadable(path, exc) or "corrupt, or not a torch file"
         fix = _STATE_DICT_FIX if "pickled" in reason else "download or copy it again"

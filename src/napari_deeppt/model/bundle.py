@@ -1,11 +1,9 @@
-"""DeepPT's models and the model bundle file.
+"""The model bundle: a trained DeepPT model and everything needed to use it safely.
 
-- :class:`AutoEncoder`: Linear(D→512)+ReLU encoder, Linear(512→D)+ReLU decoder, MSE.
-- :class:`MLPRegression`: Linear(512→512), Dropout(0.2), Linear(512→n_genes), output bias
-  initialised to the training mean of each gene; applied per tile, averaged over a slide.
-- :class:`ModelBundle`: the autoencoder, the ensemble of regressors and everything needed to
-  use them safely (genes, target transform, the feature extractor and tile parameters they
-  expect, training settings, metrics), saved as one ``weights_only``-safe torch file.
+:class:`ModelBundle` holds the autoencoder, the ensemble of regressors, the genes, the target
+transform, the feature extractor and tile parameters they expect, the training settings and
+metrics, saved as one ``weights_only``-safe torch file. A corrupt, foreign or newer file is
+refused in one line (:class:`~napari_deeppt.errors.BundleError`).
 """
 
 from __future__ import annotations
@@ -19,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError
+from ..errors import BundleError
 
-__all__ = ["AutoEncoder", "MLPRegression", "ModelBundle", "bundle_digest"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "ModelBundle", "bundle_digest"]
 
 BUNDLE_FORMAT = "napari-deeppt-bundle"
 BUNDLE_VERSION = 1
@@ -29,7 +27,7 @@ BUNDLE_VERSION = 1
 
 def bundle_digest(path: str | Path) -> str:
     """The sha256 (hex) of a bundle file's bytes, as :attr:`ModelBundle.sha256` records it."""
-    from .io import file_sha256
+    from ..io import file_sha256
 
     return file_sha256(path)
 
@@ -50,7 +48,7 @@ def _read_payload(path: Path, data: bytes) -> dict[str, Any]:
     try:
         payload = torch.load(stream, map_location="cpu", weights_only=True)
     except Exception as exc:
-        from .torchfile import why_unreadable
+        from ..io.torchfile import why_unreadable
 
         reason = (
             why_unreadable(stream, exc) or "not a readable torch file: corrupt, or another format"
@@ -77,7 +75,7 @@ def _read_metadata(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
             f"{_first_line(exc)})"
         ) from exc
     if version > BUNDLE_VERSION:
-        from . import __version__
+        from .._version import __version__
 
         raise BundleError(
             f"{path}: was written by a newer napari-deeppt (bundle format {version}; "
@@ -85,55 +83,6 @@ def _read_metadata(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
             "(pip install -U napari-deeppt)"
         )
     return meta
-
-
-def _torch_nn() -> Any:
-    import torch
-
-    return torch.nn
-
-
-class AutoEncoder(_torch_nn().Module):  # type: ignore[misc]
-    """DeepPT's feature autoencoder (D → latent → D, ReLU after each layer)."""
-
-    def __init__(self, in_dim: int = 2048, latent_dim: int = 512) -> None:
-        nn = _torch_nn()
-        super().__init__()
-        self.in_dim, self.latent_dim = in_dim, latent_dim
-        self.encoder = nn.Sequential(nn.Linear(in_dim, latent_dim), nn.ReLU())
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, in_dim), nn.ReLU())
-
-    def encode(self, x: Any) -> Any:
-        return self.encoder(x)
-
-    def forward(self, x: Any) -> Any:
-        return self.decoder(self.encoder(x))
-
-
-class MLPRegression(_torch_nn().Module):  # type: ignore[misc]
-    """DeepPT's regressor: Linear(512→512), Dropout(0.2), Linear(512→n_genes)."""
-
-    def __init__(
-        self,
-        n_genes: int,
-        in_dim: int = 512,
-        hidden: int = 512,
-        dropout: float = 0.2,
-        output_bias: Any = None,
-    ) -> None:
-        import torch
-
-        nn = _torch_nn()
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.Linear(hidden, n_genes)
-        )
-        if output_bias is not None:
-            with torch.no_grad():
-                self.net[2].bias.copy_(torch.as_tensor(output_bias, dtype=torch.float32))
-
-    def forward(self, x: Any) -> Any:
-        return self.net(x)
 
 
 @dataclass(repr=False)
@@ -238,7 +187,7 @@ class ModelBundle:
         """
         import torch
 
-        from .io import atomic_path
+        from ..io import atomic_path
 
         payload = {
             "format": BUNDLE_FORMAT,
@@ -294,6 +243,8 @@ class ModelBundle:
 
     def build(self) -> tuple[Any, list[Any]]:
         """The autoencoder and the ensemble as eval-mode torch modules (CPU)."""
+        from .nn import AutoEncoder, MLPRegression
+
         in_dim = int(self.feature["feature_dim"])
         autoencoder = AutoEncoder(in_dim, self.latent_dim)
         autoencoder.load_state_dict(self.autoencoder)

@@ -1,0 +1,247 @@
+"""The tables training and cohort runs read: manifests, expression matrices, spot tables.
+
+Every reader checks what it can without a pixel of any slide and refuses a table that could
+give a wrong answer in one line naming the file, the problem and the fix
+(:class:`~napari_deeppt.errors.ExpressionTableError`). Relative paths in a table are read
+from the table's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExpressionTableError
+
+__all__ = ["check_spot_table", "few", "read_expression", "read_manifest", "read_spots"]
+
+
+def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
+    """A cohort manifest CSV: ``slide``, ``sample_id``, ``patient_id`` (+ optional columns).
+
+    Relative slide paths are resolved against the manifest's folder. With
+    ``require_patient=False`` (prediction runs) a missing ``patient_id`` is the sample id.
+    An optional ``roi`` column names a GeoJSON of regions of interest per slide (QuPath
+    annotations; empty = the whole tissue), resolved the same way.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep=None, engine="python", dtype=str)
+    except Exception as exc:
+        raise ExpressionTableError(f"{path}: not a readable manifest CSV ({exc})") from exc
+    if not require_patient and "patient_id" not in table.columns and "sample_id" in table:
+        table["patient_id"] = table["sample_id"]
+    missing = [c for c in ("slide", "sample_id", "patient_id") if c not in table.columns]
+    if missing:
+        raise ExpressionTableError(
+            f"{path}: the manifest lacks column(s) {missing}; it needs slide, sample_id, patient_id"
+        )
+    duplicated = table["sample_id"][table["sample_id"].duplicated()].tolist()
+    if duplicated:
+        raise ExpressionTableError(f"{path}: duplicated sample_id(s) {duplicated[:5]}")
+    table["slide"] = _relative_to(path, table["slide"])
+    _require_slides(path, table)
+    if "roi" in table.columns:
+        table["roi"] = _relative_to(path, table["roi"])
+        absent = [p for p in table["roi"] if p is not None and not Path(p).is_file()]
+        if absent:
+            raise ExpressionTableError(f"{path}: roi file(s) not found: {absent[:5]}")
+    return table.reset_index(drop=True)
+
+
+def _require_slides(path: Path, table: Any) -> None:
+    empty = [i + 2 for i, slide in enumerate(table["slide"]) if slide is None]  # + header
+    if empty:
+        raise ExpressionTableError(f"{path}: line(s) {empty[:5]} name no slide")
+
+
+def _relative_to(table_path: Path, paths: Any) -> list[str | None]:
+    """Paths in a table, relative ones resolved against its folder; empty cells → None."""
+    return [
+        None
+        if not isinstance(p, str) or not p.strip()
+        else str(p if Path(p).is_absolute() else (table_path.parent / p))
+        for p in paths
+    ]
+
+
+def read_expression(
+    path: str | Path, sample_ids: list[str], ids_name: str = "manifest sample"
+) -> Any:
+    """Expression matrix (CSV/TSV in either orientation, or ``.h5ad``) as samples × genes.
+
+    Parameters
+    ----------
+    path
+        The table: samples × genes or genes × samples.
+    sample_ids
+        The ids every one of which needs a row of expression.
+    ids_name
+        What the ids are, for messages (``"manifest sample"``, ``"spot"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``sample_ids`` × genes, float64.
+
+    Notes
+    -----
+    The samples are the axis whose names overlap ``sample_ids`` more. When neither axis
+    names any of them the table is refused, showing a few names of both axes and of the
+    ids (a table's gene names are never reported as its samples). Every id must be present
+    exactly once, genes unique and values numeric.
+    """
+
+    path = Path(path)
+    table = _read_table_file(path)
+    table.index = table.index.astype(str)
+    table.columns = table.columns.astype(str)
+    wanted = set(sample_ids)
+    in_rows, in_columns = len(wanted & set(table.index)), len(wanted & set(table.columns))
+    if in_rows == in_columns == 0:
+        raise ExpressionTableError(
+            f"{path}: none of the {len(sample_ids)} {ids_name}s {few(sample_ids)} names a row "
+            f"or a column of the table; its rows are {few(table.index)} and its columns "
+            f"{few(table.columns)}; give the table one row or column per {ids_name} id"
+        )
+    if in_columns > in_rows:
+        table = table.T  # genes × samples → samples × genes
+    present = set(table.index)
+    absent = [s for s in sample_ids if s not in present]
+    if absent:
+        raise ExpressionTableError(
+            f"{path}: {len(absent)} {ids_name}(s) have no expression: {few(absent, 8)}"
+            f" (the table's {len(table.index)} samples are {few(table.index)}; its genes "
+            f"{few(table.columns, 3)})"
+        )
+    repeated = table.index[table.index.duplicated() & table.index.isin(wanted)].unique()
+    if len(repeated):
+        raise ExpressionTableError(
+            f"{path}: {ids_name}(s) {few(repeated, 8)} appear more than once in the table; "
+            "keep one row (or column) of expression per sample"
+        )
+    duplicated = table.columns[table.columns.duplicated()].unique().tolist()
+    if duplicated:
+        raise ExpressionTableError(f"{path}: duplicated gene(s) {duplicated[:8]}")
+    return _numeric(path, table.loc[list(sample_ids)])
+
+
+def _numeric(path: Path, table: Any) -> Any:
+    """The table as float64, refusing text, missing and infinite values (named)."""
+    import pandas as pd
+
+    numeric = table.apply(pd.to_numeric, errors="coerce")
+    bad = numeric.isna() & ~table.isna()
+    if bad.any().any():
+        gene = bad.any()[bad.any()].index[0]
+        sample = bad[gene][bad[gene]].index[0]
+        raise ExpressionTableError(
+            f"{path}: non-numeric value {table.at[sample, gene]!r} "
+            f"for gene {gene!r}, sample {sample!r}"
+        )
+    if numeric.isna().any().any():
+        gene = numeric.columns[numeric.isna().any()][0]
+        raise ExpressionTableError(f"{path}: missing values, e.g. gene {gene!r}")
+    infinite = ~np.isfinite(numeric.to_numpy(np.float64))
+    if infinite.any():
+        row, column = np.argwhere(infinite)[0]
+        raise ExpressionTableError(
+            f"{path}: infinite value for gene {numeric.columns[column]!r}, sample "
+            f"{numeric.index[row]!r} ({int(infinite.sum())} in all); expression must be finite"
+        )
+    return numeric.astype(np.float64)
+
+
+def _read_table_file(path: Path) -> Any:
+    """An expression file as a DataFrame with its labels, any orientation."""
+    import pandas as pd
+
+    if not path.exists():
+        raise ExpressionTableError(f"{path}: no such expression file")
+    try:
+        if path.suffix == ".h5ad":
+            import anndata
+
+            adata = anndata.read_h5ad(path)
+            return pd.DataFrame(
+                np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X),
+                index=adata.obs_names,
+                columns=adata.var_names,
+            )
+        return pd.read_csv(path, sep=None, engine="python", index_col=0)
+    except Exception as exc:
+        raise ExpressionTableError(f"{path}: not a readable expression table ({exc})") from exc
+
+
+def few(names: Any, k: int = 5) -> str:
+    """The first ``k`` names as a list, with … when there are more: for messages.
+
+    Parameters
+    ----------
+    names
+        Any iterable of names.
+    k
+        How many to show.
+
+    Returns
+    -------
+    str
+        E.g. ``"['a', 'b', …]"``.
+    """
+    names = list(names)
+    return str(names[:k])[:-1] + (", …]" if len(names) > k else "]")
+
+
+def read_spots(path: str | Path) -> Any:
+    """A spot table CSV: ``slide``, ``x``, ``y`` (level-0 px), optional ``spot_id``.
+
+    ``x, y`` are the spot's centre in level-0 pixels of its slide; relative slide paths
+    are resolved against the table's folder. Rows without a slide, duplicated spot ids and
+    coordinates that are missing or not numbers are refused, naming the spots. Whether a
+    centre lies on its slide is checked when :func:`train` opens the slides (before any
+    feature work): a spot centred off its slide is refused. A spot near the edge keeps its
+    tile centred on it, never shifted; the part of the tile beyond the slide reads as white
+    (255) glass, as :meth:`~napari_deeppt.slide.Slide.read_region` pads.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep=None, engine="python")
+    except Exception as exc:
+        raise ExpressionTableError(f"{path}: not a readable spot table ({exc})") from exc
+    table = check_spot_table(table, path)
+    table["slide"] = _relative_to(path, table["slide"])
+    _require_slides(path, table)
+    return table.reset_index(drop=True)
+
+
+def check_spot_table(table: Any, source: Any) -> Any:
+    """Columns, spot ids and numeric coordinates of a spot table (a copy)."""
+    import pandas as pd
+
+    missing = [c for c in ("slide", "x", "y") if c not in table.columns]
+    if missing:
+        raise ExpressionTableError(
+            f"{source}: the spot table lacks column(s) {missing}; it "
+            "needs slide, x, y (level-0 pixels) and optionally spot_id"
+        )
+    table = table.copy()
+    if "spot_id" not in table.columns:
+        table["spot_id"] = [f"{Path(str(s)).stem}_{i}" for i, s in enumerate(table["slide"])]
+    table["spot_id"] = table["spot_id"].astype(str)
+    duplicated = table["spot_id"][table["spot_id"].duplicated()].tolist()
+    if duplicated:
+        raise ExpressionTableError(f"{source}: duplicated spot_id(s) {duplicated[:5]}")
+    for axis in ("x", "y"):
+        table[axis] = pd.to_numeric(table[axis], errors="coerce")
+    bad = table["spot_id"][table["x"].isna() | table["y"].isna()].tolist()
+    if bad:
+        raise ExpressionTableError(
+            f"{source}: {len(bad)} spot(s) have no numeric x, y (level-0 pixels): {few(bad)}"
+        )
+    return table

@@ -1,0 +1,280 @@
+"""Training inputs, checked before any pixel is read: tables, slides, folds, expression.
+
+:func:`read_inputs` makes :class:`TrainingInputs` for either kind of sample — a bulk slide
+(a manifest row: ``slide, sample_id, patient_id``) or a spot (a spot-table row: ``slide, x,
+y``) — so that :func:`~.training.train` runs one pipeline for both. Everything that can be
+refused without pixels is refused here, cheapest first.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExpressionTableError, SlideNotFoundError
+from ..io.tables import check_spot_table, few, read_expression, read_manifest, read_spots
+from .folds import check_folds
+from .settings import TrainingSettings
+
+__all__ = [
+    "TRANSFORMS",
+    "TrainingInputs",
+    "apply_transform",
+    "is_spot_table",
+    "read_inputs",
+    "select_genes",
+]
+
+TRANSFORMS = ("log2p1", "none")
+
+
+@dataclass
+class TrainingInputs:
+    """Checked training inputs: nothing here has needed a pixel of any slide.
+
+    Attributes
+    ----------
+    spots
+        True for a spot table (one tile per spot), False for bulk slides.
+    table
+        The manifest or spot table.
+    ids
+        Sample or spot ids, in table order.
+    genes
+        The selected genes.
+    targets
+        torch float32 tensor, ids × genes, transformed.
+    groups
+        Patient id of each sample, or section label of each spot: folds hold out whole groups.
+    slides
+        Spots only: section label → the opened :class:`~napari_deeppt.slide.Slide`.
+    """
+
+    spots: bool
+    table: Any
+    ids: list[str]
+    genes: list[str]
+    targets: Any
+    groups: np.ndarray
+    slides: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self, roi_class: str | None = None) -> dict[str, Any]:
+        """What the bundle's training metadata records about these samples."""
+        if self.spots:
+            return {"mode": "spots", "n_slides": len(self.slides)}
+        with_roi = sum(r is not None for r in self.table["roi"]) if "roi" in self.table else 0
+        return {
+            "n_patients": len(set(self.groups)),
+            "regions_of_interest": {"slides_with_roi": with_roi, "roi_class": roi_class},
+        }
+
+
+def is_spot_table(table: Any) -> bool:
+    """Whether a table (a path or a DataFrame) is a spot table: ``x, y``, no ``patient_id``."""
+    import pandas as pd
+
+    if isinstance(table, pd.DataFrame):
+        columns = set(table.columns)
+    else:
+        try:
+            columns = set(pd.read_csv(table, sep=None, engine="python", nrows=1).columns)
+        except Exception:
+            return False
+    return {"x", "y"} <= columns and "patient_id" not in columns
+
+
+def read_inputs(
+    manifest: Any,
+    expression: Any,
+    options: TrainingSettings,
+    spots: bool,
+    selection: dict[str, Any],
+    transform: str,
+) -> TrainingInputs:
+    """Every check that needs no pixels, cheapest first: table, slides, folds, expression.
+
+    Parameters
+    ----------
+    manifest
+        Manifest or spot table: a path, or a DataFrame of it.
+    expression
+        Expression table path (see :func:`~napari_deeppt.io.tables.read_expression`).
+    options
+        The fold counts the groups must fill (:func:`~.folds.check_folds`).
+    spots
+        Whether ``manifest`` is a spot table (:func:`is_spot_table`).
+    selection
+        :func:`select_genes` keywords.
+    transform
+        One of :data:`TRANSFORMS`.
+
+    Returns
+    -------
+    TrainingInputs
+    """
+    import pandas as pd
+    import torch
+
+    given = isinstance(manifest, pd.DataFrame)
+    if spots:
+        source = "the spot table" if given else manifest
+        table = check_spot_table(manifest, source) if given else read_spots(manifest)
+        groups, slides = _open_spot_slides(table, source)
+        ids, ids_name = list(table["spot_id"]), "spot"
+    else:
+        source = "the manifest" if given else manifest
+        table = manifest if given else read_manifest(manifest)
+        _require_slide_files(table, source)
+        groups, slides = table["patient_id"].to_numpy(), {}
+        ids, ids_name = list(table["sample_id"]), "manifest sample"
+    check_folds(len(set(groups)), options, "sections" if spots else "patients", source)
+    expr = read_expression(expression, ids, ids_name)
+    chosen = select_genes(expr, **selection)
+    values = apply_transform(expr[chosen].to_numpy(), transform, f"{expression}")
+    targets = torch.tensor(values, dtype=torch.float32)
+    return TrainingInputs(spots, table, ids, chosen, targets, groups, slides)
+
+
+def select_genes(
+    expression: Any,
+    genes: list[str] | None = None,
+    min_mean: float | None = None,
+    top_n: int | None = None,
+    rank_by: str = "variance",
+) -> list[str]:
+    """Genes to model: an explicit list, or filtered by mean and ranked by variance/mean.
+
+    Parameters
+    ----------
+    expression
+        samples × genes DataFrame.
+    genes
+        An explicit list (each must be in the table; repeats are dropped).
+    min_mean
+        Keep genes whose mean is at least this.
+    top_n, rank_by
+        Then keep the ``top_n`` genes by ``"variance"`` or ``"mean"``.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ExpressionTableError
+        An unknown gene, or no gene left.
+    """
+    if genes is not None:
+        unknown = [g for g in genes if g not in expression.columns]
+        if unknown:
+            raise ExpressionTableError(f"gene(s) not in the expression table: {unknown[:8]}")
+        return list(dict.fromkeys(genes))
+    table = expression
+    if min_mean is not None:
+        table = table.loc[:, table.mean() >= min_mean]
+    if top_n is not None:
+        if rank_by not in ("variance", "mean"):
+            raise ValueError("rank_by must be 'variance' or 'mean'")
+        score = table.var() if rank_by == "variance" else table.mean()
+        table = table[score.sort_values(ascending=False).index[:top_n]]
+    if table.shape[1] == 0:
+        raise ExpressionTableError("no gene passes the selection (min_mean/top_n)")
+    return list(table.columns)
+
+
+def apply_transform(values: np.ndarray, transform: str, where: str = "the expression") -> Any:
+    """Expression on the scale the model learns: ``"log2p1"`` (log2(x + 1)) or ``"none"``.
+
+    Parameters
+    ----------
+    values
+        Expression values.
+    transform
+        One of :data:`TRANSFORMS`.
+    where
+        What the values are, for messages.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Raises
+    ------
+    ExpressionTableError
+        Negative values under ``"log2p1"``.
+    """
+    if transform == "log2p1":
+        if (values < 0).any():
+            raise ExpressionTableError(
+                f"{where} has negative values; log2(x + 1) needs counts "
+                "or TPM ≥ 0 (pass transform='none' for values already "
+                "on a log scale)"
+            )
+        return np.log2(values + 1.0)
+    if transform == "none":
+        return values
+    raise ValueError(f"unknown transform {transform!r}; use one of {TRANSFORMS}")
+
+
+def _require_slide_files(table: Any, source: Any) -> None:
+    """Every manifest slide exists, and no slide is listed for two samples."""
+    missing = [p for p in table["slide"] if not Path(p).exists()]
+    if missing:
+        raise SlideNotFoundError(
+            f"{source}: {len(missing)} slide(s) not found: {few(missing)}; fix the paths "
+            "(relative ones are read from the manifest's folder)"
+        )
+    owners: dict[Path, str] = {}
+    for slide, sample in zip(table["slide"], table["sample_id"], strict=True):
+        first = owners.setdefault(Path(slide).resolve(), sample)
+        if first != sample:
+            raise ExpressionTableError(
+                f"{source}: slide {slide} is listed for samples {first} and {sample}; one "
+                "image would be trained on twice and could sit in a training and a test fold "
+                "at once. List each slide once."
+            )
+
+
+def _section_labels(keys: list[str]) -> dict[str, str]:
+    """A readable label per slide (its file stem, or its path where stems repeat)."""
+    stems = [Path(k).stem for k in keys]
+    unique = len(set(stems)) == len(stems)
+    return {k: (stem if unique else k) for k, stem in zip(keys, stems, strict=True)}
+
+
+def _open_spot_slides(table: Any, source: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Open each slide of a spot table once; refuse slides without a pixel size and spots
+    whose centre is off their slide, before any feature work.
+
+    Returns each row's section label and the opened slides by label. A section is a slide
+    file (its real path: one slide named two ways is one section), labelled by its stem.
+    """
+    from ..slide import open_slide
+
+    slides: dict[str, Any] = {}
+    off: list[tuple[str, Any, list[str]]] = []
+    keys = table["slide"].map(os.path.realpath).to_numpy()
+    for key in dict.fromkeys(keys):
+        rows = table[keys == key]
+        slide = slides[key] = open_slide(rows["slide"].iloc[0])
+        slide.require_mpp("spot tiles")
+        w, h = slide.dimensions
+        x, y = rows["x"].to_numpy(float), rows["y"].to_numpy(float)
+        outside = ~((x >= 0) & (x < w) & (y >= 0) & (y < h))
+        if outside.any():
+            off.append((rows["slide"].iloc[0], (w, h), list(rows["spot_id"][outside])))
+    if off:
+        count = sum(len(ids) for _, _, ids in off)
+        where = "; ".join(f"{few(ids)} on {path} ({w}×{h} px)" for path, (w, h), ids in off)
+        raise ExpressionTableError(
+            f"{source}: {count} spot(s) have their centre outside their slide: {where}; x, y "
+            "must be level-0 pixels of the slide named on the row (check the coordinates' "
+            "scale and which slide they belong to)"
+        )
+    labels = _section_labels(list(slides))
+    sections = np.array([labels[k] for k in keys], dtype=object)
+    return sections, {labels[k]: slide for k, slide in slides.items()}

@@ -1,0 +1,59 @@
+"""The settings of a training run: cross-validation and optimisation (DeepPT's defaults)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["TrainingSettings"]
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Cross-validation and optimisation settings (DeepPT's defaults).
+
+    Attributes
+    ----------
+    outer_folds, inner_folds
+        Patient- (or section-) level folds: the outer folds give the held-out predictions,
+        each inner fold early-stops one model of the ensemble.
+    max_epochs, patience
+        Regressor epochs, and epochs without a better validation R before stopping.
+    lr
+        Adam's learning rate (autoencoder and regressor).
+    batch_slides
+        Samples (slides or spots) per regressor batch.
+    ae_epochs, ae_batch
+        Autoencoder epochs (0: untrained) and tiles per batch.
+    latent_dim
+        The autoencoder's latent dimension.
+    seed
+        Seeds folds, initialisation and batch order.
+
+    Raises
+    ------
+    ValueError
+        A setting below its minimum, or ``lr`` not a finite number > 0, named with its value.
+    """
+
+    outer_folds: int = 5
+    inner_folds: int = 5
+    max_epochs: int = 200
+    patience: int = 20
+    lr: float = 1e-4
+    batch_slides: int = 16
+    ae_epochs: int = 30
+    ae_batch: int = 256
+    latent_dim: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        least = dict.fromkeys(
+            ("max_epochs", "patience", "batch_slides", "ae_batch", "latent_dim"), 1
+        )
+        least.update(outer_folds=2, inner_folds=2, ae_epochs=0)  # ae_epochs=0: untrained
+        for name, minimum in least.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name} must be ≥ {minimum}, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
