@@ -21,10 +21,25 @@ __all__ = ["check_spot_table", "few", "read_expression", "read_manifest", "read_
 def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
     """A cohort manifest CSV: ``slide``, ``sample_id``, ``patient_id`` (+ optional columns).
 
-    Relative slide paths are resolved against the manifest's folder. With
-    ``require_patient=False`` (prediction runs) a missing ``patient_id`` is the sample id.
-    An optional ``roi`` column names a GeoJSON of regions of interest per slide (QuPath
-    annotations; empty = the whole tissue), resolved the same way.
+    Parameters
+    ----------
+    path
+        The CSV (any delimiter). Relative slide paths are resolved against its folder.
+    require_patient
+        False for prediction runs: a missing ``patient_id`` column is the sample id.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per sample, slide paths resolved. An optional ``roi`` column names a
+        GeoJSON of regions of interest per slide (QuPath annotations; empty = the whole
+        tissue), resolved the same way.
+
+    Raises
+    ------
+    ExpressionTableError
+        Unreadable, a required column missing, duplicated sample ids, a row without a
+        slide, or a named roi file absent.
     """
     import pandas as pd
 
@@ -199,12 +214,30 @@ def few(names: Any, k: int = 5) -> str:
 def read_spots(path: str | Path) -> Any:
     """A spot table CSV: ``slide``, ``x``, ``y`` (level-0 px), optional ``spot_id``.
 
-    ``x, y`` are the spot's centre in level-0 pixels of its slide; relative slide paths
-    are resolved against the table's folder. Rows without a slide, duplicated spot ids and
-    coordinates that are missing or not numbers are refused, naming the spots. Whether a
-    centre lies on its slide is checked when :func:`train` opens the slides (before any
-    feature work): a spot centred off its slide is refused. A spot near the edge keeps its
-    tile centred on it, never shifted; the part of the tile beyond the slide reads as white
+    Parameters
+    ----------
+    path
+        The CSV. ``x, y`` are the spot's centre in level-0 pixels of its slide; relative
+        slide paths are resolved against the table's folder.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per spot, with ``spot_id`` (made from the slide's stem and the row when
+        absent) and numeric ``x, y``.
+
+    Raises
+    ------
+    ExpressionTableError
+        Rows without a slide, duplicated spot ids and coordinates that are missing or not
+        numbers, naming the spots.
+
+    Notes
+    -----
+    Whether a centre lies on its slide is checked when
+    :func:`~napari_deeppt.model.training.train` opens the slides (before any feature
+    work): a spot centred off its slide is refused. A spot near the edge keeps its tile
+    centred on it, never shifted; the part of the tile beyond the slide reads as white
     (255) glass, as :meth:`~napari_deeppt.slide.Slide.read_region` pads.
     """
     import pandas as pd
@@ -221,7 +254,20 @@ def read_spots(path: str | Path) -> Any:
 
 
 def check_spot_table(table: Any, source: Any) -> Any:
-    """Columns, spot ids and numeric coordinates of a spot table (a copy)."""
+    """Check a spot table's columns, spot ids and coordinates.
+
+    Parameters
+    ----------
+    table
+        A DataFrame with ``slide, x, y`` and optionally ``spot_id``.
+    source
+        What the table is (its path, or "the spot table"), named first in messages.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with string ``spot_id`` (made when absent) and numeric ``x, y``.
+    """
     import pandas as pd
 
     missing = [c for c in ("slide", "x", "y") if c not in table.columns]

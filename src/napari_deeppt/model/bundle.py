@@ -122,6 +122,7 @@ class ModelBundle:
 
     @property
     def n_genes(self) -> int:
+        """How many genes the model predicts."""
         return len(self.genes)
 
     def __repr__(self) -> str:
@@ -166,6 +167,7 @@ class ModelBundle:
         return "\n".join(lines)
 
     def metadata(self) -> dict[str, Any]:
+        """Everything but the tensors, as stored (JSON) in the file's ``metadata_json``."""
         return {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
@@ -258,7 +260,22 @@ class ModelBundle:
     def predict_tiles(
         self, features: np.ndarray, device: Any = "cpu", batch_size: int = 4096
     ) -> np.ndarray:
-        """Per-tile predictions ``(n_tiles, n_genes)``, the mean over the ensemble."""
+        """Per-tile predictions, the mean over the ensemble.
+
+        Parameters
+        ----------
+        features
+            ``(n_tiles, feature_dim)`` tile features, as :attr:`feature` describes them.
+        device
+            Torch device to run on.
+        batch_size
+            Tiles per forward pass.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_tiles, n_genes)`` float32, on the bundle's :attr:`transform` scale.
+        """
         import torch
 
         autoencoder, models = self.build()

@@ -87,7 +87,6 @@ def gene_metrics(pred: np.ndarray, truth: np.ndarray, genes: list[str], alpha: f
         One row per gene: ``pearson_r``, ``p_value`` (t-test of R = 0), ``p_holm_sidak`` and
         ``significant`` (adjusted p < alpha and R > 0).
     """
-    import pandas as pd
     from scipy import stats
 
     r = pearson_columns(pred, truth)
@@ -95,17 +94,7 @@ def gene_metrics(pred: np.ndarray, truth: np.ndarray, genes: list[str], alpha: f
     with np.errstate(invalid="ignore", divide="ignore"):
         t = r * np.sqrt((n - 2) / np.clip(1 - r**2, 1e-12, None))
     p = 2 * stats.t.sf(np.abs(t), df=max(n - 2, 1))
-    p = np.where(np.isnan(r), np.nan, p)
-    adjusted = holm_sidak(p)
-    return pd.DataFrame(
-        {
-            "gene": genes,
-            "pearson_r": r,
-            "p_value": p,
-            "p_holm_sidak": adjusted,
-            "significant": (adjusted < alpha) & (r > 0),
-        }
-    ).set_index("gene")
+    return _table(genes, r, np.where(np.isnan(r), np.nan, p), alpha)
 
 
 def section_metrics(
@@ -156,20 +145,22 @@ def section_metrics(
         combined = (weights * z).sum(axis=1) / np.sqrt(total)
         mean_r = np.where(ok.any(axis=1), np.where(ok, r, 0.0).sum(1) / ok.sum(1), np.nan)
     p = np.where(total > 0, 2 * stats.norm.sf(np.abs(combined)), np.nan)
-    adjusted = holm_sidak(p)
-    metrics = pd.DataFrame(
-        {
-            "gene": genes,
-            "pearson_r": mean_r,
-            "p_value": p,
-            "p_holm_sidak": adjusted,
-            "significant": (adjusted < alpha) & (mean_r > 0),
-            "n_sections": ok.sum(axis=1),
-            "r_scope": "within-section mean",
-        }
-    ).set_index("gene")
+    metrics = _table(
+        genes, mean_r, p, alpha, n_sections=ok.sum(axis=1), r_scope="within-section mean"
+    )
     per_section = pd.DataFrame(r, index=pd.Index(genes, name="gene"), columns=names)
     return metrics, per_section
+
+
+def _table(genes: list[str], r: np.ndarray, p: np.ndarray, alpha: float, **more: Any) -> Any:
+    """Per-gene R and p with the Holm–Šidák p and significance (adjusted p < alpha, R > 0)."""
+    import pandas as pd
+
+    adjusted = holm_sidak(p)
+    columns = {"pearson_r": r, "p_value": p, "p_holm_sidak": adjusted}
+    significant = (adjusted < alpha) & (r > 0)
+    table = pd.DataFrame({"gene": genes, **columns, "significant": significant, **more})
+    return table.set_index("gene")
 
 
 def _section_r(pred: Any, truth: Any, sections: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
