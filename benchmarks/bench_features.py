@@ -49,8 +49,7 @@ def main() -> None:
 
     from napari_deeppt import extract_features, open_slide
     from napari_deeppt.devices import resolve_device
-    from napari_deeppt.features.engine import _prepare_model
-    from napari_deeppt.features.extractors import load_extractor
+    from napari_deeppt.features.extractors import load_extractor, prepare_model
     from napari_deeppt.io import cache_root
     from napari_deeppt.synthetic import (
         GENERATOR_VERSION,
@@ -74,7 +73,7 @@ def main() -> None:
     n = len(grid)
     print(f"device {device}, {torch.get_num_threads()} threads, {n} tiles, batch {batch}")
 
-    model = _prepare_model(
+    model = prepare_model(
         load_extractor("resnet50", "random").model,
         device,
         args.compile,
@@ -116,7 +115,7 @@ def main() -> None:
     pipeline = n / (time.perf_counter() - t)
 
     # reading alone: tifffile + Pillow in threads, and the file's JPEG tiles on the device
-    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.features.gpu.jpeg import JpegTileReader
 
     t = time.perf_counter()
     for _ in grid.iter_tiles(slide, workers=max(2, torch.get_num_threads())):

@@ -30,7 +30,7 @@ def cmu():
 
 
 def test_nvjpeg_agrees_with_libjpeg_turbo(cmu, svs_slide):
-    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.features.gpu.jpeg import JpegTileReader
 
     for slide, grid in [cmu, (s := open_slide(svs_slide.path), make_tile_grid(s, tile_px=128))]:
         reader = JpegTileReader.for_grid(slide, grid)
@@ -75,9 +75,9 @@ def test_features_on_cuda_match_cpu_in_order(cmu, tmp_path, gpu_decode):
 
 
 def test_deferred_readback_on_cuda():
-    from napari_deeppt.features.engine import _Readback
+    from napari_deeppt.features.gpu.readback import Readback
 
-    readback = _Readback(torch.device("cuda"), batch=4, dim=3)
+    readback = Readback(torch.device("cuda"), batch=4, dim=3)
     batches = [torch.full((4, 3), float(k), device="cuda") for k in range(3)]
     collected = []
     for k, feats in enumerate(batches):

@@ -86,7 +86,7 @@ def test_cache_hit_miss_and_invalidation(slide_and_grid, tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model ran on a cache hit")
 
-    monkeypatch.setattr(engine, "_prepare_model", no_model)
+    monkeypatch.setattr(engine, "prepare_model", no_model)
     again = extract_features(slide, grid, **common)
     np.testing.assert_array_equal(again.features, first.features)
     assert again.from_cache and not first.from_cache
@@ -96,6 +96,21 @@ def test_cache_hit_miss_and_invalidation(slide_and_grid, tmp_path, monkeypatch):
         extract_features(slide, grid, **{**common, **change})
     extract_features(slide, grid.subset(np.arange(5)), **common)
     assert len(list(tmp_path.glob("*.zarr"))) == 5  # every changed parameter: a new entry
+
+
+def test_enum_choices_are_their_string_values(slide_and_grid, tmp_path):
+    """StainMethod/Device members and their values ask for the same features (one entry)."""
+    from napari_deeppt.devices import Device
+    from napari_deeppt.stain import StainMethod
+
+    slide, grid = slide_and_grid
+    common = {**RANDOM_RESNET18, "cache_dir": tmp_path}
+    by_name = extract_features(slide, grid, stain="reinhard", device="cpu", **common)
+    by_enum = extract_features(slide, grid, stain=StainMethod.REINHARD, device=Device.CPU, **common)
+    assert by_enum.from_cache
+    assert by_enum.provenance["cache_key"] == by_name.provenance["cache_key"]
+    plain = extract_features(slide, grid, stain=StainMethod.NONE, **common)
+    assert plain.provenance["stain"] == {"method": None}
 
 
 def test_cancel_leaves_no_complete_looking_entry(slide_and_grid, tmp_path):
@@ -255,7 +270,7 @@ def test_memory_stays_flat_as_the_slide_grows(svs_slide, tmp_path):
 
 def test_jpeg_tiles_decoded_by_torchvision_equal_tifffile(tmp_path):
     """The (GPU) JPEG path, run on the CPU: same pixels as tifffile, so the same features."""
-    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.features.gpu.jpeg import JpegTileReader
     from napari_deeppt.samples import cmu1_small_region_path
 
     slide = open_slide(cmu1_small_region_path())  # Aperio RGB-colourspace JPEG + JPEGTables
@@ -290,7 +305,7 @@ def test_device_resize_is_pillows_bit_for_bit(size, out):
     """Tiles decoded on a device are resized exactly as slide.resize_rgb (Pillow) does."""
     import torch
 
-    from napari_deeppt.features.resample import resize_like_pillow
+    from napari_deeppt.features.gpu.resample import resize_like_pillow
     from napari_deeppt.slide import resize_rgb
 
     rng = np.random.default_rng(size)
@@ -313,7 +328,7 @@ def test_device_resize_is_pillows_bit_for_bit(size, out):
 def test_jpeg_reader_stitches_like_read_region(tile_px, mpp, shift):
     from dataclasses import replace
 
-    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.features.gpu.jpeg import JpegTileReader
     from napari_deeppt.samples import cmu1_small_region_path
 
     slide = open_slide(cmu1_small_region_path())
@@ -330,7 +345,7 @@ def test_jpeg_reader_stitches_like_read_region(tile_px, mpp, shift):
 
 
 def test_jpeg_reader_on_a_lower_ycbcr_level(svs_slide):
-    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.features.gpu.jpeg import JpegTileReader
 
     slide = open_slide(svs_slide.path)  # JPEG (YCbCr) tiles, a 4× level
     grid = make_tile_grid(slide, tile_px=64, mpp=2.2, min_tissue=0.0)  # level 1, 70 → 64 px
@@ -345,7 +360,7 @@ def test_jpeg_reader_reads_tiles_never_written_as_tifffile_does(tmp_path):
     """Scanners skip empty tiles (byte count 0); tifffile reads them as 0, and so must we."""
     import tifffile
 
-    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.features.gpu.jpeg import JpegTileReader
 
     rng = np.random.default_rng(1)
     tiles = [
@@ -372,7 +387,7 @@ def test_jpeg_reader_reads_tiles_never_written_as_tifffile_does(tmp_path):
 
 
 def test_jpeg_reader_only_for_jpeg_tiles(tiff_slide):
-    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.features.gpu.jpeg import JpegTileReader
 
     slide = open_slide(tiff_slide.path)  # zlib tiles
     assert JpegTileReader.for_grid(slide, make_tile_grid(slide, tile_px=128)) is None
@@ -380,9 +395,9 @@ def test_jpeg_reader_only_for_jpeg_tiles(tiff_slide):
 
 def test_deferred_readback_returns_every_batch_once_in_order():
     """The CUDA readback (one batch late, two reused host buffers), exercised on the CPU."""
-    from napari_deeppt.features.engine import _Readback
+    from napari_deeppt.features.gpu.readback import Readback
 
-    readback = _Readback(torch.device("cpu"), batch=4, dim=3, deferred=True)
+    readback = Readback(torch.device("cpu"), batch=4, dim=3, deferred=True)
     batches = [torch.full((4, 3), float(k)) for k in range(4)] + [torch.full((2, 3), 4.0)]
     collected = []
     for k, feats in enumerate(batches):
@@ -398,7 +413,7 @@ def test_deferred_readback_returns_every_batch_once_in_order():
 def test_a_disagreeing_device_decoder_falls_back_to_tifffile(tmp_path, monkeypatch):
     """If the device's JPEG decoder is off (nvJPEG ignoring a colour transform, say), the
     slide is read with tifffile, with a warning; the features are the CPU path's."""
-    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.features.gpu.jpeg import JpegTileReader
     from napari_deeppt.samples import cmu1_small_region_path
 
     slide = open_slide(cmu1_small_region_path())

@@ -252,7 +252,7 @@ def test_a_file_cut_inside_its_last_tile_is_an_error(jpeg_tiff, tmp_path):
 
 def test_the_jpeg_batch_reader_refuses_a_short_tile(jpeg_tiff, tmp_path):
     """The batched (GPU/CPU) JPEG path raises for a short tile instead of decoding grey rows."""
-    from napari_deeppt.features.jpeg import JpegTileReader
+    from napari_deeppt.features.gpu.jpeg import JpegTileReader
 
     path = _short_tile_copy(jpeg_tiff, tmp_path, index=5)
     slide = open_slide(path)

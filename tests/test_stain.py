@@ -7,6 +7,10 @@ import pytest
 
 from napari_deeppt.stain import (
     DEEPPT_TARGET,
+    DEFAULT_REINHARD_TARGET,
+    MacenkoTarget,
+    ReinhardTarget,
+    StainMethod,
     fit_macenko_target,
     fit_reinhard_target,
     macenko_normalize,
@@ -136,3 +140,19 @@ def test_reinhard_matches_target_statistics():
     np.testing.assert_allclose(achieved.mean, target.mean, atol=0.02)
     np.testing.assert_allclose(achieved.std, target.std, rtol=0.1, atol=0.01)
     assert reinhard_normalize(np.stack([source, source])).shape == (2, 128, 128, 3)
+
+
+def test_targets_round_trip_through_their_dicts():
+    """What a provenance or a model bundle records rebuilds the same target."""
+    assert MacenkoTarget.from_dict(DEEPPT_TARGET.as_dict()) == DEEPPT_TARGET
+    assert ReinhardTarget.from_dict(DEFAULT_REINHARD_TARGET.as_dict()) == DEFAULT_REINHARD_TARGET
+    extra = {**DEEPPT_TARGET.as_dict(), "fit_max_pixels": 8192, "applied": "after resize"}
+    assert MacenkoTarget.from_dict(extra) == DEEPPT_TARGET
+
+
+def test_stain_methods_accept_their_values():
+    assert StainMethod.parse("macenko") is StainMethod.MACENKO
+    assert StainMethod.parse(None) is StainMethod.NONE and StainMethod.parse("none").value == "none"
+    assert str(StainMethod.REINHARD) == "reinhard" and StainMethod.REINHARD == "reinhard"
+    with pytest.raises(ValueError):
+        StainMethod.parse("magic")

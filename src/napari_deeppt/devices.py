@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
-__all__ = ["resolve_device"]
+__all__ = ["Device", "resolve_device"]
 
 
-def resolve_device(device: Any = "auto") -> Any:
+class Device(str, Enum):
+    """The device choices: the one list for the API, the CLI and the docks.
+
+    :func:`resolve_device` also takes an indexed name (``"cuda:1"``) or a ``torch.device``.
+    """
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    MPS = "mps"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def resolve_device(device: Device | str | Any = "auto") -> Any:
     """Return a ``torch.device``.
 
     Parameters
     ----------
     device
-        ``"auto"`` (CUDA if available, else Apple MPS, else CPU), ``"cpu"``, ``"cuda"``,
-        ``"cuda:1"``, ``"mps"`` or a ``torch.device``.
+        A :class:`Device` or its value: ``"auto"`` (CUDA if available, else Apple MPS, else
+        CPU), ``"cpu"``, ``"cuda"``, ``"mps"``; or ``"cuda:1"`` or a ``torch.device``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    DeepPTError
+        CUDA was asked for but is not available.
     """
     import torch
 
@@ -22,8 +47,8 @@ def resolve_device(device: Any = "auto") -> Any:
 
     if isinstance(device, torch.device):
         return device
-    name = str(device or "auto").lower()
-    if name == "auto":
+    name = device.value if isinstance(device, Device) else str(device or "auto").lower()
+    if name == Device.AUTO.value:
         if torch.cuda.is_available():
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
@@ -33,7 +58,7 @@ def resolve_device(device: Any = "auto") -> Any:
     resolved = torch.device(name)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeepPTError(
-            f"device {device!r} was requested but CUDA is not available here; "
+            f"device {str(device)!r} was requested but CUDA is not available here; "
             "use device='auto' or 'cpu'"
         )
     return resolved

@@ -231,21 +231,15 @@ def _check_weights_file(feature: dict[str, Any], weights: Any, bundle_path: str)
 
 
 def _stain_for(config: dict[str, Any]) -> Any:
-    from .stain import MacenkoTarget, ReinhardTarget
+    from .stain import MacenkoTarget, ReinhardTarget, StainMethod
 
     method = config.get("method")
     if method is None:
         return None
-    if method == "macenko":
-        return MacenkoTarget(
-            tuple(map(tuple, config["stain_matrix"])),
-            tuple(config["max_concentrations"]),
-            config["io"],
-            config["alpha"],
-            config["beta"],
-        )
-    if method == "reinhard":
-        return ReinhardTarget(tuple(config["mean"]), tuple(config["std"]))
+    if method == StainMethod.MACENKO:
+        return MacenkoTarget.from_dict(config)
+    if method == StainMethod.REINHARD:
+        return ReinhardTarget.from_dict(config)
     raise BundleMismatchError(f"the bundle names an unknown stain method {method!r}")
 
 

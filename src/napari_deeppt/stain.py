@@ -17,7 +17,9 @@ Differences from the classic reference script, all deliberate:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ __all__ = [
     "DEEPPT_TARGET",
     "MacenkoTarget",
     "ReinhardTarget",
+    "StainMethod",
     "apply_od_transform",
     "fit_macenko_target",
     "fit_reinhard_target",
@@ -37,6 +40,34 @@ __all__ = [
     "preview_mosaic",
     "reinhard_normalize",
 ]
+
+
+class StainMethod(str, Enum):
+    """The stain normalisations: the one list of choices for the API, the CLI and the docks.
+
+    Functions taking a method accept the member or its value (``"macenko"``), and None or
+    ``"none"`` for no normalisation.
+    """
+
+    MACENKO = "macenko"
+    REINHARD = "reinhard"
+    NONE = "none"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, method: StainMethod | str | bool | None) -> StainMethod:
+        """The member for ``method``; None, False and ``"none"`` are :attr:`NONE`.
+
+        Raises
+        ------
+        ValueError
+            ``method`` names no stain normalisation.
+        """
+        if method is None or method is False:
+            return cls.NONE
+        return cls(method)
 
 
 @dataclass(frozen=True)
@@ -59,6 +90,17 @@ class MacenkoTarget:
             "beta": self.beta,
         }
 
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> MacenkoTarget:
+        """The target :meth:`as_dict` wrote (other keys, e.g. ``"method"``, are ignored)."""
+        return cls(
+            tuple(map(tuple, config["stain_matrix"])),  # type: ignore[arg-type]
+            tuple(config["max_concentrations"]),  # type: ignore[arg-type]
+            config["io"],
+            config["alpha"],
+            config["beta"],
+        )
+
 
 #: DeepPT's reference (Hoang et al. 2024): HERef, maxCRef, Io = 240, α = 1, β = 0.15.
 DEEPPT_TARGET = MacenkoTarget(
@@ -76,6 +118,11 @@ class ReinhardTarget:
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": "reinhard", "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> ReinhardTarget:
+        """The target :meth:`as_dict` wrote (other keys, e.g. ``"method"``, are ignored)."""
+        return cls(tuple(config["mean"]), tuple(config["std"]))  # type: ignore[arg-type]
 
 
 #: lαβ statistics of CMU-1-Small-Region's tiles with ≥ 90 % tissue (bundled, CC0) at 0.5 µm/px.
@@ -396,19 +443,30 @@ def reinhard_normalize(
     return _return(out, was_numpy, single)
 
 
-def normalise(tiles: Any, method: str | None = "macenko", target: Any = None, **kwargs: Any) -> Any:
+def normalise(
+    tiles: Any, method: StainMethod | str | None = "macenko", target: Any = None, **kwargs: Any
+) -> Any:
     """Dispatch to :func:`macenko_normalize`, :func:`reinhard_normalize` or nothing (None)."""
-    if method in (None, "none"):
+    try:
+        chosen = StainMethod.parse(method)
+    except ValueError:
+        raise ValueError(
+            f"unknown stain normalisation {method!r}; use 'macenko', 'reinhard' or None"
+        ) from None
+    if chosen is StainMethod.NONE:
         return tiles
-    if method == "macenko":
+    if chosen is StainMethod.MACENKO:
         return macenko_normalize(tiles, target, **kwargs)
-    if method == "reinhard":
-        return reinhard_normalize(tiles, target, **kwargs)
-    raise ValueError(f"unknown stain normalisation {method!r}; use 'macenko', 'reinhard' or None")
+    return reinhard_normalize(tiles, target, **kwargs)
 
 
 def preview_mosaic(
-    slide: Any, grid: Any, n: int = 8, method: str = "macenko", seed: int = 0, thumb_px: int = 256
+    slide: Any,
+    grid: Any,
+    n: int = 8,
+    method: StainMethod | str = "macenko",
+    seed: int = 0,
+    thumb_px: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` random kept tiles, raw (top row) over normalised (bottom row).
 

@@ -1,9 +1,18 @@
-"""Tile features: extractor registry, weights resolution, streaming engine, cache."""
+"""Tile features.
+
+- :mod:`.extractors`: the registry of backbones, their weights, a model ready on a device;
+- :mod:`.preprocess`: tiles → model input (stain normalisation, resize, normalisation);
+- :mod:`.batches`: tiles into device batches, read ahead in threads;
+- :mod:`.store`: :class:`FeatureSet`, its zarr store and exports, the cache key and lookup;
+- :mod:`.engine`: :func:`extract_features`, the streaming loop;
+- :mod:`.gpu`: JPEG decoding, Pillow-exact resizing and pinned readback on the device.
+"""
 
 from __future__ import annotations
 
-from .engine import FeatureSet, extract_features
+from .engine import extract_features
 from .extractors import EXTRACTORS, ExtractorSpec, load_extractor, register_extractor
+from .store import FeatureSet
 
 __all__ = [
     "EXTRACTORS",

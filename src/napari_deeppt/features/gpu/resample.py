@@ -2,7 +2,7 @@
 
 :func:`napari_deeppt.slide.resize_rgb` (Pillow, on the CPU) resizes a region read at the
 slide's nearest level to the grid's resolution. Tiles decoded on the device
-(:mod:`napari_deeppt.features.jpeg`) must become the *same* pixels, or features would depend
+(:mod:`napari_deeppt.features.gpu.jpeg`) must become the *same* pixels, or features would depend
 on whether a GPU decoded the slide. This module reproduces Pillow's two-pass separable
 resampling exactly: the same filter coefficients (``precompute_coeffs``), the same 22-bit
 fixed-point rounding (``normalize_coeffs_8bpc``), horizontal pass first, uint8 in between.

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.stored import jpeg_stream_problem, truncated_tile_error
+from ...backends.stored import jpeg_stream_problem, truncated_tile_error
 
 __all__ = ["JpegBatch", "JpegTileReader"]
 
@@ -279,7 +279,3 @@ class JpegBatch:
     # slot len(streams) stands for tiles never written (they read as 0)
     keys: np.ndarray | None = None  # (len(streams),) the file tile of each stream
 
-
-def reference_tiles(slide: Any, grid: Any, indices: Any) -> np.ndarray:
-    """The same tiles through the ordinary reader, for comparison."""
-    return np.stack([grid.read_tile(slide, int(i)) for i in indices])
