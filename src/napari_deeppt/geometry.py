@@ -3,6 +3,8 @@
 Convention: level-0 pixel ``i`` covers the continuous interval ``[i, i + 1)``; napari puts the
 centre of data pixel ``i`` at world ``i * scale + translate``. The slide layer has scale
 ``mpp`` and translate 0, so level-0 pixel ``i`` is centred at world ``i * mpp`` µm.
+
+Regions read from files (GeoJSON) come from :mod:`napari_deeppt.io.geojson`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GridPlacement", "Region", "as_regions", "rasterize_regions"]
+__all__ = ["GridPlacement", "Region", "rasterize_regions"]
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,6 @@ class GridPlacement:
     step_xy: tuple[float, float]
     size_xy: tuple[float, float]
     origin_xy: tuple[float, float] = (0.0, 0.0)
-
-    def centre_level0(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Continuous level-0 ``(x, y)`` of raster pixel centres."""
-        x = self.origin_xy[0] + np.asarray(cols) * self.step_xy[0] + self.size_xy[0] / 2
-        y = self.origin_xy[1] + np.asarray(rows) * self.step_xy[1] + self.size_xy[1] / 2
-        return x, y
 
     def napari_transform(
         self, mpp_xy: tuple[float, float] | None
@@ -106,33 +102,3 @@ def rasterize_regions(
     for region in regions:
         out |= region.rasterize(shape, downsample_xy)
     return out
-
-
-def as_regions(obj: Any, classification: str | None = None) -> list[Region]:
-    """Regions from a GeoJSON path, a :class:`Region`, an ``(n, 2)`` ``(x, y)`` array of
-    level-0 vertices, or a list of these."""
-    import os
-
-    if isinstance(obj, (str, os.PathLike)):
-        from .io.geojson import read_regions
-
-        return read_regions(obj, classification=classification)
-    if isinstance(obj, Region):
-        return [obj]
-    if isinstance(obj, np.ndarray) and obj.ndim == 2:
-        return [_checked_region(obj)]
-    if isinstance(obj, (list, tuple)):
-        out: list[Region] = []
-        for item in obj:
-            out += as_regions(item, classification)
-        return out
-    raise TypeError(
-        f"expected a GeoJSON path, a Region or (n, 2) level-0 vertices, got {type(obj).__name__}"
-    )
-
-
-def _checked_region(vertices: np.ndarray) -> Region:
-    vertices = np.asarray(vertices, np.float64)
-    if vertices.ndim != 2 or vertices.shape[1] != 2 or len(vertices) < 3:
-        raise ValueError(f"a region needs (n ≥ 3, 2) vertices (x, y), got {vertices.shape}")
-    return Region(vertices)

@@ -20,19 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from .backends import registry
 from .backends.base import LevelSource, SlideParts
 from .backends.derived import derive_levels, stored_windows
-from .errors import (
-    MissingMppError,
-    NotRGBError,
-    SlideFormatError,
-    SlideNotFoundError,
-)
+from .backends.stored import JpegTiles
+from .errors import MissingMppError, NotRGBError, SlideNotFoundError
 
 __all__ = ["SLIDE_SUFFIXES", "LevelInfo", "Slide", "as_slide", "open_slide"]
 
-#: File name endings the reader accepts (lower case).
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".zarr", ".ome.zarr")
+#: File name endings the reader accepts (lower case): those of the registered backends.
+SLIDE_SUFFIXES = registry.suffixes()
 #: A level may be this much coarser than asked for and still be read from (then resized).
 LEVEL_TOLERANCE = 0.01
 
@@ -286,6 +283,17 @@ class Slide:
             return image
         return resize_rgb(image, max(1, round(w / factor)), max(1, round(h / factor)))
 
+    def jpeg_tiles(self, level: int) -> JpegTiles | None:
+        """The stored JPEG tiles of ``level``, undecoded, for a batch decoder (nvJPEG).
+
+        Returns
+        -------
+        JpegTiles or None
+            None unless ``level`` is stored (not derived) as JPEG-compressed RGB tiles.
+        """
+        source = self._sources[level] if 0 <= level < len(self._sources) else None
+        return None if source is None else source.jpeg_tiles
+
     # -- identity and info --------------------------------------------------------------------
     def content_digest(self, grid: Any) -> str:
         """A digest of every stored byte that reading ``grid``'s tiles decodes.
@@ -393,12 +401,6 @@ def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return out[..., np.newaxis] if squeeze else out
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any(
-        (path / name).exists() for name in (".zgroup", ".zattrs", "zarr.json")
-    )
-
-
 def open_slide(
     path: str | os.PathLike[str], mpp: float | None = None, magnification: float | None = None
 ) -> Slide:
@@ -407,7 +409,8 @@ def open_slide(
     Parameters
     ----------
     path
-        An Aperio ``.svs``, a (pyramidal, OME-) TIFF, or an OME-Zarr directory.
+        An Aperio ``.svs``, a (pyramidal, OME-) TIFF, or an OME-Zarr directory (the
+        formats of :mod:`napari_deeppt.backends.registry`).
     mpp
         µm per level-0 pixel. Overrides whatever the file says; use it when the file has none.
     magnification
@@ -425,28 +428,10 @@ def open_slide(
     SlideFormatError
         The file is not a readable slide (wrong format, truncated header).
     """
-    from .backends.omezarr import open_ome_zarr
-    from .backends.tiff import open_tiff
-
     path = Path(path).expanduser()
     if not path.exists():
         raise SlideNotFoundError(f"{path}: no such file or directory")
-    if path.is_dir():
-        if not _is_zarr(path):
-            raise SlideFormatError(
-                f"{path}: a directory, but not a Zarr store (no .zgroup, "
-                ".zattrs or zarr.json inside)"
-            )
-        parts = open_ome_zarr(path)
-    else:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-        if magic[:2] not in (b"II", b"MM"):
-            raise SlideFormatError(
-                f"{path}: not a TIFF/SVS file (it starts with {magic!r}); supported: "
-                f"{', '.join(SLIDE_SUFFIXES)} (OME-Zarr is a directory)"
-            )
-        parts = open_tiff(path)
+    parts = registry.backend_for(path).open(path)
 
     if mpp is not None:
         if not mpp > 0:

@@ -190,7 +190,8 @@ class TissueMask:
         """
         from dataclasses import replace
 
-        from .geometry import as_regions, rasterize_regions
+        from .geometry import rasterize_regions
+        from .io.geojson import as_regions
 
         inside = rasterize_regions(
             as_regions(regions, classification), self.mask.shape, self.downsample_xy

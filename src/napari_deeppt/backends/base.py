@@ -2,12 +2,14 @@
 
 A backend opens one file format and returns :class:`SlideParts`: one :class:`LevelSource` per
 stored pyramid level (finest first), the associated images, and the metadata it could parse.
-Everything above this module is format-agnostic.
+It declares what it opens in a :class:`Backend`, registered in :mod:`.registry`. Everything
+above this module is format-agnostic.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepPTError, SlideReadError
-from .stored import StoredChunks, touched_chunks
+from .stored import JpegTiles, StoredChunks, touched_chunks
 
-__all__ = ["LevelSource", "SlideParts"]
+__all__ = ["Backend", "LevelSource", "SlideParts"]
 
 
 class LevelSource:
@@ -47,8 +49,8 @@ class LevelSource:
     """
 
     ndim = 3
-    #: The TIFF page behind this level, when there is one (direct JPEG decoding uses it).
-    tiff_page: Any = None
+    #: The level's stored JPEG tiles, when it is JPEG-tiled RGB (a batch decoder reads them).
+    jpeg_tiles: JpegTiles | None = None
     #: The stored chunks behind this level, when the backend knows them (see ``stored.py``):
     #: then content digests hash raw bytes, and every read first checks for truncation.
     stored: StoredChunks | None = None
@@ -86,10 +88,6 @@ class LevelSource:
 
     def __repr__(self) -> str:
         return f"LevelSource({self.name}, shape={self.shape}, axes={self.axes!r})"
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * self.dtype.itemsize
 
     def _backend_key(self, rows: slice, cols: slice) -> tuple[Any, ...]:
         key: list[Any] = []
@@ -231,3 +229,35 @@ class SlideParts:
     compression: str = "unknown"
     properties: dict[str, Any] = field(default_factory=dict)
     closers: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One slide format: what it opens and how. :mod:`.registry` picks one for a path.
+
+    Attributes
+    ----------
+    name
+        Short name (``"tiff"``, ``"ome-zarr"``).
+    title
+        How people name the format (``"OME-Zarr"``), for messages.
+    suffixes
+        File name endings it reads, lower case; napari's reader offers these.
+    directory
+        True when a slide of this format is a directory (a Zarr store), False for a file.
+    expects
+        What it looks for, for the error when nothing opens a path (``"a TIFF/SVS file"``).
+    can_open
+        A cheap check of a path that exists (magic bytes, marker files), not a full parse.
+    open
+        Opens the path; raises :class:`~napari_deeppt.errors.SlideFormatError` on a file it
+        cannot read.
+    """
+
+    name: str
+    title: str
+    suffixes: tuple[str, ...]
+    directory: bool
+    expects: str
+    can_open: Callable[[Path], bool]
+    open: Callable[[Path], SlideParts]

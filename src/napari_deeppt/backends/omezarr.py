@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlideFormatError
-from .base import LevelSource, SlideParts
+from .base import Backend, LevelSource, SlideParts
+from .ome import UNIT_TO_UM, parse_ome_xml
 from .stored import ZarrChunks
-from .tiff import UNIT_TO_UM, _parse_ome_xml
 
-__all__ = ["open_ome_zarr"]
+__all__ = ["BACKEND", "open_ome_zarr"]
 
 
 def _ngff(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -40,69 +40,25 @@ def _scale(transforms: list[dict[str, Any]] | None, ndim: int) -> list[float]:
 
 
 def open_ome_zarr(path: Path) -> SlideParts:
-    """Open an OME-Zarr image group (or a bioformats2raw container of them)."""
-    import zarr
+    """Open an OME-Zarr image group (or a bioformats2raw container of them).
 
-    try:
-        group = zarr.open_group(str(path), mode="r")
-        attrs = dict(group.attrs)
-    except Exception as exc:
-        raise SlideFormatError(
-            f"{path}: not a readable Zarr group ({type(exc).__name__}: {exc})"
-        ) from exc
-    ngff = _ngff(attrs)
-    associated_groups: dict[str, Any] = {}
-    ome_xml = None
-    if "multiscales" not in ngff:  # bioformats2raw: images in "0", "1" ...; OME-XML in OME/
-        keys = sorted((k for k in group.group_keys() if k.isdigit()), key=int)
-        if not keys or "multiscales" not in _ngff(dict(group[keys[0]].attrs)):
-            raise SlideFormatError(
-                f"{path}: a Zarr store, but not an OME-Zarr image (no 'multiscales' metadata)"
-            )
-        for k in keys[1:]:
-            associated_groups[f"image{k}"] = group[k]
-        try:
-            ome_xml = bytes(group["OME/METADATA.ome.xml"][...]).decode()  # rarely present
-        except Exception:
-            ome_xml = None
-        group = group[keys[0]]
-        ngff = _ngff(dict(group.attrs))
-    try:
-        multiscale = ngff["multiscales"][0]
-        letters, units = _axis_names(multiscale.get("axes", ["t", "c", "z", "y", "x"][-5:]))
-        datasets = list(multiscale["datasets"])
-        paths = [str(d["path"]) for d in datasets]
-        if not paths:
-            raise IndexError("no datasets")
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise SlideFormatError(
-            f"{path}: its OME-Zarr 'multiscales' metadata is malformed ({type(exc).__name__}: "
-            f"{exc}); re-export the image"
-        ) from exc
-    sources = [_level_source(group, p, i, letters, path) for i, p in enumerate(paths)]
-
-    associated: dict[str, LevelSource] = {}
-    for name, sub in associated_groups.items():
-        try:
-            sub_multiscale = _ngff(dict(sub.attrs))["multiscales"][0]
-            array = sub[sub_multiscale["datasets"][0]["path"]]
-            sub_letters, _ = _axis_names(sub_multiscale.get("axes", []))
-            if len(sub_letters) != array.ndim:
-                sub_letters = "TCZYX"[-array.ndim :]
-            chunks = (array.chunks[sub_letters.index("Y")], array.chunks[sub_letters.index("X")])
-            associated[name] = LevelSource(
-                array, sub_letters, path, f"associated image {name!r}", chunks
-            )
-        except Exception:
-            continue
+    Raises
+    ------
+    SlideFormatError
+        Not a readable Zarr group, not an OME-Zarr image, malformed ``multiscales``
+        metadata, or a listed level missing.
+    """
+    group, associated_groups, ome_xml = _image_group(path)
+    multiscale, letters, units, paths = _multiscale(group, path)
+    sources = [_level_source(group, key, i, letters, path) for i, key in enumerate(paths)]
     parts = SlideParts(
         levels=sources,
-        associated=associated,
+        associated=_associated(associated_groups, path),
         format="ome-zarr",
         vendor="ome",
         compression=_compression_name(sources[0].array),
     )
-    scale = _scale(datasets[0].get("coordinateTransformations"), len(letters))
+    scale = _scale(multiscale["datasets"][0].get("coordinateTransformations"), len(letters))
     scale = [
         a * b
         for a, b in zip(scale, _scale(multiscale.get("coordinateTransformations"), len(letters)))
@@ -115,11 +71,73 @@ def open_ome_zarr(path: Path) -> SlideParts:
             parts.mpp_xy, parts.mpp_source = (mpp_x, mpp_y), "OME-Zarr coordinateTransformations"
     if ome_xml:
         before = parts.mpp_xy
-        _parse_ome_xml(ome_xml, sources[0].shape[:2], parts)
+        parse_ome_xml(ome_xml, sources[0].shape[:2], parts)
         if before is not None:
             parts.mpp_xy = before
     parts.properties = {"ome-zarr.multiscales": multiscale}
     return parts
+
+
+def _image_group(path: Path) -> tuple[Any, dict[str, Any], str | None]:
+    """The group holding the image, other images (bioformats2raw) and OME-XML if present."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+    except Exception as exc:
+        raise SlideFormatError(
+            f"{path}: not a readable Zarr group ({type(exc).__name__}: {exc})"
+        ) from exc
+    if "multiscales" in _ngff(attrs):
+        return group, {}, None
+    # bioformats2raw: images in "0", "1" ...; OME-XML in OME/
+    keys = sorted((k for k in group.group_keys() if k.isdigit()), key=int)
+    if not keys or "multiscales" not in _ngff(dict(group[keys[0]].attrs)):
+        raise SlideFormatError(
+            f"{path}: a Zarr store, but not an OME-Zarr image (no 'multiscales' metadata)"
+        )
+    others = {f"image{k}": group[k] for k in keys[1:]}
+    try:
+        ome_xml = bytes(group["OME/METADATA.ome.xml"][...]).decode()  # rarely present
+    except Exception:
+        ome_xml = None
+    return group[keys[0]], others, ome_xml
+
+
+def _multiscale(group: Any, path: Path) -> tuple[dict[str, Any], str, dict[str, str], list[str]]:
+    """The first ``multiscales`` entry, its axis letters and units, and its levels' paths."""
+    try:
+        multiscale = _ngff(dict(group.attrs))["multiscales"][0]
+        letters, units = _axis_names(multiscale.get("axes", ["t", "c", "z", "y", "x"][-5:]))
+        paths = [str(d["path"]) for d in multiscale["datasets"]]
+        if not paths:
+            raise IndexError("no datasets")
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise SlideFormatError(
+            f"{path}: its OME-Zarr 'multiscales' metadata is malformed ({type(exc).__name__}: "
+            f"{exc}); re-export the image"
+        ) from exc
+    return multiscale, letters, units, paths
+
+
+def _associated(groups: dict[str, Any], path: Path) -> dict[str, LevelSource]:
+    """The first level of each other image of a bioformats2raw store (unreadable ones skipped)."""
+    associated: dict[str, LevelSource] = {}
+    for name, sub in groups.items():
+        try:
+            sub_multiscale = _ngff(dict(sub.attrs))["multiscales"][0]
+            array = sub[sub_multiscale["datasets"][0]["path"]]
+            sub_letters, _ = _axis_names(sub_multiscale.get("axes", []))
+            if len(sub_letters) != array.ndim:
+                sub_letters = "TCZYX"[-array.ndim :]
+            chunks = (array.chunks[sub_letters.index("Y")], array.chunks[sub_letters.index("X")])
+            associated[name] = LevelSource(
+                array, sub_letters, path, f"associated image {name!r}", chunks
+            )
+        except Exception:
+            continue
+    return associated
 
 
 def _level_source(group: Any, key: str, index: int, letters: str, path: Path) -> LevelSource:
@@ -158,3 +176,20 @@ def _compression_name(array: Any) -> str:
         return ",".join(type(c).__name__.lower() for c in comps if c is not None) or "none"
     except Exception:
         return "unknown"
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / name).exists() for name in (".zgroup", ".zattrs", "zarr.json")
+    )
+
+
+BACKEND = Backend(
+    name="ome-zarr",
+    title="OME-Zarr",
+    suffixes=(".zarr", ".ome.zarr"),
+    directory=True,
+    expects="a Zarr store (no .zgroup, .zattrs or zarr.json inside)",
+    can_open=_is_zarr,
+    open=open_ome_zarr,
+)

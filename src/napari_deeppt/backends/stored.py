@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 from ..errors import SlideReadError
 
 __all__ = [
+    "JpegTiles",
     "RawFile",
     "StoredChunks",
     "TiffSegments",
@@ -138,6 +140,45 @@ class RawFile:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+@dataclass(frozen=True, eq=False)
+class JpegTiles:
+    """The stored JPEG tiles of one level, undecoded: what a batch JPEG decoder takes.
+
+    Tile ``k`` (row-major) covers level rows ``[r·th, (r+1)·th)`` and columns
+    ``[c·tw, (c+1)·tw)`` with ``r, c = divmod(k, ceil(level width / tw))``. Each tile is an
+    abbreviated JPEG stream whose quantisation and Huffman tables may sit in ``tables``.
+
+    Attributes
+    ----------
+    tile_shape : tuple of int
+        ``(rows, cols)`` of one tile, ``(th, tw)``.
+    level_shape : tuple of int
+        ``(rows, cols)`` of the level.
+    tables : bytes or None
+        The level's shared JPEG tables (TIFF ``JPEGTables``), a stream of its own.
+    rgb_colourspace : bool
+        The tiles hold RGB, not YCbCr (Aperio's ``photometric=RGB``): a decoder must not
+        convert their colours.
+    offsets, counts : numpy.ndarray
+        Where each tile's bytes start and how many there are; a count of 0 is a tile never
+        written (it reads as 0).
+    raw : RawFile
+        The file they are read from.
+    """
+
+    tile_shape: tuple[int, int]
+    level_shape: tuple[int, int]
+    tables: bytes | None
+    rgb_colourspace: bool
+    offsets: np.ndarray
+    counts: np.ndarray
+    raw: RawFile
+
+    def read(self, index: int) -> bytes:
+        """The stored bytes of tile ``index``: fewer than its count when the file is cut short."""
+        return self.raw.pread(int(self.counts[index]), int(self.offsets[index]))
 
 
 class StoredChunks:

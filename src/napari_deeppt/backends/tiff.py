@@ -13,38 +13,20 @@ import re
 import struct
 import threading
 import warnings
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import SlideFormatError
-from .base import LevelSource, SlideParts
-from .stored import RawFile, TiffSegments
+from .base import Backend, LevelSource, SlideParts
+from .ome import parse_ome_xml, positive_float
+from .stored import JpegTiles, RawFile, TiffSegments
 
-__all__ = ["open_tiff"]
+__all__ = ["BACKEND", "open_tiff"]
 
-#: Physical units to micrometres (OME UnitsLength symbols and common spellings).
-UNIT_TO_UM = {
-    "m": 1e6,
-    "cm": 1e4,
-    "mm": 1e3,
-    "µm": 1.0,
-    "μm": 1.0,
-    "um": 1.0,
-    "micrometer": 1.0,
-    "micron": 1.0,
-    "nm": 1e-3,
-    "nanometer": 1e-3,
-    "å": 1e-4,
-    "Å": 1e-4,
-    "millimeter": 1e3,
-    "centimeter": 1e4,
-    "meter": 1e6,
-    "in": 25400.0,
-    "inch": 25400.0,
-}
 #: Plausible µm/px for a microscope image; resolution tags outside are screen defaults (72 dpi).
 PLAUSIBLE_MPP = (0.02, 100.0)
 ASSOCIATED_KEYWORDS = ("label", "macro", "thumbnail", "overview", "barcode")
@@ -73,8 +55,6 @@ class TiffTileArray:
         )
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> Any:
-        import numpy as np
-
         rows, cols, chans = key
         out = np.zeros((rows.stop - rows.start, cols.stop - cols.start, self.shape[2]), self.dtype)
         seg_h, seg_w = self.segment
@@ -330,7 +310,7 @@ def _open_tiff(path: Path) -> SlideParts:
         array, axes, chunks = _level_array(tif, series, level)
         n_channels = 3 if _is_rgba(series) else None
         source = LevelSource(array, axes, path, f"level {index}", chunks, n_channels)
-        source.tiff_page = series.levels[level].keyframe  # for direct (GPU) JPEG decoding
+        source.jpeg_tiles = _jpeg_tiles(series.levels[level].keyframe, raw)
         source.stored = _stored_segments(series, level, raw, source.name)
         sources.append(source)
     sources.sort(key=lambda src: -src.shape[0] * src.shape[1])
@@ -367,6 +347,23 @@ def _stored_segments(series: Any, level: int, raw: RawFile, name: str) -> TiffSe
         return None
 
 
+def _jpeg_tiles(page: Any, raw: RawFile) -> JpegTiles | None:
+    """The page's stored tiles when they are JPEG-compressed RGB (one plane), else None."""
+    if int(page.compression) != 7 or not page.is_tiled:
+        return None
+    if page.samplesperpixel != 3 or page.planarconfig != 1 or page.imagedepth != 1:
+        return None
+    return JpegTiles(
+        tile_shape=(int(page.tilelength), int(page.tilewidth)),
+        level_shape=(int(page.imagelength), int(page.imagewidth)),
+        tables=page.jpegtables,
+        rgb_colourspace=int(page.photometric) == 2,
+        offsets=np.asarray(page.dataoffsets, np.int64),
+        counts=np.asarray(page.databytecounts, np.int64),
+        raw=raw,
+    )
+
+
 def _is_rgba(series: Any) -> bool:
     page = series.keyframe
     return int(getattr(page, "photometric", 0)) == 2 and page.samplesperpixel == 4
@@ -384,13 +381,13 @@ def _parse_metadata(tif: Any, main: Any, parts: SlideParts, path: Path) -> None:
         except Exception:
             meta = dict(re.findall(r"\|\s*([^=|]+?)\s*=\s*([^|]*)", page.description))
         parts.properties.update({f"aperio.{k}": v for k, v in meta.items()})
-        mpp = _to_float(meta.get("MPP"))
+        mpp = positive_float(meta.get("MPP"))
         if mpp:
             parts.mpp_xy, parts.mpp_source = (mpp, mpp), "aperio MPP"
-        parts.objective_power = _to_float(meta.get("AppMag"))
+        parts.objective_power = positive_float(meta.get("AppMag"))
     elif tif.is_ome and tif.ome_metadata:
         parts.vendor, parts.format = "ome", "ome-tiff"
-        _parse_ome_xml(tif.ome_metadata, _yx(main), parts)
+        parse_ome_xml(tif.ome_metadata, _yx(main), parts)
     else:
         flags = [f for f in ("ndpi", "philips", "scn", "bif", "qpi") if getattr(tif, f"is_{f}")]
         parts.vendor = flags[0] if flags else "generic"
@@ -401,45 +398,6 @@ def _parse_metadata(tif: Any, main: Any, parts: SlideParts, path: Path) -> None:
         mpp_xy = _mpp_from_resolution_tags(page, path)
         if mpp_xy:
             parts.mpp_xy, parts.mpp_source = mpp_xy, "TIFF resolution tags"
-
-
-def _to_float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if out > 0 else None
-
-
-def _parse_ome_xml(xml: str, shape_yx: tuple[int, int], parts: SlideParts) -> None:
-    """Pixel size (with units) and nominal magnification from OME-XML."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return
-    ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
-    best = None
-    for image in root.iter(f"{ns}Image"):
-        pixels = image.find(f"{ns}Pixels")
-        if pixels is None:
-            continue
-        size = (int(pixels.get("SizeY", 0)), int(pixels.get("SizeX", 0)))
-        if best is None or size == shape_yx:
-            best = pixels
-    if best is not None:
-        values = []
-        for axis in ("X", "Y"):
-            value = _to_float(best.get(f"PhysicalSize{axis}"))
-            unit = best.get(f"PhysicalSize{axis}Unit", "µm")
-            values.append(value * UNIT_TO_UM.get(unit, float("nan")) if value else None)
-        if values[0] and values[0] == values[0]:
-            parts.mpp_xy = (values[0], values[1] or values[0])
-            parts.mpp_source = "OME PhysicalSizeX/Y"
-    for objective in root.iter(f"{ns}Objective"):
-        mag = _to_float(objective.get("NominalMagnification"))
-        if mag:
-            parts.objective_power = mag
-            break
 
 
 def _mpp_from_resolution_tags(page: Any, path: Path) -> tuple[float, float] | None:
@@ -466,3 +424,19 @@ def _mpp_from_resolution_tags(page: Any, path: Path) -> tuple[float, float] | No
         )
         return None
     return out[0], out[1]
+
+
+def _starts_like_tiff(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) in (b"II", b"MM")
+
+
+BACKEND = Backend(
+    name="tiff",
+    title="TIFF/SVS",
+    suffixes=(".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff"),
+    directory=False,
+    expects="a TIFF/SVS file",
+    can_open=_starts_like_tiff,
+    open=open_tiff,
+)

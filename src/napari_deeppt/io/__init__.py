@@ -1,27 +1,12 @@
-"""Files in and out: safe writes (:mod:`.files`) and QuPath GeoJSON (:mod:`.geojson`).
+"""Files in and out: safe writes (:mod:`.files`), QuPath GeoJSON (:mod:`.geojson`), the
+tables a user gives (:mod:`.tables`).
 
-The names of :mod:`.files` are re-exported here, so ``from napari_deeppt.io import atomic_path``
-is the way to reach them.
+The names of :mod:`.files` (``atomic_path``, ``atomic_outputs``, ``cache_root``,
+``describe_os_error``, ``file_sha256``, ``partial_name``, ``remove_stale_partials``) are
+re-exported here, so ``from napari_deeppt.io import atomic_path`` is the way to reach them.
 """
 
 from __future__ import annotations
 
-from .files import (
-    atomic_outputs,
-    atomic_path,
-    cache_root,
-    describe_os_error,
-    file_sha256,
-    partial_name,
-    remove_stale_partials,
-)
-
-__all__ = [
-    "atomic_outputs",
-    "atomic_path",
-    "cache_root",
-    "describe_os_error",
-    "file_sha256",
-    "partial_name",
-    "remove_stale_partials",
-]
+from .files import *  # noqa: F403 (exactly the names of files.__all__)
+from .files import __all__ as __all__

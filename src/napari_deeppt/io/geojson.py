@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["mask_features", "read_regions", "tile_features", "write_geojson"]
+from ..errors import DeepPTError
+from ..geometry import Region
+
+__all__ = ["as_regions", "mask_features", "read_regions", "tile_features", "write_geojson"]
 
 TISSUE_COLOUR = [80, 160, 80]
 
@@ -177,7 +181,7 @@ def write_geojson(
     return path
 
 
-def read_regions(path: str | Path, classification: str | None = None) -> list[Any]:
+def read_regions(path: str | Path, classification: str | None = None) -> list[Region]:
     """Polygons of a GeoJSON file (a QuPath export, say) as :class:`~napari_deeppt.geometry.Region`.
 
     Parameters
@@ -194,9 +198,6 @@ def read_regions(path: str | Path, classification: str | None = None) -> list[An
     DeepPTError
         The file cannot be read, or holds no polygon (of that class), with what it does hold.
     """
-    from ..errors import DeepPTError
-    from ..geometry import Region
-
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -231,6 +232,47 @@ def read_regions(path: str | Path, classification: str | None = None) -> list[An
         wanted = f" of class {classification!r}" if classification else ""
         raise DeepPTError(f"{path}: no polygon{wanted} in the file (found {found})")
     return regions
+
+
+def as_regions(obj: Any, classification: str | None = None) -> list[Region]:
+    """Regions from a GeoJSON path, a :class:`~napari_deeppt.geometry.Region`, an ``(n, 2)``
+    ``(x, y)`` array of level-0 vertices, or a list of these.
+
+    Parameters
+    ----------
+    obj
+        What to convert; a path is read with :func:`read_regions`.
+    classification
+        For files: keep only objects of this QuPath class (case-insensitive).
+
+    Raises
+    ------
+    TypeError
+        ``obj`` is none of these.
+    ValueError
+        An array is not ``(n ≥ 3, 2)``.
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        return read_regions(obj, classification=classification)
+    if isinstance(obj, Region):
+        return [obj]
+    if isinstance(obj, np.ndarray) and obj.ndim == 2:
+        return [_checked_region(obj)]
+    if isinstance(obj, (list, tuple)):
+        out: list[Region] = []
+        for item in obj:
+            out += as_regions(item, classification)
+        return out
+    raise TypeError(
+        f"expected a GeoJSON path, a Region or (n, 2) level-0 vertices, got {type(obj).__name__}"
+    )
+
+
+def _checked_region(vertices: np.ndarray) -> Region:
+    vertices = np.asarray(vertices, np.float64)
+    if vertices.ndim != 2 or vertices.shape[1] != 2 or len(vertices) < 3:
+        raise ValueError(f"a region needs (n ≥ 3, 2) vertices (x, y), got {vertices.shape}")
+    return Region(vertices)
 
 
 def _geometries(document: Any) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:

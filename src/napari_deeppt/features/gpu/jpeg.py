@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ...backends.stored import jpeg_stream_problem, truncated_tile_error
+from ...backends.stored import JpegTiles, jpeg_stream_problem, truncated_tile_error
 
 __all__ = ["JpegBatch", "JpegTileReader"]
 
@@ -32,13 +32,13 @@ _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 class JpegTileReader:
     """Reads a :class:`~napari_deeppt.tiles.TileGrid`'s tiles by decoding file JPEG tiles."""
 
-    def __init__(self, slide: Any, grid: Any, level: int, page: Any) -> None:
-        self.slide, self.grid, self.level, self.page = slide, grid, level, page
-        self.tile_h, self.tile_w = int(page.tilelength), int(page.tilewidth)
-        self.level_h, self.level_w = int(page.imagelength), int(page.imagewidth)
+    def __init__(self, slide: Any, grid: Any, level: int, tiles: JpegTiles) -> None:
+        self.slide, self.grid, self.level, self.tiles = slide, grid, level, tiles
+        self.tile_h, self.tile_w = tiles.tile_shape
+        self.level_h, self.level_w = tiles.level_shape
         self.per_row = math.ceil(self.level_w / self.tile_w)
-        self.tables = page.jpegtables
-        self.rgb_colourspace = int(page.photometric) == 2
+        self.tables = tiles.tables
+        self.rgb_colourspace = tiles.rgb_colourspace
         self.downsample = slide.downsamples[level]
         target_ds = grid.mpp / slide.mpp  # as Slide.read_plan: the same region size
         self.region_px = max(1, round(grid.tile_px * target_ds / self.downsample))
@@ -49,21 +49,12 @@ class JpegTileReader:
         if slide.mpp is None:
             return None
         level = slide.read_plan(grid.tile_px, grid.tile_px, grid.mpp)[0]
-        source = slide._sources[level] if level < len(slide._sources) else None
-        page = getattr(source, "tiff_page", None)
-        if page is None or int(page.compression) != 7 or not page.is_tiled:
-            return None
-        if page.samplesperpixel != 3 or page.planarconfig != 1 or page.imagedepth != 1:
-            return None
-        return cls(slide, grid, level, page)
+        tiles = slide.jpeg_tiles(level)
+        return None if tiles is None else cls(slide, grid, level, tiles)
 
     def _stream(self, index: int) -> bytes:
-        page = self.page
-        fh = page.parent.filehandle
-        count = int(page.databytecounts[index])
-        with fh.lock:
-            fh.seek(page.dataoffsets[index])
-            data = fh.read(count)
+        count = int(self.tiles.counts[index])
+        data = self.tiles.read(index)
         problem = jpeg_stream_problem(data, count)
         if problem:
             raise self._tile_error(index, problem)
@@ -139,7 +130,7 @@ class JpegTileReader:
         unique, slots = np.unique(keys, return_inverse=True)
         # tiles a scanner never wrote (byte count 0) read as tifffile's fill value, 0: they
         # all point at one fill tile placed after the decoded ones
-        present = np.asarray(self.page.databytecounts, np.int64)[unique] > 0
+        present = self.tiles.counts[unique] > 0
         remap = np.where(present, np.cumsum(present) - 1, int(present.sum()))
         slots = remap[slots]
         streams = [
@@ -183,7 +174,7 @@ class JpegTileReader:
         import torch
 
         keys = np.unique(self.fetch_keys(np.arange(min(len(self.grid), 8))))
-        keys = keys[np.asarray(self.page.databytecounts, np.int64)[keys] > 0][:n_tiles]
+        keys = keys[self.tiles.counts[keys] > 0][:n_tiles]
         if not len(keys):
             return None  # nothing written to compare (the tiles read as the fill value)
         streams = [
@@ -278,4 +269,3 @@ class JpegBatch:
     streams: list[Any]  # JPEG streams (uint8 tensors), one per distinct file tile written;
     # slot len(streams) stands for tiles never written (they read as 0)
     keys: np.ndarray | None = None  # (len(streams),) the file tile of each stream
-
