@@ -23,7 +23,7 @@ def main() -> None:
 
     from napari_deeppt.cohort import run_cohort
     from napari_deeppt.samples import demo_bundle
-    from napari_deeppt.synthetic import write_synthetic_cohort
+    from napari_deeppt.testing import write_synthetic_cohort
 
     bundle = demo_bundle(progress=False)
     folder = Path(tempfile.mkdtemp(prefix="deeppt-bench-cohort-"))

@@ -51,7 +51,7 @@ def main() -> None:
     from napari_deeppt.devices import resolve_device
     from napari_deeppt.features.extractors import load_extractor, prepare_model
     from napari_deeppt.io import cache_root
-    from napari_deeppt.synthetic import (
+    from napari_deeppt.testing import (
         GENERATOR_VERSION,
         default_sample_spec,
         write_synthetic_slide,

@@ -28,7 +28,7 @@ def main() -> None:
 
     from napari_deeppt import open_slide
     from napari_deeppt.io import cache_root
-    from napari_deeppt.synthetic import (
+    from napari_deeppt.testing import (
         GENERATOR_VERSION,
         default_sample_spec,
         write_giant_slide,

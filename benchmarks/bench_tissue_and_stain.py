@@ -36,7 +36,7 @@ def main() -> None:
 
     from napari_deeppt import detect_tissue, macenko_normalize
     from napari_deeppt.io import cache_root
-    from napari_deeppt.synthetic import GENERATOR_VERSION, default_sample_spec, write_giant_slide
+    from napari_deeppt.testing import GENERATOR_VERSION, default_sample_spec, write_giant_slide
 
     folder = cache_root() / "benchmarks"
     folder.mkdir(parents=True, exist_ok=True)

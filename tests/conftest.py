@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_deeppt.synthetic import SyntheticSlide, default_sample_spec, write_synthetic_slide
+from napari_deeppt.testing import SyntheticSlide, default_sample_spec, write_synthetic_slide
 
 os.environ.setdefault("NAPARI_DEEPPT_CACHE", str(Path(__file__).parent / ".cache-unused"))
 
@@ -74,7 +74,7 @@ def no_mpp_slide(slide_dir: Path, small_spec: SyntheticSlide) -> SyntheticSlide:
 
 @pytest.fixture(scope="session")
 def giant_slide(slide_dir: Path) -> SyntheticSlide:
-    from napari_deeppt.synthetic import write_giant_slide
+    from napari_deeppt.testing import write_giant_slide
 
     path = slide_dir / "giant.svs"
     return write_giant_slide(path, size=100_000)

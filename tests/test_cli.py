@@ -84,7 +84,7 @@ def test_tiles_writes_grid_mask_and_overview_and_never_overwrites(tmp_path, caps
 
 
 def test_tiles_on_a_blank_slide_says_so(tmp_path, capsys):
-    from napari_deeppt.synthetic import SyntheticSlide, write_synthetic_slide
+    from napari_deeppt.testing import SyntheticSlide, write_synthetic_slide
 
     blank = write_synthetic_slide(
         tmp_path / "blank.svs", SyntheticSlide(2048, 1536, 0.5), level_factors=(4,)
@@ -160,7 +160,7 @@ def test_features_without_weights_offline_is_one_clear_line(
 
 
 def test_train_and_predict_commands(tmp_path, capsys):
-    from napari_deeppt.synthetic import write_synthetic_cohort
+    from napari_deeppt.testing import write_synthetic_cohort
 
     cohort = write_synthetic_cohort(tmp_path / "cohort", n_slides=12, seed=3, size=768)
     # slide 0 is trained from the tissue inside a QuPath "Tumor" annotation only

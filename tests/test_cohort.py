@@ -13,7 +13,7 @@ import pytest
 
 from napari_deeppt.cohort import run_cohort
 from napari_deeppt.samples import demo_bundle
-from napari_deeppt.synthetic import write_synthetic_cohort
+from napari_deeppt.testing import write_synthetic_cohort
 
 
 @pytest.fixture(scope="module")

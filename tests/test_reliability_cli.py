@@ -15,7 +15,7 @@ import pytest
 from napari_deeppt.cli import main
 from napari_deeppt.cohort import run_cohort
 from napari_deeppt.samples import demo_bundle
-from napari_deeppt.synthetic import write_synthetic_cohort
+from napari_deeppt.testing import write_synthetic_cohort
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_a_bad_slide_among_several_is_reported_and_the_others_run(tmp_path, caps
 
 def test_warnings_reach_the_user_as_clean_lines(tmp_path, capsys, bundle):
     """A blank slide's NoTissueWarning is one 'warning:' line, never a source line."""
-    from napari_deeppt.synthetic import SyntheticSlide, write_synthetic_slide
+    from napari_deeppt.testing import SyntheticSlide, write_synthetic_slide
 
     blank = write_synthetic_slide(
         tmp_path / "blank.svs", SyntheticSlide(1024, 1024, 1.0), level_factors=(4,)

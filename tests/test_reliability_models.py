@@ -475,7 +475,7 @@ def test_a_sample_slide_without_its_record_is_not_trusted(tmp_path):
 def _fast_demo(monkeypatch, calls: list) -> None:
     """Replace the demo's cohort and training (minutes on a CPU) by a hand-made bundle."""
     import napari_deeppt.model.training as training
-    import napari_deeppt.synthetic as synthetic
+    import napari_deeppt.testing as testing
 
     def cohort(directory, **kwargs):
         Path(directory).mkdir(parents=True, exist_ok=True)
@@ -485,7 +485,7 @@ def _fast_demo(monkeypatch, calls: list) -> None:
         calls.append(kwargs)
         _tiny_bundle().save(out, overwrite=kwargs.get("overwrite", False))
 
-    monkeypatch.setattr(synthetic, "write_synthetic_cohort", cohort)
+    monkeypatch.setattr(testing, "write_synthetic_cohort", cohort)
     monkeypatch.setattr(training, "train", train)
 
 

@@ -19,7 +19,7 @@ import tifffile
 from napari_deeppt import open_slide
 from napari_deeppt.errors import SlideFormatError, SlideReadError
 from napari_deeppt.features import extract_features
-from napari_deeppt.synthetic import default_sample_spec, write_synthetic_slide
+from napari_deeppt.testing import default_sample_spec, write_synthetic_slide
 from napari_deeppt.tiles import make_tile_grid
 
 COLOUR_STATS = {"extractor": "colour-stats", "stain": None, "progress": False}

@@ -22,7 +22,7 @@ from napari_deeppt.model.metrics import gene_metrics, section_metrics, validatio
 from napari_deeppt.model.sample_features import spot_grid
 from napari_deeppt.model.settings import TrainingSettings
 from napari_deeppt.model.training import train
-from napari_deeppt.synthetic import write_synthetic_cohort
+from napari_deeppt.testing import write_synthetic_cohort
 
 FEATURES = {"extractor": "colour-stats", "tile_px": 64, "tile_mpp": 1.0, "stain": None}
 QUICK = {"max_epochs": 40, "patience": 10, "lr": 1e-3, "ae_epochs": 3, "latent_dim": 16}
@@ -202,7 +202,7 @@ def test_sections_too_small_or_constant_are_left_out_not_counted_as_zero():
 
 def test_a_spot_training_run_reports_within_section_r_per_gene_and_per_section(cohort, tmp_path):
     """A spot run's gene R is the mean of within-section R of its held-out predictions."""
-    from napari_deeppt.synthetic import write_synthetic_spots
+    from napari_deeppt.testing import write_synthetic_spots
 
     spots, counts, _ = write_synthetic_spots(
         tmp_path / "st", cohort.slides[:4], spacing_px=32, seed=0

@@ -16,7 +16,7 @@ from napari_deeppt.stain import (
     macenko_normalize,
     reinhard_normalize,
 )
-from napari_deeppt.synthetic import STAIN_VECTORS, default_sample_spec
+from napari_deeppt.testing import STAIN_VECTORS, default_sample_spec
 
 HE_REF = np.array(DEEPPT_TARGET.stain_matrix)
 MAXC_REF = np.array(DEEPPT_TARGET.max_concentrations)

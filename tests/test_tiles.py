@@ -7,7 +7,7 @@ import pytest
 
 from napari_deeppt import MissingMppError, open_slide
 from napari_deeppt.errors import NoTissueWarning, TileGridError
-from napari_deeppt.synthetic import SyntheticSlide, write_synthetic_slide
+from napari_deeppt.testing import SyntheticSlide, write_synthetic_slide
 from napari_deeppt.tiles import TileGrid, make_tile_grid, sobel_edge_fraction
 from napari_deeppt.tissue import TissueMask, detect_tissue
 
@@ -70,7 +70,7 @@ def test_sobel_edge_fraction_separates_flat_from_textured():
 
 
 def test_edge_filter_drops_featureless_tissue(tmp_path):
-    from napari_deeppt.synthetic import DEFAULT_TISSUE_TYPES, TissueRegion, TissueType
+    from napari_deeppt.testing import DEFAULT_TISSUE_TYPES, TissueRegion, TissueType
 
     flat_type = TissueType("flat", 0.3, 0.6, 50.0, 1.0, 0.0, texture=0.0)  # no nuclei, no noise
     spec = SyntheticSlide(

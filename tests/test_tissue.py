@@ -12,7 +12,7 @@ from scipy import ndimage
 from napari_deeppt import MissingMppError
 from napari_deeppt.backends.base import LevelSource
 from napari_deeppt.errors import NoTissueWarning
-from napari_deeppt.synthetic import SyntheticSlide, TissueRegion, write_synthetic_slide
+from napari_deeppt.testing import SyntheticSlide, TissueRegion, write_synthetic_slide
 from napari_deeppt.tissue import TissueMask, TissueParams, detect_tissue
 
 
@@ -23,7 +23,7 @@ def big_slide(slide_dir):
     (JPEG's 2×2 chroma subsampling blurs edges by a pixel or two at the coarse level, which
     would blur the truth; the JPEG case is checked on area below.)
     """
-    from napari_deeppt.synthetic import default_sample_spec
+    from napari_deeppt.testing import default_sample_spec
 
     path = slide_dir / "tissue.svs"
     spec = default_sample_spec(4096, 3072, 0.5, seed=7)

@@ -18,7 +18,7 @@ from napari_deeppt.model.bundle import ModelBundle
 from napari_deeppt.model.metrics import holm_sidak
 from napari_deeppt.model.training import train
 from napari_deeppt.prediction import predict, predict_from_features
-from napari_deeppt.synthetic import (
+from napari_deeppt.testing import (
     SyntheticSlide,
     TissueRegion,
     write_synthetic_cohort,
@@ -232,7 +232,7 @@ def test_holm_sidak_known_values():
 
 def test_spatial_transcriptomics_spots(cohort, tmp_path):
     """Spots (a tile centred on each) as samples, CV grouped by slide, metrics per gene."""
-    from napari_deeppt.synthetic import write_synthetic_spots
+    from napari_deeppt.testing import write_synthetic_spots
 
     spots, counts, driven = write_synthetic_spots(
         tmp_path / "st", cohort.slides[:4], spacing_px=64, seed=0

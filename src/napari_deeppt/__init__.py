@@ -21,8 +21,8 @@ _EXPORTS = {
     "MissingMppError": "errors",
     "NotRGBError": "errors",
     "CancelledError": "errors",
-    "write_synthetic_slide": "synthetic",
-    "SyntheticSlide": "synthetic",
+    "write_synthetic_slide": "testing",
+    "SyntheticSlide": "testing",
     "detect_tissue": "tissue",
     "TissueMask": "tissue",
     "make_tile_grid": "tiles",
@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .response import read_partners, response_scores, tile_response
     from .slide import Slide, open_slide
     from .stain import DEEPPT_TARGET, fit_macenko_target, macenko_normalize, reinhard_normalize
-    from .synthetic import SyntheticSlide, write_synthetic_slide
+    from .testing import SyntheticSlide, write_synthetic_slide
     from .tiles import TileGrid, detect_and_tile, make_tile_grid
     from .tissue import TissueMask, detect_tissue
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_path, cache_root, file_sha256
-from .synthetic import GENERATOR_VERSION, SyntheticSlide, default_sample_spec
+from .testing import GENERATOR_VERSION, SyntheticSlide, default_sample_spec
 
 __all__ = ["cmu1_small_region_path", "demo_bundle", "synthetic_sample"]
 
@@ -108,7 +108,7 @@ def synthetic_sample(directory: Path | None = None) -> SyntheticSlide:
         The spec with ``path`` set. A cached file is checked against its record (settings and
         sha256) and written again, with a warning, if it does not match.
     """
-    from .synthetic import write_synthetic_slide
+    from .testing import write_synthetic_slide
 
     directory = Path(directory) if directory else cache_root() / "samples"
     spec = default_sample_spec()
@@ -133,7 +133,7 @@ def demo_bundle(directory: Path | None = None, progress: bool = True) -> Path:
     and the napari-deeppt version, and checked against its record (sha256) before reuse; the
     cohort it is trained on is made afresh in a temporary folder each time it is trained.
     """
-    from . import __version__
+    from ._version import __version__
 
     directory = Path(directory) if directory else cache_root() / "demo"
     key = {
@@ -145,11 +145,11 @@ def demo_bundle(directory: Path | None = None, progress: bool = True) -> Path:
     path = directory / f"demo-model-v{GENERATOR_VERSION}-{_key_digest(key)[:12]}.deeppt"
 
     def make(target: Path) -> None:
-        from . import synthetic
+        from . import testing
         from .model import training
 
         with tempfile.TemporaryDirectory(prefix=".demo-", dir=directory) as work:
-            cohort = synthetic.write_synthetic_cohort(Path(work) / "cohort", **_DEMO_COHORT)
+            cohort = testing.write_synthetic_cohort(Path(work) / "cohort", **_DEMO_COHORT)
             training.train(
                 cohort.manifest,
                 cohort.expression,
