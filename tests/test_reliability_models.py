@@ -506,13 +506,13 @@ def test_a_corrupt_cached_demo_bundle_is_trained_again(tmp_path, monkeypatch):
 
 def test_the_demo_bundle_is_keyed_on_the_code_version(tmp_path, monkeypatch):
     """A demo bundle made by another napari-deeppt version is not reused by this one."""
-    import napari_deeppt
+    from napari_deeppt import _version
     from napari_deeppt.samples import demo_bundle
 
     calls: list = []
     _fast_demo(monkeypatch, calls)
     first = demo_bundle(tmp_path, progress=False)
-    monkeypatch.setattr(napari_deeppt, "__version__", "99.0.0")
+    monkeypatch.setattr(_version, "__version__", "99.0.0")
     second = demo_bundle(tmp_path, progress=False)
     assert len(calls) == 2 and second != first
     assert json.loads(Path(f"{second}.json").read_text())["key"]["napari_deeppt"] == "99.0.0"
