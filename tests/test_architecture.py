@@ -73,3 +73,14 @@ def test_import_linter_contract_lists_every_core_module():
     top_level = {".".join(name.split(".")[:2]) for name in CORE_MODULES}
     missing = top_level - listed
     assert not missing, f"add {sorted(missing)} to the import-linter contract"
+
+
+def test_every_public_name_resolves_and_is_declared_once():
+    """The names in __init__.pyi all import (lazy_loader finds each), and nothing else is
+    exported: a renamed or moved function breaks this test, not a user's script."""
+    names = set(napari_deeppt.__all__)
+    assert {"open_slide", "train", "predict", "run_cohort", "__version__"} <= names
+    for name in names:
+        assert getattr(napari_deeppt, name) is not None
+    with pytest.raises(AttributeError):
+        napari_deeppt.not_a_public_name  # noqa: B018
