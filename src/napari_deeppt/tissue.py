@@ -422,4 +422,3 @@ def _clean(
     if options.min_area_um2 > 0:
         tissue = _remove_small(tissue, options.min_area_um2 / pixel_area)
     return tissue
-
