@@ -293,3 +293,66 @@ def test_tiles_inside_qupath_annotations(tmp_path, capsys, svs_slide):
     out = str(tmp_path / "z")
     assert main([*args, "--out", out, *roi_file, "--roi-class", "Stroma"]) == 2
     assert "no polygon of class 'Stroma'" in capsys.readouterr().err
+
+
+def test_help_loads_no_heavy_library():
+    """`deeppt --help` imports no torch, napari, Qt, dask or Pillow: it answers at once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_deeppt.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "predict" in result.stdout and "response" in result.stdout  # the command list
+    loaded = {name.split(".")[0] for name in result.stdout.splitlines()[-1].split()}
+    heavy = {"torch", "napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui"}
+    assert not loaded & (heavy | {"dask", "PIL", "matplotlib", "anndata"})
+
+
+def test_option_defaults_are_the_cores():
+    """Every command's defaults are the core's own: a default changes in one place."""
+    import inspect
+
+    from napari_deeppt.cli import build_parser
+    from napari_deeppt.features import extract_features
+    from napari_deeppt.model.settings import TrainingSettings
+    from napari_deeppt.model.training import train
+    from napari_deeppt.response import response_scores
+    from napari_deeppt.tiles import TileGridParams
+    from napari_deeppt.tissue import TissueParams
+
+    def keyword(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    parser = build_parser()
+    tiles = parser.parse_args(["tiles", "s.svs", "--out", "o"])
+    grid, tissue = TileGridParams(), TissueParams()
+    assert (tiles.tile_px, tiles.tile_mpp, tiles.min_tissue) == (
+        grid.tile_px,
+        grid.mpp,
+        grid.min_tissue,
+    )
+    assert (tiles.stride_px, tiles.edge_filter) == (grid.stride_px, grid.edge_filter)
+    assert (tiles.mask_mpp, tiles.min_area_um2, tiles.min_saturation) == (
+        tissue.mpp,
+        tissue.min_area_um2,
+        tissue.min_saturation,
+    )
+    assert (tiles.exclude_pen, not tiles.keep_dark) == (tissue.exclude_pen, tissue.exclude_dark)
+    features = parser.parse_args(["features", "s.svs", "--out", "o"])
+    for name in ("extractor", "device", "stain", "dtype", "batch_size"):
+        assert getattr(features, name) == keyword(extract_features, name), name
+    trained = parser.parse_args(["train", "m.csv", "e.csv", "--out", "m.deeppt"])
+    for name in ("extractor", "stain", "device", "transform", "rank_by", "tile_mpp"):
+        assert getattr(trained, name) == keyword(train, name), name
+    settings = TrainingSettings()
+    for name in ("outer_folds", "inner_folds", "max_epochs", "patience", "lr", "batch_slides"):
+        assert getattr(trained, name) == getattr(settings, name), name
+    scores = parser.parse_args(["response", "x.csv", "p.csv", "--out", "s.csv"])
+    assert scores.quantile == keyword(response_scores, "quantile")
+    assert scores.threshold == keyword(response_scores, "threshold")

@@ -96,7 +96,7 @@ def test_a_full_disk_leaves_the_old_outputs_whole_and_a_rerun_works(
     tmp_path, capsys, cohort, bundle, other_bundle, monkeypatch
 ):
     """A write that fails (ENOSPC) keeps every output of the slide as it was; the rerun works."""
-    import napari_deeppt.cli as cli
+    import napari_deeppt.cli.predict as predict_command
 
     out = tmp_path / "out"
     slide = cohort.slides[0].path
@@ -108,7 +108,7 @@ def test_a_full_disk_leaves_the_old_outputs_whole_and_a_rerun_works(
         Path(path).write_bytes(b"\x89PNG half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(cli, "write_expression_png", full_disk)
+    monkeypatch.setattr(predict_command, "write_expression_png", full_disk)
     code = main(_predict_args([slide], other_bundle, out, "--overwrite"))
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "no space left" in line.lower()
