@@ -250,7 +250,7 @@ def test_run_checks_the_bundle_and_weights_before_any_slide(
 ):
     """deeppt run with unusable weights stops in the driver, once, before scheduling slides."""
     import napari_deeppt.cohort as cohort_module
-    from napari_deeppt.models import ModelBundle
+    from napari_deeppt.model.bundle import ModelBundle
 
     model = ModelBundle.load(bundle)
     model.feature = {**model.feature, "extractor": "resnet50", "weights_hash": "0123"}

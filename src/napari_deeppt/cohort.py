@@ -232,13 +232,44 @@ def run_cohort(
     progress
         See :mod:`napari_deeppt.progress`.
     """
-    import pandas as pd
-
     out = Path(out)
     table = _read_table(manifest)
     bundle, weights_id = _check_model(bundle, weights)  # once, in the driver, before any slide
     _make_folder(out / "slides")
-    bundle_sha256 = file_sha256(bundle)
+    rows, todo = _plan(table, out, file_sha256(bundle), weights_id, roi_class, resume)
+    args = {
+        "bundle": bundle,
+        "out": str(out),
+        "weights": weights,
+        "device": device,
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "roi_class": roi_class,
+    }
+    remove_stale_partials(out / "slides")  # left by a run that was killed
+    tasks = [task for task, _ in todo]
+    with make_progress(progress, len(todo), "slides", unit="slide") as bar:
+        if scheduler == "serial":
+            for task in tasks:
+                rows[task["sample_id"]] = process_slide(**task, **args)
+                bar.update()
+        elif todo:
+            cluster = (scheduler, n_workers, threads_per_worker, retries)
+            _run_distributed(tasks, args, *cluster, rows, bar)
+    for task, note in todo:
+        rows[task["sample_id"]]["note"] = note
+    remove_stale_partials(out / "slides")
+    return _finish(out, table, rows)
+
+
+def _plan(
+    table: Any,
+    out: Path,
+    bundle_sha256: str,
+    weights_id: str,
+    roi_class: str | None,
+    resume: bool,
+) -> tuple[dict[str, dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    """Report rows of the results that can be reused, and the tasks (with a note) to run."""
     rows: dict[str, dict[str, Any]] = {}
     todo = []
     rois = table["roi"] if "roi" in table.columns else [None] * len(table)
@@ -250,34 +281,13 @@ def run_cohort(
         else:
             task = {"slide": str(slide), "sample_id": str(sample), "roi": roi, "record": record}
             todo.append((task, note))
-    args = {
-        "bundle": bundle,
-        "out": str(out),
-        "weights": weights,
-        "device": device,
-        "cache_dir": None if cache_dir is None else str(cache_dir),
-        "roi_class": roi_class,
-    }
-    remove_stale_partials(out / "slides")  # left by a run that was killed
-    with make_progress(progress, len(todo), "slides", unit="slide") as bar:
-        if scheduler == "serial":
-            for task, _ in todo:
-                rows[task["sample_id"]] = process_slide(**task, **args)
-                bar.update()
-        elif todo:
-            _run_distributed(
-                [t for t, _ in todo],
-                args,
-                scheduler,
-                n_workers,
-                threads_per_worker,
-                retries,
-                rows,
-                bar,
-            )
-    for task, note in todo:
-        rows[task["sample_id"]]["note"] = note
-    remove_stale_partials(out / "slides")
+    return rows, todo
+
+
+def _finish(out: Path, table: Any, rows: dict[str, dict[str, Any]]) -> CohortResult:
+    """Write the run report and the cohort table (atomically) in manifest order."""
+    import pandas as pd
+
     report = pd.DataFrame([rows[s] for s in table["sample_id"] if s in rows])
     report = report.reindex(
         columns=[*REPORT_COLUMNS, *(c for c in report.columns if c not in REPORT_COLUMNS)]
