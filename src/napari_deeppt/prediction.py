@@ -303,8 +303,7 @@ def predict(
     Parameters
     ----------
     slide
-        A :class:`~napari_deeppt.slide.Slide`, a path, or a napari layer from this plugin (then
-        the expression layers are also added next to it).
+        A :class:`~napari_deeppt.slide.Slide` or a path.
     bundle
         A ``.deeppt`` file or a :class:`~napari_deeppt.model.bundle.ModelBundle`.
     grid

@@ -459,10 +459,10 @@ def open_slide(
 
 
 def as_slide(obj: Any, mpp: float | None = None) -> Slide:
-    """Accept a :class:`Slide`, a path, or a napari image layer opened by this plugin.
+    """A :class:`Slide` as it is, or a path opened with :func:`open_slide` (``mpp`` applies).
 
-    The layer case is duck-typed (``layer.metadata["deeppt_slide"]`` or ``["path"]``), so the
-    core never imports napari.
+    The core takes slides and paths only; napari layers are converted by the napari side
+    (its docks, and ``deeppt`` in napari's console: :mod:`napari_deeppt._napari.console`).
     """
     if isinstance(obj, Slide):
         if mpp is not None and obj.mpp != mpp:
@@ -470,14 +470,10 @@ def as_slide(obj: Any, mpp: float | None = None) -> Slide:
         return obj
     if isinstance(obj, (str, os.PathLike)):
         return open_slide(obj, mpp=mpp)
-    metadata = getattr(obj, "metadata", None)
-    if isinstance(metadata, dict):
-        slide = metadata.get("deeppt_slide")
-        if isinstance(slide, Slide):
-            return as_slide(slide, mpp=mpp)
-        if metadata.get("path"):
-            return open_slide(metadata["path"], mpp=mpp)
-    raise TypeError(
-        f"expected a Slide, a slide path or a napari layer opened by napari-deeppt, got "
-        f"{type(obj).__name__}"
-    )
+    hint = ""
+    if hasattr(obj, "metadata") and hasattr(obj, "data"):
+        hint = (
+            "; for a napari layer use deeppt.<function>(layer) in napari's console "
+            "(napari_deeppt._napari.console)"
+        )
+    raise TypeError(f"expected a Slide or a slide path, got {type(obj).__name__}{hint}")

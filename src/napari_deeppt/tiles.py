@@ -313,7 +313,7 @@ def make_tile_grid(
     Parameters
     ----------
     slide
-        A :class:`~napari_deeppt.slide.Slide`, a path, or a napari layer from this plugin.
+        A :class:`~napari_deeppt.slide.Slide` or a path.
     mask
         Tissue mask; detected with default parameters when None.
     tile_px, mpp

@@ -316,7 +316,7 @@ def detect_tissue(
     Parameters
     ----------
     slide
-        A :class:`~napari_deeppt.slide.Slide`, a path, or a napari layer from this plugin.
+        A :class:`~napari_deeppt.slide.Slide` or a path.
     progress, cancel
         See :mod:`napari_deeppt.progress`.
     **params

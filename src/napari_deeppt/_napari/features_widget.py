@@ -7,8 +7,8 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox, create_widget
 
 from ..features.extractors import EXTRACTORS
-from ..slide import as_slide
 from ._jobs import Job, JobWidget
+from .console import slide_of
 from .layers import add_or_update, embedding_layer_data
 
 __all__ = ["FeaturesWidget"]
@@ -69,7 +69,7 @@ class FeaturesWidget(JobWidget):
             grid = None if tiles is None else tiles.metadata.get("deeppt_grid")
             if grid is None:
                 raise ValueError("choose the tiles layer made by 'Tissue & tiles' first")
-            slide = as_slide(layer)
+            slide = slide_of(layer)
             weights: Any = (
                 "random" if self.random_weights.value else self._chosen_file(self.weights)
             )

@@ -15,8 +15,8 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ..slide import as_slide
 from ._jobs import Job, JobWidget
+from .console import slide_of
 from .layers import add_or_update, robust_limits, show_expression, signature_layer_data
 
 __all__ = ["PredictWidget"]
@@ -123,7 +123,7 @@ class PredictWidget(JobWidget):
             from ..model.bundle import ModelBundle
 
             bundle = ModelBundle.load(bundle_path)
-            slide = as_slide(layer)
+            slide = slide_of(layer)
             weights = self._chosen_file(self.weights)
             regions = self._chosen_regions(self.roi_layer, layer)
         except Exception as exc:

@@ -62,7 +62,7 @@ def extract_features(
     Parameters
     ----------
     slide
-        A :class:`~napari_deeppt.slide.Slide`, a path, or a napari layer from this plugin.
+        A :class:`~napari_deeppt.slide.Slide` or a path.
     grid
         The tiles; detected with default parameters (DeepPT: 512 px at 0.5 µm/px) if None.
     extractor, weights, seed
