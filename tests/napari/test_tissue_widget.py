@@ -146,6 +146,9 @@ def test_preview_normalisation_mosaic(qtbot, viewer_with_slide):
 
 def test_console_call_with_a_layer_adds_the_layers(viewer_with_slide):
     viewer, layer = viewer_with_slide
+    with pytest.raises(TypeError, match="napari's console"):  # the core takes slides, not layers
+        napari_deeppt.detect_tissue(layer)
+    assert "small tissue" not in viewer.layers
     mask = console.detect_tissue(layer)
     assert viewer.layers["small tissue"].metadata["deeppt_mask"] is mask
     grid = console.make_tile_grid(layer, mask, tile_px=128)
@@ -314,3 +317,20 @@ def test_export_dialog_writes_in_a_worker(qtbot, viewer_with_slide, tmp_path, mo
     widget._export_dialog()  # the same folder again: refused, nothing replaced
     _wait(qtbot, widget)
     assert "small.tissue.geojson: already exists" in widget.status.value
+
+
+def test_dock_fields_carry_the_cores_defaults_and_help(make_napari_viewer):
+    """The dock's tissue and tile fields are made from TissueParams / TileGridParams."""
+    from napari_deeppt.params import field_doc
+    from napari_deeppt.tiles import TileGridParams
+    from napari_deeppt.tissue import TissueParams
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Tissue & tiles")
+    tissue, tiles = TissueParams(), TileGridParams()
+    assert widget.mask_mpp.value == tissue.mpp
+    assert widget.min_area_um2.value == tissue.min_area_um2
+    assert widget.exclude_pen.value is tissue.exclude_pen
+    assert widget.tile_px.value == tiles.tile_px and widget.tile_mpp.value == tiles.mpp
+    assert widget.min_tissue.value == tiles.min_tissue
+    assert field_doc(TissueParams, "min_area_um2") in widget.min_area_um2.tooltip

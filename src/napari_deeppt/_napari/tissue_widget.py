@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import (
-    CheckBox,
     ComboBox,
     FloatSpinBox,
     Label,
@@ -16,8 +15,9 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ..slide import as_slide
 from ._jobs import Job, JobWidget
+from .console import slide_of
+from .fields import param_widget
 from .layers import add_or_update, mask_layer_data, regions_to_shapes_data, tiles_layer_data
 
 __all__ = ["TissueTilesWidget"]
@@ -42,45 +42,9 @@ class TissueTilesWidget(JobWidget):
             step=0.001,
             tooltip="0 = the file's pixel size; set it when the file has none or it is wrong",
         )
-        self.mask_mpp = FloatSpinBox(label="mask µm/px", value=8.0, min=0.5, max=64.0)
-        self.min_saturation = FloatSpinBox(
-            label="min saturation", value=0.07, min=0.0, max=0.99, step=0.01
-        )
-        self.min_area_um2 = FloatSpinBox(
-            label="min piece (µm²)", value=20000.0, min=0.0, max=1e9, step=1000.0
-        )
-        self.closing_um = FloatSpinBox(label="closing (µm)", value=24.0, min=0.0, max=1000.0)
-        self.opening_um = FloatSpinBox(label="opening (µm)", value=16.0, min=0.0, max=1000.0)
-        self.exclude_dark = CheckBox(label="drop dark artefacts", value=True)
-        self.exclude_pen = CheckBox(label="drop pen marks", value=False)
-        self.tile_px = SpinBox(label="tile px", value=512, min=16, max=8192)
-        self.tile_mpp = FloatSpinBox(label="tile µm/px", value=0.5, min=0.05, max=50.0, step=0.05)
-        self.stride_px = SpinBox(label="stride px (0 = tile)", value=0, min=0, max=8192)
-        self.min_tissue = FloatSpinBox(label="min tissue", value=0.5, min=0.0, max=1.0, step=0.05)
-        self.edge_filter = CheckBox(label="Sobel edge filter (DeepPT)", value=False)
+        self._parameter_fields()
         self.roi_layer = self._regions_picker()
-        self.import_regions_button = PushButton(
-            text="Import QuPath annotations (GeoJSON)…",
-            tooltip="add a Shapes layer of the file's polygons over the slide, to use as regions",
-        )
-        self.roi_mode = ComboBox(
-            label="use regions to",
-            choices=["keep tissue inside", "drop tissue inside"],
-            value="keep tissue inside",
-        )
-        self.export_button = PushButton(
-            text="Export tissue and tiles for QuPath (GeoJSON)…", enabled=False
-        )
-        self.recut_button = PushButton(
-            text="Cut tiles from the edited tissue layer",
-            tooltip="paint or erase on the '<slide> tissue' layer, then cut the tiles again "
-            "from it (tissue detection is not rerun)",
-        )
-        self.preview_n = SpinBox(label="preview tiles", value=8, min=1, max=64)
-        self.preview_method = ComboBox(
-            label="method", choices=["macenko", "reinhard"], value="macenko"
-        )
-        self.preview_button = PushButton(text="Preview normalisation", enabled=False)
+        self._action_widgets()
         self.extend(
             [
                 self.slide_layer,
@@ -123,6 +87,57 @@ class TissueTilesWidget(JobWidget):
         self.slide_mpp.changed.connect(self._describe_slide)
         self._describe_slide()
 
+    def _action_widgets(self) -> None:
+        """Regions, re-cut, export and stain preview controls."""
+        self.import_regions_button = PushButton(
+            text="Import QuPath annotations (GeoJSON)…",
+            tooltip="add a Shapes layer of the file's polygons over the slide, to use as regions",
+        )
+        self.roi_mode = ComboBox(
+            label="use regions to",
+            choices=["keep tissue inside", "drop tissue inside"],
+            value="keep tissue inside",
+        )
+        self.export_button = PushButton(
+            text="Export tissue and tiles for QuPath (GeoJSON)…", enabled=False
+        )
+        self.recut_button = PushButton(
+            text="Cut tiles from the edited tissue layer",
+            tooltip="paint or erase on the '<slide> tissue' layer, then cut the tiles again "
+            "from it (tissue detection is not rerun)",
+        )
+        self.preview_n = SpinBox(label="preview tiles", value=8, min=1, max=64)
+        self.preview_method = ComboBox(
+            label="method", choices=["macenko", "reinhard"], value="macenko"
+        )
+        self.preview_button = PushButton(text="Preview normalisation", enabled=False)
+
+    def _parameter_fields(self) -> None:
+        """Tissue and tile fields, with the defaults and help of TissueParams/TileGridParams."""
+        from ..tiles import TileGridParams as Tiles
+        from ..tissue import TissueParams as Tissue
+
+        self.mask_mpp = param_widget(Tissue, "mpp", "mask µm/px", min=0.5, max=64.0)
+        self.min_saturation = param_widget(
+            Tissue, "min_saturation", "min saturation", min=0.0, max=0.99, step=0.01
+        )
+        self.min_area_um2 = param_widget(
+            Tissue, "min_area_um2", "min piece (µm²)", min=0.0, max=1e9, step=1000.0
+        )
+        self.closing_um = param_widget(Tissue, "closing_um", "closing (µm)", min=0.0, max=1e3)
+        self.opening_um = param_widget(Tissue, "opening_um", "opening (µm)", min=0.0, max=1e3)
+        self.exclude_dark = param_widget(Tissue, "exclude_dark", "drop dark artefacts")
+        self.exclude_pen = param_widget(Tissue, "exclude_pen", "drop pen marks")
+        self.tile_px = param_widget(Tiles, "tile_px", "tile px", min=16, max=8192)
+        self.tile_mpp = param_widget(Tiles, "mpp", "tile µm/px", min=0.05, max=50.0, step=0.05)
+        self.stride_px = param_widget(
+            Tiles, "stride_px", "stride px (0 = tile)", value=0, min=0, max=8192
+        )
+        self.min_tissue = param_widget(
+            Tiles, "min_tissue", "min tissue", min=0.0, max=1.0, step=0.05
+        )
+        self.edge_filter = param_widget(Tiles, "edge_filter", "Sobel edge filter (DeepPT)")
+
     # -- helpers ------------------------------------------------------------------------------
     def _describe_slide(self, *_: Any) -> None:
         """Show the slide's pixel size and where it came from (or that the file has none)."""
@@ -131,7 +146,7 @@ class TissueTilesWidget(JobWidget):
             self.pixel_size.value = ""
             return
         try:
-            slide = as_slide(layer)
+            slide = slide_of(layer)
         except Exception:  # not a layer this plugin opened
             self.pixel_size.value = "unknown: not opened with napari-deeppt"
             return
@@ -162,7 +177,7 @@ class TissueTilesWidget(JobWidget):
         layer = self.slide_layer.value
         if layer is None:
             raise ValueError("choose a slide layer first (open a slide with napari-deeppt)")
-        return layer, as_slide(layer, mpp=self.slide_mpp.value or None)
+        return layer, slide_of(layer, mpp=self.slide_mpp.value or None)
 
     # -- actions ------------------------------------------------------------------------------
     def run(self) -> Job | None:

@@ -1,0 +1,40 @@
+"""Dock fields made from the core's parameter dataclasses: their defaults and their help.
+
+``param_widget(TissueParams, "min_area_um2", "min piece (µm²)")`` gives a magicgui widget whose
+value is the dataclass default and whose tooltip is the field's documentation
+(:mod:`napari_deeppt.params`), so the dock, the command line and the API agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import CheckBox, FloatSpinBox, SpinBox
+
+from ..params import field_default, field_doc
+
+__all__ = ["param_widget"]
+
+
+def param_widget(cls: type, name: str, label: str, *, value: Any = None, **options: Any) -> Any:
+    """A checkbox or spin box for field ``cls.name``: its default, its documentation as tooltip.
+
+    Parameters
+    ----------
+    cls, name
+        The parameter dataclass and the field.
+    label
+        The label shown in the dock.
+    value
+        Shown instead of the default (e.g. 0 for a ``None`` default that means "same as").
+    **options
+        Passed to the widget (``min``, ``max``, ``step``; ``tooltip`` to add to the field's
+        documentation).
+    """
+    default = field_default(cls, name) if value is None else value
+    extra = options.pop("tooltip", "")
+    tooltip = " ".join(t for t in (field_doc(cls, name).replace("``", ""), extra) if t)
+    if isinstance(default, bool):
+        return CheckBox(label=label, value=default, tooltip=tooltip, **options)
+    kind = SpinBox if isinstance(default, int) else FloatSpinBox
+    return kind(label=label, value=default, tooltip=tooltip, **options)
