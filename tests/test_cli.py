@@ -319,7 +319,7 @@ def test_option_defaults_are_the_cores():
     import inspect
 
     from napari_deeppt.cli import build_parser
-    from napari_deeppt.features import extract_features
+    from napari_deeppt.features import FeatureParams
     from napari_deeppt.model.settings import TrainingSettings
     from napari_deeppt.model.training import train
     from napari_deeppt.response import response_scores
@@ -345,10 +345,13 @@ def test_option_defaults_are_the_cores():
     )
     assert (tiles.exclude_pen, not tiles.keep_dark) == (tissue.exclude_pen, tissue.exclude_dark)
     features = parser.parse_args(["features", "s.svs", "--out", "o"])
+    made = FeatureParams()
     for name in ("extractor", "device", "stain", "dtype", "batch_size"):
-        assert getattr(features, name) == keyword(extract_features, name), name
+        assert getattr(features, name) == getattr(made, name), name
     trained = parser.parse_args(["train", "m.csv", "e.csv", "--out", "m.deeppt"])
-    for name in ("extractor", "stain", "device", "transform", "rank_by", "tile_mpp"):
+    for name in ("extractor", "stain", "device"):
+        assert getattr(trained, name) == getattr(made, name) == keyword(train, name), name
+    for name in ("transform", "rank_by", "tile_mpp"):
         assert getattr(trained, name) == keyword(train, name), name
     settings = TrainingSettings()
     for name in ("outer_folds", "inner_folds", "max_epochs", "patience", "lr", "batch_slides"):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from napari_deeppt.features import FeatureParams
 from napari_deeppt.params import field_default, field_doc
 from napari_deeppt.tiles import TileGridParams
 from napari_deeppt.tissue import TissueParams
@@ -47,9 +48,18 @@ def test_field_defaults_and_unknown_fields():
         field_default(_Example, "nope")
 
 
-@pytest.mark.parametrize("cls", [TissueParams, TileGridParams])
+@pytest.mark.parametrize("cls", [TissueParams, TileGridParams, FeatureParams])
 def test_every_public_parameter_is_documented(cls):
     """Every field of a parameter dataclass says what it means (the docks' tooltips)."""
     from dataclasses import fields
 
     assert all(field_doc(cls, f.name) for f in fields(cls))
+
+
+def test_feature_params_refuse_what_cannot_work():
+    """A storage dtype or batch size that cannot work is refused when the settings are made."""
+    with pytest.raises(ValueError, match="dtype"):
+        FeatureParams(dtype="int8")
+    with pytest.raises(ValueError, match="batch_size"):
+        FeatureParams(batch_size=0)
+    assert FeatureParams(dtype="float32").dtype == "float32"

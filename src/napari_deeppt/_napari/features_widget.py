@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox, create_widget
+from magicgui.widgets import CheckBox, FileEdit, create_widget
 
+from ..devices import Device
 from ..features.extractors import EXTRACTORS
+from ..features.params import FeatureParams
+from ..stain import StainMethod
 from ._jobs import Job, JobWidget
 from .console import slide_of
+from .fields import choice_widget, param_widget
 from .layers import add_or_update, embedding_layer_data
 
 __all__ = ["FeaturesWidget"]
@@ -30,16 +34,16 @@ class FeaturesWidget(JobWidget):
             label="tiles",
             options={"tooltip": "the '<slide> tiles' layer"},
         )
-        self.extractor = ComboBox(label="extractor", choices=sorted(EXTRACTORS), value="resnet50")
+        self.extractor = choice_widget(FeatureParams, "extractor", "extractor", sorted(EXTRACTORS))
         self.weights = FileEdit(
             label="weights file", mode="r", value="", filter="*.pth *.pt *.safetensors"
         )
         self.random_weights = CheckBox(label="random weights (testing only)", value=False)
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
-        self.batch_size = SpinBox(label="batch size (0 = auto)", value=0, min=0, max=4096)
-        self.stain = ComboBox(
-            label="stain", choices=["macenko", "reinhard", "none"], value="macenko"
+        self.device = choice_widget(FeatureParams, "device", "device", Device)
+        self.batch_size = param_widget(
+            FeatureParams, "batch_size", "batch size (0 = auto)", value=0, min=0, max=4096
         )
+        self.stain = choice_widget(FeatureParams, "stain", "stain", StainMethod)
         self.extend(
             [
                 self.slide_layer,

@@ -38,3 +38,14 @@ def param_widget(cls: type, name: str, label: str, *, value: Any = None, **optio
         return CheckBox(label=label, value=default, tooltip=tooltip, **options)
     kind = SpinBox if isinstance(default, int) else FloatSpinBox
     return kind(label=label, value=default, tooltip=tooltip, **options)
+
+
+def choice_widget(cls: type, name: str, label: str, choices: Any, **options: Any) -> Any:
+    """A drop-down for field ``cls.name``: the values of an enum (or a list), its default and
+    its documentation as tooltip."""
+    from magicgui.widgets import ComboBox
+
+    values = [str(getattr(c, "value", c)) for c in choices]
+    default = str(field_default(cls, name))
+    tooltip = field_doc(cls, name).replace("``", "")
+    return ComboBox(label=label, choices=values, value=default, tooltip=tooltip, **options)

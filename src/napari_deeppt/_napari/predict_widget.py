@@ -15,8 +15,11 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from ..devices import Device
+from ..features.params import FeatureParams
 from ._jobs import Job, JobWidget
 from .console import slide_of
+from .fields import choice_widget
 from .layers import add_or_update, robust_limits, show_expression, signature_layer_data
 
 __all__ = ["PredictWidget"]
@@ -40,7 +43,7 @@ class PredictWidget(JobWidget):
         self.weights = FileEdit(
             label="extractor weights", mode="r", filter="*.pth *.pt *.safetensors"
         )
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.device = choice_widget(FeatureParams, "device", "device", Device)
         # choices come from a callable: napari calls reset_choices() on docked widgets
         # whenever layers change, which must not forget the predicted genes
         self.gene = ComboBox(label="gene", choices=self._gene_choices, nullable=True)

@@ -16,7 +16,6 @@ Outputs and errors
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import os
 import sys
@@ -27,7 +26,8 @@ from typing import Any
 
 from ..devices import Device
 from ..errors import DeepPTError, OutputError
-from ..features import extract_features
+from ..features.params import FeatureParams
+from ..params import field_default, field_of
 from ..slide import SLIDE_SUFFIXES
 from ..stain import StainMethod
 from ..tiles import TileGridParams
@@ -62,13 +62,6 @@ _SUFFIXES = tuple(sorted(SLIDE_SUFFIXES, key=len, reverse=True))  # .ome.tif bef
 
 
 # -- options made from the core's declarations -----------------------------------------------
-def _field(cls: type, name: str) -> dataclasses.Field[Any]:
-    for field in dataclasses.fields(cls):
-        if field.name == name:
-            return field
-    raise AttributeError(f"{cls.__name__} has no field {name!r}")
-
-
 def _option_type(hint: Any) -> type:
     """``int`` for ``int``, ``float`` for ``float | None``: what argparse converts to."""
     kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
@@ -101,7 +94,7 @@ def add_field_option(
         Passed to :meth:`~argparse.ArgumentParser.add_argument` over what the field gives
         (e.g. ``dest``).
     """
-    field = _field(cls, name)
+    field = field_of(cls, name)
     options: dict[str, Any] = {"default": field.default, "help": help}
     if isinstance(field.default, bool):
         if field.default:
@@ -214,11 +207,11 @@ def add_feature_options(
 ) -> None:
     """How features are made: ``--weights``, ``--device``, ``--cache-dir``; with
     ``choose_extractor`` also ``--extractor`` and ``--stain`` (a model bundle fixes both);
-    with ``batch_size`` also ``--batch-size`` (defaults: :func:`extract_features`)."""
+    with ``batch_size`` also ``--batch-size`` (defaults: :class:`FeatureParams`)."""
     if choose_extractor:
         parser.add_argument(
             "--extractor",
-            default=keyword_default(extract_features, "extractor"),
+            default=field_default(FeatureParams, "extractor"),
             help="resnet50 (DeepPT), resnet18, resnet34, timm:<name>",
         )
     parser.add_argument(
@@ -229,7 +222,7 @@ def add_feature_options(
     )
     parser.add_argument(
         "--device",
-        default=str(keyword_default(extract_features, "device")),
+        default=str(field_default(FeatureParams, "device")),
         help=", ".join(map(str, Device)) + ", or an indexed device (cuda:1)",
     )
     if batch_size:
@@ -237,7 +230,7 @@ def add_feature_options(
     if choose_extractor:
         parser.add_argument(
             "--stain",
-            default=str(keyword_default(extract_features, "stain")),
+            default=str(field_default(FeatureParams, "stain")),
             choices=[str(method) for method in StainMethod],
             help="stain normalisation (%(default)s)",
         )

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..features import extract_features
+from ..features.params import FeatureDtype, FeatureParams
+from ..params import field_default
 from .common import (
     add_feature_options,
     add_mpp_options,
@@ -16,7 +18,6 @@ from .common import (
     add_tile_options,
     feature_keywords,
     for_each_slide,
-    keyword_default,
     make_output_folder,
     plan_outputs,
     print_written,
@@ -42,8 +43,8 @@ def add_parser(subparsers: Any) -> None:
     add_feature_options(parser, batch_size=True)
     parser.add_argument(
         "--dtype",
-        default=keyword_default(extract_features, "dtype"),
-        choices=["float16", "float32"],
+        default=field_default(FeatureParams, "dtype"),
+        choices=[str(dtype) for dtype in FeatureDtype],
     )
     parser.add_argument("--formats", default="npy,h5ad", help="any of " + ",".join(FORMATS))
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")

@@ -1,5 +1,6 @@
 """Tile features.
 
+- :mod:`.params`: :class:`FeatureParams`, how features are made (the defaults);
 - :mod:`.extractors`: the registry of backbones, their weights, a model ready on a device;
 - :mod:`.preprocess`: tiles → model input (stain normalisation, resize, normalisation);
 - :mod:`.batches`: tiles into device batches, read ahead in threads;
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 from .engine import extract_features
 from .extractors import EXTRACTORS, ExtractorSpec, load_extractor, register_extractor
+from .params import FeatureDtype, FeatureParams
 from .store import FeatureSet
 
 __all__ = [
     "EXTRACTORS",
     "ExtractorSpec",
+    "FeatureDtype",
+    "FeatureParams",
     "FeatureSet",
     "extract_features",
     "load_extractor",

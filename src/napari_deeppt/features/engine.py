@@ -14,23 +14,23 @@ import math
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._version import __version__
-from ..devices import Device, resolve_device
+from ..devices import resolve_device
 from ..errors import DeepPTError
 from ..io import atomic_path, remove_stale_partials
 from ..progress import CancelLike, Progress, ProgressLike, check_cancelled, make_progress
 from ..slide import Slide, as_slide
-from ..stain import StainMethod
 from ..tiles import TileGrid, detect_and_tile
 from .batches import device_batches
 from .extractors import LoadedExtractor, load_extractor, prepare_model
 from .gpu.readback import Readback
+from .params import FeatureParams
 from .preprocess import preprocess_batch, stain_config
 from .store import FeatureSet, cache_entry, cache_key, create_store, finish_store, load_cached
 
@@ -40,22 +40,12 @@ __all__ = ["FeatureSet", "extract_features"]
 def extract_features(
     slide: Any,
     grid: TileGrid | None = None,
-    extractor: str = "resnet50",
-    weights: Any = None,
-    device: Device | str | Any = "auto",
-    batch_size: int | None = None,
-    stain: StainMethod | str | Any = "macenko",
+    *,
     cache_dir: str | Path | None = None,
     progress: ProgressLike = True,
     cancel: CancelLike = None,
-    *,
-    dtype: str = "float16",
-    workers: int | None = None,
-    compile: Any = "auto",
-    fit_max_pixels: int | None = 8192,
-    use_cache: bool = True,
-    seed: int = 0,
-    gpu_decode: Any = "auto",
+    params: FeatureParams | None = None,
+    **options: Any,
 ) -> FeatureSet:
     """Features of every kept tile of a slide, streamed, cached with their provenance.
 
@@ -65,62 +55,50 @@ def extract_features(
         A :class:`~napari_deeppt.slide.Slide` or a path.
     grid
         The tiles; detected with default parameters (DeepPT: 512 px at 0.5 µm/px) if None.
-    extractor, weights, seed
-        Registry key (``"resnet50"``: ResNet50, pooled → 2048); a weights file, ``"random"``
-        (seeded with ``seed``, recorded; tests and demos) or None for torchvision's cache or
-        download (see :mod:`napari_deeppt.features.extractors`).
-    device
-        A :class:`~napari_deeppt.devices.Device` or name: ``"auto"`` (cuda > mps > cpu), "cuda:1"
-    batch_size, workers
-        Tiles per forward pass (default 256 on CUDA, 32 on CPU); threads reading tiles ahead.
-    stain, fit_max_pixels
-        A :class:`~napari_deeppt.stain.StainMethod` or its value (``"macenko"``: DeepPT's
-        reference), None, or a target object; pixels per tile fitting Macenko (see
-        :func:`~napari_deeppt.stain.macenko_normalize`).
-    cache_dir, use_cache
-        Cache folder (default ``<cache_root>/features``), and whether to read and write it.
-        Any changed input (slide content, tiles, extractor, weights, stain, dtype) is a new entry.
+    cache_dir
+        Cache folder (default ``<cache_root>/features``). Any changed input (slide content,
+        tiles, extractor, weights, stain, dtype) is a new entry.
     progress, cancel
         See :mod:`napari_deeppt.progress`. Cancelling stops within one batch.
-    dtype
-        Storage dtype of the features (``"float16"`` or ``"float32"``).
-    compile
-        ``True``, ``False`` or ``"auto"`` (compile only for ≥ 2048 tiles, where it pays).
-    gpu_decode
-        Decode the slide's JPEG tiles on the device (``torchvision.io.decode_jpeg``): ``"auto"``
-        on CUDA when the level is JPEG-tiled, ``True`` wherever possible, ``False`` never. The
-        same pixels either way: a few tiles are decoded both ways first, and a disagreeing
-        decoder gives a warning and tifffile reads the slide.
+    params, **options
+        :class:`~napari_deeppt.features.params.FeatureParams` (the defaults: DeepPT's ResNet50,
+        Macenko, float16), with any of its fields given as keywords over it: ``extractor``,
+        ``weights``, ``device``, ``batch_size``, ``stain``, ``fit_max_pixels``, ``dtype``,
+        ``workers``, ``compile``, ``use_cache``, ``seed``, ``gpu_decode``. With
+        ``gpu_decode`` a few tiles are decoded both ways first, and a disagreeing decoder
+        gives a warning and tifffile reads the slide: the same pixels either way.
 
     Returns
     -------
     FeatureSet
     """
     started = time.perf_counter()
-    slide, grid = _checked_inputs(slide, grid, dtype, progress, cancel)
-    stain_dict = stain_config(stain, fit_max_pixels)
-    loaded = load_extractor(extractor, weights, seed=seed)
-    dev = resolve_device(device)
-    reader = _jpeg_reader(slide, grid, dev, gpu_decode)
+    p = replace(params or FeatureParams(), **options)
+    slide, grid = _checked_inputs(slide, grid, progress, cancel)
+    stain_dict = stain_config(p.stain, p.fit_max_pixels)
+    loaded = load_extractor(p.extractor, p.weights, seed=p.seed)
+    dev = resolve_device(p.device)
+    reader = _jpeg_reader(slide, grid, dev, p.gpu_decode)
     reader_name = "torchvision-jpeg" if reader is not None else "tiles"
     key, fields = cache_key(
-        slide, grid, extractor, loaded.weights_hash, loaded.spec, stain_dict, dtype, reader_name
+        slide, grid, p.extractor, loaded.weights_hash, loaded.spec, stain_dict, p.dtype, reader_name
     )
     entry = cache_entry(cache_dir, key)
-    if use_cache and (cached := load_cached(entry)) is not None:
+    if p.use_cache and (cached := load_cached(entry)) is not None:
         return cached
     provenance = _provenance(fields, slide, loaded, dev, key)
-    batch, workers = _batch_and_workers(batch_size, workers, dev)
+    batch, workers = _batch_and_workers(p.batch_size, p.workers, dev)
     if len(grid) == 0:
-        return FeatureSet(np.zeros((0, loaded.spec.feature_dim), dtype), grid, provenance)
-    model = prepare_model(loaded.model, dev, compile, len(grid), (extractor, loaded.weights_hash))
-    run = _Run(slide, grid, reader, model, loaded, stain_dict, dev, batch, workers, dtype)
-    features = _stream(run, entry if use_cache else None, provenance, progress, cancel, started)
+        return FeatureSet(np.zeros((0, loaded.spec.feature_dim), p.dtype), grid, provenance)
+    model_key = (p.extractor, loaded.weights_hash)
+    model = prepare_model(loaded.model, dev, p.compile, len(grid), model_key)
+    run = _Run(slide, grid, reader, model, loaded, stain_dict, dev, batch, workers, p.dtype)
+    features = _stream(run, entry if p.use_cache else None, provenance, progress, cancel, started)
     return FeatureSet(features, grid, provenance)
 
 
 def _checked_inputs(
-    slide: Any, grid: TileGrid | None, dtype: str, progress: ProgressLike, cancel: CancelLike
+    slide: Any, grid: TileGrid | None, progress: ProgressLike, cancel: CancelLike
 ) -> tuple[Slide, TileGrid]:
     """The slide (RGB) and its tiles (detected when None), checked to belong together."""
     slide = as_slide(slide)
@@ -132,8 +110,6 @@ def _checked_inputs(
             f"the tile grid was made for a {grid.slide_dimensions} px slide, but "
             f"{slide.path} is {slide.dimensions} px"
         )
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
     return slide, grid
 
 
@@ -175,8 +151,6 @@ def _batch_and_workers(batch_size: int | None, workers: int | None, dev: Any) ->
     import torch
 
     batch = int(batch_size or (256 if dev.type == "cuda" else 32))
-    if batch < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch}")
     return batch, int(workers or min(8, max(2, (torch.get_num_threads() or 2))))
 
 

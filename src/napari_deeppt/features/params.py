@@ -1,0 +1,85 @@
+"""How tile features are made: :class:`FeatureParams`, the one source of their defaults.
+
+:func:`~napari_deeppt.features.extract_features` takes these fields as keywords (or a
+``params=FeatureParams(...)``); the command line and the docks take their defaults and help
+from here (:mod:`napari_deeppt.params`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from ..devices import Device
+from ..stain import StainMethod
+
+__all__ = ["FeatureDtype", "FeatureParams"]
+
+
+class FeatureDtype(str, Enum):
+    """How features are stored: half precision (DeepPT's size) or single."""
+
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """How tile features are made (DeepPT: ResNet50 with ImageNet weights, Macenko, 224 px).
+
+    Attributes
+    ----------
+    extractor
+        Registry key of the feature extractor (``resnet50``: DeepPT's, pooled to 2048).
+    weights
+        A weights file, ``random`` (seeded with seed; tests and demos), or None for
+        torchvision's cache or download.
+    device
+        ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda``, ``cuda:1`` …
+    batch_size
+        Tiles per forward pass; None: 256 on CUDA, 32 on a CPU.
+    stain
+        Stain normalisation: ``macenko`` (DeepPT's reference), ``reinhard``, ``none``, or a
+        fitted target.
+    fit_max_pixels
+        Pixels per tile that fit Macenko (None: every pixel).
+    dtype
+        Storage precision of the features: ``float16`` or ``float32``.
+    workers
+        Threads reading tiles ahead of the model; None: from the number of cores.
+    compile
+        Compile the model: True, False or ``auto`` (only for 2048 tiles or more, where it pays).
+    use_cache
+        Read and write the feature cache.
+    seed
+        Seed of random weights.
+    gpu_decode
+        Decode the slide's JPEG tiles on the device: ``auto`` (on CUDA), True, False.
+    """
+
+    extractor: str = "resnet50"
+    weights: Any = None
+    device: Any = Device.AUTO.value
+    batch_size: int | None = None
+    stain: Any = StainMethod.MACENKO.value
+    fit_max_pixels: int | None = 8192
+    dtype: str = FeatureDtype.FLOAT16.value
+    workers: int | None = None
+    compile: Any = "auto"
+    use_cache: bool = True
+    seed: int = 0
+    gpu_decode: Any = "auto"
+
+    def __post_init__(self) -> None:
+        dtype = str(self.dtype)
+        if dtype not in {d.value for d in FeatureDtype}:
+            raise ValueError(f"dtype must be 'float16' or 'float32', got {self.dtype!r}")
+        object.__setattr__(self, "dtype", dtype)
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.workers is not None and int(self.workers) < 1:
+            raise ValueError(f"workers must be ≥ 1, got {self.workers}")
