@@ -7,13 +7,13 @@ import json
 import math
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .concurrency import read_ahead
 from .errors import DeepPTError, NoTissueWarning, TileGridError
 from .geometry import GridPlacement
 from .progress import CancelLike, ProgressLike, check_cancelled, make_progress
@@ -180,21 +180,13 @@ class TileGrid:
     def iter_tiles(
         self, slide: Slide, indices: Any = None, workers: int = 4, prefetch: int = 16
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(index, tile)`` in order, reading ahead in a thread pool (bounded memory)."""
+        """Yield ``(index, tile)`` in order, reading ahead in threads (at most ``prefetch``)."""
         indices = range(len(self)) if indices is None else [int(i) for i in indices]
-        iterator = iter(indices)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            pending = []
-            for i in iterator:
-                pending.append((i, pool.submit(self.read_tile, slide, i)))
-                if len(pending) >= prefetch:
-                    break
-            while pending:
-                i, future = pending.pop(0)
-                nxt = next(iterator, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(self.read_tile, slide, nxt)))
-                yield i, future.result()
+
+        def read(i: int) -> tuple[int, np.ndarray]:
+            return i, self.read_tile(slide, i)
+
+        yield from read_ahead(read, indices, workers, prefetch)
 
     def to_dataframe(self) -> Any:
         import pandas as pd

@@ -7,38 +7,15 @@ staging buffers on CUDA), or a :class:`~napari_deeppt.features.gpu.jpeg.JpegTile
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
+from ..concurrency import read_ahead
 from ..tiles import TileGrid
 
-__all__ = ["device_batches", "read_ahead"]
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def read_ahead(
-    function: Callable[[T], R], items: Iterable[T], workers: int, depth: int
-) -> Iterator[R]:
-    """``function(item)`` for each item, in order, computed by ``workers`` threads.
-
-    At most ``depth`` results are pending at a time, so memory stays bounded however many
-    items there are (``Executor.map`` would submit them all at once).
-    """
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) > max(1, depth):
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
+__all__ = ["device_batches"]
 
 def device_batches(
     slide: Any, grid: TileGrid, reader: Any, batch: int, dev: Any, pad: bool, workers: int
