@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from napari_deeppt.cohort import CohortParams
 from napari_deeppt.features import FeatureParams
 from napari_deeppt.params import field_default, field_doc
 from napari_deeppt.tiles import TileGridParams
@@ -48,7 +49,7 @@ def test_field_defaults_and_unknown_fields():
         field_default(_Example, "nope")
 
 
-@pytest.mark.parametrize("cls", [TissueParams, TileGridParams, FeatureParams])
+@pytest.mark.parametrize("cls", [TissueParams, TileGridParams, FeatureParams, CohortParams])
 def test_every_public_parameter_is_documented(cls):
     """Every field of a parameter dataclass says what it means (the docks' tooltips)."""
     from dataclasses import fields
@@ -63,3 +64,11 @@ def test_feature_params_refuse_what_cannot_work():
     with pytest.raises(ValueError, match="batch_size"):
         FeatureParams(batch_size=0)
     assert FeatureParams(dtype="float32").dtype == "float32"
+
+
+def test_cohort_params_refuse_what_cannot_work():
+    """Worker counts below one and negative retries are refused when the settings are made."""
+    with pytest.raises(ValueError, match="n_workers"):
+        CohortParams(n_workers=0)
+    with pytest.raises(ValueError, match="retries"):
+        CohortParams(retries=-1)

@@ -249,7 +249,7 @@ def test_run_checks_the_bundle_and_weights_before_any_slide(
     tmp_path, capsys, cohort, bundle, monkeypatch
 ):
     """deeppt run with unusable weights stops in the driver, once, before scheduling slides."""
-    import napari_deeppt.cohort as cohort_module
+    import napari_deeppt.cohort.run as cohort_run
     from napari_deeppt.model.bundle import ModelBundle
 
     model = ModelBundle.load(bundle)
@@ -261,7 +261,7 @@ def test_run_checks_the_bundle_and_weights_before_any_slide(
     weights.write_bytes(os.urandom(256))
     out = tmp_path / "run"
     calls = []
-    monkeypatch.setattr(cohort_module, "process_slide", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(cohort_run, "process_slide", lambda *a, **k: calls.append(a))
     args = ["run", str(manifest), "--model", str(resnet), "--out", str(out), "--quiet"]
     code = main([*args, "--weights", str(weights), "--scheduler", "serial"])
     line = _one_error_line(capsys.readouterr().err)

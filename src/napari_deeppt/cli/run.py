@@ -6,8 +6,11 @@ import argparse
 import sys
 from typing import Any
 
+from ..cohort.params import CohortParams
+from ..params import field_default
 from .common import (
     add_feature_options,
+    add_field_option,
     add_manifest_roi_class,
     add_model_option,
     add_out_option,
@@ -32,12 +35,14 @@ def add_parser(subparsers: Any) -> None:
     add_out_option(parser)
     parser.add_argument(
         "--scheduler",
-        default=None,
+        default=field_default(CohortParams, "scheduler"),
         help="address of an existing dask scheduler "
         "(default: a local cluster sized to this machine; 'serial': no dask)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="local cluster workers")
-    parser.add_argument("--threads-per-worker", type=int, default=None)
+    add_field_option(parser, "--workers", CohortParams, "n_workers", "local cluster workers")
+    add_field_option(
+        parser, "--threads-per-worker", CohortParams, "threads_per_worker", "threads per worker"
+    )
     add_feature_options(parser, choose_extractor=False)
     add_manifest_roi_class(parser)
     parser.add_argument("--no-resume", action="store_true", help="recompute slides already done")

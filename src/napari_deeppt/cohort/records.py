@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ExpressionTableError
-from .io import file_sha256
+from ..errors import ExpressionTableError
+from ..io import file_sha256
 
 __all__ = [
     "RECORD_FORMAT",
@@ -83,7 +83,7 @@ def expected_record(
     roi, roi_class
         The slide's regions of interest (a GeoJSON path or None) and the class kept.
     """
-    from . import __version__
+    from .._version import __version__
 
     return {
         "format": RECORD_FORMAT,
