@@ -26,7 +26,7 @@ from .backends.derived import derive_levels, stored_windows
 from .backends.stored import JpegTiles
 from .errors import MissingMppError, NotRGBError, SlideNotFoundError
 
-__all__ = ["SLIDE_SUFFIXES", "LevelInfo", "Slide", "as_slide", "open_slide"]
+__all__ = ["SLIDE_SUFFIXES", "LevelInfo", "Slide", "as_slide", "open_slide", "slide_stem"]
 
 #: File name endings the reader accepts (lower case): those of the registered backends.
 SLIDE_SUFFIXES = registry.suffixes()
@@ -477,3 +477,16 @@ def as_slide(obj: Any, mpp: float | None = None) -> Slide:
             "(napari_deeppt._napari.console)"
         )
     raise TypeError(f"expected a Slide or a slide path, got {type(obj).__name__}{hint}")
+
+
+def slide_stem(path: str | os.PathLike[str]) -> str:
+    """A slide's name without its (double) extension: ``case.ome.tif`` → ``case``.
+
+    The name of every output made from the slide (files, napari layers).
+    """
+    path = Path(path)
+    name = path.name
+    for suffix in sorted(SLIDE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry import GridPlacement
-from ..slide import Slide
+from ..slide import Slide, slide_stem
 
 __all__ = [
     "add_or_update",
@@ -29,11 +29,8 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 
 def slide_layer_name(slide: Slide) -> str:
-    name = slide.path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".svs", ".tiff", ".tif", ".zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return slide.path.stem
+    """The slide's layer name: its file name without the extension."""
+    return slide_stem(slide.path)
 
 
 def slide_layer_data(slide: Slide, name: str | None = None) -> list[LayerData]:

@@ -28,7 +28,7 @@ from ..devices import Device
 from ..errors import DeepPTError, OutputError
 from ..features.params import FeatureParams
 from ..params import field_default, field_of
-from ..slide import SLIDE_SUFFIXES
+from ..slide import slide_stem as stem
 from ..stain import StainMethod
 from ..tiles import TileGridParams
 
@@ -57,8 +57,6 @@ __all__ = [
 
 #: Errors that are the user's to fix (bad input, full disk...): one line, never a traceback.
 USER_ERRORS = (DeepPTError, OSError, ValueError)
-
-_SUFFIXES = tuple(sorted(SLIDE_SUFFIXES, key=len, reverse=True))  # .ome.tif before .tif
 
 
 # -- options made from the core's declarations -----------------------------------------------
@@ -253,15 +251,6 @@ def add_slides_and_out(parser: argparse.ArgumentParser) -> None:
 
 
 # -- outputs, regions and errors --------------------------------------------------------------
-def stem(path: Path) -> str:
-    """A slide's name without its (double) extension: ``case.ome.tif`` → ``case``."""
-    name = path.name
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def describe(exc: BaseException) -> str:
     """One line for an error a user can cause: the file, the problem, what to do."""
     from ..io import describe_os_error

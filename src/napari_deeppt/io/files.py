@@ -27,6 +27,7 @@ __all__ = [
     "describe_os_error",
     "file_sha256",
     "partial_name",
+    "refuse_existing",
     "remove_stale_partials",
 ]
 
@@ -112,6 +113,23 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def refuse_existing(paths: Iterable[str | os.PathLike[str]], overwrite: bool) -> None:
+    """Refuse outputs that exist unless ``overwrite``: checked before any work is done.
+
+    Raises
+    ------
+    FileExistsError
+        Naming the existing files and how to allow overwriting.
+    """
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        verb = "already exists" if len(existing) == 1 else "already exist"
+        raise FileExistsError(
+            f"{', '.join(existing)}: {verb}; choose another output or allow "
+            "overwriting (--overwrite / overwrite=True)"
+        )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; move it onto ``path`` only if the block succeeds.
@@ -142,13 +160,7 @@ def atomic_outputs(
         A target exists and ``overwrite`` is False (checked before any work is done).
     """
     targets = [Path(p) for p in paths]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        verb = "already exists" if len(existing) == 1 else "already exist"
-        raise FileExistsError(
-            f"{', '.join(existing)}: {verb}; choose another output or allow "
-            "overwriting (--overwrite / overwrite=True)"
-        )
+    refuse_existing(targets, overwrite)
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
     tmps = [t.with_name(partial_name(t.name) + t.suffix) for t in targets]

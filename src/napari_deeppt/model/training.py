@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..io import refuse_existing
 from ..progress import CancelLike, ProgressLike
 from .crossval import CrossValidation, cross_validate
 from .inputs import TrainingInputs, is_spot_table, read_inputs
@@ -136,7 +137,7 @@ def train(
         patients or sections cannot fill (:func:`~.folds.check_folds`).
     """
     out, options, spots = Path(out), TrainingSettings(**settings), is_spot_table(manifest)
-    _refuse_existing(_outputs(out, spots), overwrite)
+    refuse_existing(_outputs(out, spots), overwrite)  # before any work
     selection = {"genes": genes, "min_mean": min_mean, "top_n": top_n, "rank_by": rank_by}
     inputs = read_inputs(manifest, expression, options, spots, selection, transform)
     tiles = TileSettings(tile_px or (224 if spots else 512), tile_mpp, min_tissue, roi_class)
@@ -216,15 +217,6 @@ def _outputs(out: Path, spots: bool) -> list[Path]:
     """The bundle and the tables written beside it."""
     suffixes = _TABLES + (_SPOT_TABLES if spots else ())
     return [out, *(out.with_suffix(suffix) for suffix in suffixes)]
-
-
-def _refuse_existing(targets: list[Path], overwrite: bool) -> None:
-    """Refuse existing outputs before any work (writing them checks again)."""
-    for target in targets:
-        if target.exists() and not overwrite:
-            raise FileExistsError(
-                f"{target}: already exists; pass overwrite=True (--overwrite) to replace it"
-            )
 
 
 def _write_outputs(
