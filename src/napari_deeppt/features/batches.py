@@ -17,6 +17,7 @@ from ..tiles import TileGrid
 
 __all__ = ["device_batches"]
 
+
 def device_batches(
     slide: Any, grid: TileGrid, reader: Any, batch: int, dev: Any, pad: bool, workers: int
 ) -> Iterator[tuple[int, int, Any]]:
