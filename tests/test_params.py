@@ -9,6 +9,7 @@ import pytest
 from napari_deeppt.cohort import CohortParams
 from napari_deeppt.features import FeatureParams
 from napari_deeppt.params import field_default, field_doc
+from napari_deeppt.response import ResponseParams
 from napari_deeppt.tiles import TileGridParams
 from napari_deeppt.tissue import TissueParams
 
@@ -49,7 +50,9 @@ def test_field_defaults_and_unknown_fields():
         field_default(_Example, "nope")
 
 
-@pytest.mark.parametrize("cls", [TissueParams, TileGridParams, FeatureParams, CohortParams])
+@pytest.mark.parametrize(
+    "cls", [TissueParams, TileGridParams, FeatureParams, CohortParams, ResponseParams]
+)
 def test_every_public_parameter_is_documented(cls):
     """Every field of a parameter dataclass says what it means (the docks' tooltips)."""
     from dataclasses import fields

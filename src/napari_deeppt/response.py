@@ -28,7 +28,32 @@ import numpy as np
 
 from .errors import ExpressionTableError
 
-__all__ = ["ResponseResult", "read_partners", "response_scores", "tile_response"]
+__all__ = [
+    "ResponseParams",
+    "ResponseResult",
+    "read_partners",
+    "response_scores",
+    "tile_response",
+]
+
+
+@dataclass(frozen=True)
+class ResponseParams:
+    """How matching scores are cut (the defaults of :func:`response_scores`).
+
+    Attributes
+    ----------
+    quantile
+        A partner gene is inactive in a sample when its predicted expression is below this
+        quantile of the cohort (SELECT: the 33rd percentile).
+    threshold
+        A sample whose matching score is at least this is a predicted responder (0.54, the
+        ENLIGHT–DeepPT cut-off of Hoang et al. 2024).
+    """
+
+    quantile: float = 0.33
+    threshold: float = 0.54
+
 
 _TYPES = {
     "sl": "SL",
@@ -142,8 +167,8 @@ class ResponseResult:
 def response_scores(
     expression: Any,
     partners: Any,
-    quantile: float = 0.33,
-    threshold: float = 0.54,
+    quantile: float = ResponseParams.quantile,
+    threshold: float = ResponseParams.threshold,
     reference: Any = None,
 ) -> ResponseResult:
     """Matching scores of a cohort's samples for every drug in the partner table.
@@ -243,8 +268,8 @@ def tile_response(
     prediction: Any,
     cohort: Any,
     partners: Any,
-    quantile: float = 0.33,
-    threshold: float = 0.54,
+    quantile: float = ResponseParams.quantile,
+    threshold: float = ResponseParams.threshold,
 ) -> ResponseResult:
     """Matching scores of each tile of one slide, against its cohort's cut-offs.
 

@@ -10,12 +10,14 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     PushButton,
     Table,
     create_widget,
 )
+
+from ..response import ResponseParams
+from .fields import param_widget
 
 __all__ = ["ResponseWidget"]
 
@@ -34,11 +36,11 @@ class ResponseWidget(Container):
         )
         self.cohort = FileEdit(label="cohort predictions", mode="r", filter="*.csv *.tsv")
         self.partners = FileEdit(label="partner table", mode="r", filter="*.csv *.tsv")
-        self.quantile = FloatSpinBox(
-            label="inactive below quantile", value=0.33, min=0.01, max=0.99, step=0.01
+        self.quantile = param_widget(
+            ResponseParams, "quantile", "inactive below quantile", min=0.01, max=0.99, step=0.01
         )
-        self.threshold = FloatSpinBox(
-            label="responder at score ≥", value=0.54, min=0.0, max=1.0, step=0.01
+        self.threshold = param_widget(
+            ResponseParams, "threshold", "responder at score ≥", min=0.0, max=1.0, step=0.01
         )
         self.run_button = PushButton(text="Score drugs")
         self.status = Label(label="status", value="")
