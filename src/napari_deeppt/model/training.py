@@ -24,8 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..features.params import FeatureParams
 from ..io import refuse_existing
 from ..progress import CancelLike, ProgressLike
+from ..tiles import TileGridParams
 from .crossval import CrossValidation, cross_validate
 from .inputs import TrainingInputs, is_spot_table, read_inputs
 from .sample_features import TileSettings, sample_features
@@ -74,14 +76,14 @@ def train(
     expression: str | Path,
     out: str | Path,
     *,
-    extractor: str = "resnet50",
+    extractor: str = FeatureParams.extractor,
     weights: Any = None,
     tile_px: int | None = None,
-    tile_mpp: float = 0.5,
-    min_tissue: float = 0.5,
-    stain: Any = "macenko",
+    tile_mpp: float = TileGridParams.mpp,
+    min_tissue: float = TileGridParams.min_tissue,
+    stain: Any = FeatureParams.stain,
     roi_class: str | None = None,
-    device: Any = "auto",
+    device: Any = FeatureParams.device,
     cache_dir: str | Path | None = None,
     transform: str = "log2p1",
     genes: list[str] | None = None,
