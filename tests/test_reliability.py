@@ -181,6 +181,40 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
             "cli::test_resume_with_other_settings_recomputes",
         ],
     ),
+    # -- found by a bad-input probe of the above ---------------------------------------------
+    "A slide that fails on a rerun keeps its old values in the cohort table": (
+        "The cohort table holds exactly the samples reported ok or reused; a missing slide "
+        "is an error row, not the end of the run; a manifest without slides is refused.",
+        [
+            "cli::test_a_slide_that_fails_on_rerun_drops_its_old_result_from_the_cohort",
+            "cli::test_a_missing_slide_in_a_run_manifest_is_a_report_row",
+            "cli::test_a_manifest_without_slides_is_refused",
+        ],
+    ),
+    "Manifest ids are misread ('NA' → NaN, an Excel BOM hides a column, empty ids)": (
+        "Ids are read as written; a BOM is ignored; an empty sample or patient id is refused "
+        "naming its line.",
+        [
+            "cli::test_manifest_ids_are_read_as_written_and_empty_ones_refused",
+            "cli::test_a_manifest_saved_with_a_byte_order_mark_reads",
+        ],
+    ),
+    "Weights given to an extractor that uses none are silently ignored": (
+        "Refused once, before any slide, naming the file.",
+        ["cli::test_weights_given_for_an_extractor_without_weights_are_refused"],
+    ),
+    "Commands leave partials, empty folders, or messages that mislead": (
+        "Dead processes' partials in --out are cleaned; a refused command makes no folder; "
+        "the summary says when all slides failed; an OS error without a file names the "
+        "output folder; torch's own warnings never reach the user.",
+        [
+            "cli::test_a_stale_partial_in_an_output_folder_is_removed_by_the_next_command",
+            "cli::test_a_refused_command_leaves_no_empty_output_folder",
+            "cli::test_the_summary_does_not_claim_others_were_written_when_all_failed",
+            "cli::test_a_full_disk_error_names_where_it_was_writing",
+            "cli::test_torch_never_speaks_to_the_user",
+        ],
+    ),
 }
 
 

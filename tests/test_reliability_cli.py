@@ -297,3 +297,215 @@ def test_stale_partial_files_are_cleaned_but_live_ones_kept(tmp_path):
     old = time.time() - 3 * 24 * 3600
     os.utime(foreign, (old, old))
     assert remove_stale_partials(tmp_path) == [foreign]
+
+
+# -- found by a bad-input probe -------------------------------------------------------------
+
+
+def test_a_slide_that_fails_on_rerun_drops_its_old_result_from_the_cohort(tmp_path, cohort, bundle):
+    """A sample whose recomputation fails is not in the cohort table with its old values."""
+    manifest = _manifest(tmp_path, cohort, [s.path for s in cohort.slides[:2]])
+    out = tmp_path / "run"
+    run_cohort(manifest, bundle, out, scheduler="serial", progress=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a slide")
+    broken = _manifest(tmp_path, cohort, [notes, cohort.slides[1].path])
+    again = run_cohort(broken, bundle, out, scheduler="serial", progress=False)
+    assert again.report.set_index("sample_id").loc["S0", "status"] == "error"
+    assert list(again.expression.index) == ["S1"]
+    table = pd.read_csv(out / "cohort_expression.csv", index_col=0)
+    assert list(table.index) == ["S1"]
+
+
+def test_a_missing_slide_in_a_run_manifest_is_a_report_row(tmp_path, cohort, bundle):
+    """A manifest slide that does not exist becomes an error row; the others still run."""
+    manifest = _manifest(tmp_path, cohort, [tmp_path / "missing.tif", cohort.slides[0].path])
+    result = run_cohort(manifest, bundle, tmp_path / "run", scheduler="serial", progress=False)
+    status = result.report.set_index("sample_id")["status"]
+    assert status["S0"] == "error" and status["S1"] == "ok"
+    assert "missing.tif" in result.report.set_index("sample_id").loc["S0", "error"]
+
+
+def test_a_manifest_without_slides_is_refused(tmp_path, bundle):
+    """A manifest with a header and no rows is an error, not an empty successful run."""
+    from napari_deeppt.errors import DeepPTError
+
+    path = tmp_path / "empty.csv"
+    path.write_text("slide,sample_id\n")
+    with pytest.raises(DeepPTError, match="no slides"):
+        run_cohort(path, bundle, tmp_path / "run", scheduler="serial", progress=False)
+
+
+def test_manifest_ids_are_read_as_written_and_empty_ones_refused(tmp_path, cohort, bundle):
+    """'NA' stays the sample id 'NA' (not NaN); an empty sample_id or patient_id is refused."""
+    from napari_deeppt.errors import DeepPTError
+    from napari_deeppt.io.tables import read_manifest
+
+    slides = [str(s.path) for s in cohort.slides[:2]]
+    path = tmp_path / "m.csv"
+    path.write_text(f"slide,sample_id,patient_id\n{slides[0]},NA,P1\n{slides[1]},S2,NA\n")
+    table = read_manifest(path)
+    assert list(table["sample_id"]) == ["NA", "S2"] and list(table["patient_id"]) == ["P1", "NA"]
+    path.write_text(f"slide,sample_id,patient_id\n{slides[0]},S1,\n{slides[1]},S2,P2\n")
+    with pytest.raises(DeepPTError, match="patient_id"):
+        read_manifest(path)
+    path.write_text(f"slide,sample_id\n{slides[0]},\n{slides[1]},S2\n")
+    with pytest.raises(DeepPTError, match="sample_id"):
+        read_manifest(path, require_patient=False)
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path, cohort):
+    """Excel's 'CSV UTF-8' (a BOM before the header) reads like any CSV."""
+    from napari_deeppt.io.tables import read_manifest
+
+    path = tmp_path / "bom.csv"
+    path.write_bytes(("\ufeffslide,sample_id\n" + f"{cohort.slides[0].path},S0\n").encode())
+    assert list(read_manifest(path, require_patient=False)["sample_id"]) == ["S0"]
+
+
+def test_weights_given_for_an_extractor_without_weights_are_refused(
+    tmp_path, capsys, cohort, bundle
+):
+    """--weights for a model whose extractor uses none is refused once, before any slide."""
+    manifest = _manifest(tmp_path, cohort)
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            str(manifest),
+            "--model",
+            str(bundle),
+            "--out",
+            str(out),
+            "--weights",
+            str(weights),
+            "--scheduler",
+            "serial",
+            "--quiet",
+        ]
+    )
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "w.pth" in line and "no weights" in line
+    assert not list(out.glob("slides/*"))
+
+
+def test_a_stale_partial_in_an_output_folder_is_removed_by_the_next_command(
+    tmp_path, cohort, bundle
+):
+    """A dead process's partial file in --out (not only in slides/) is cleaned by a rerun."""
+    import subprocess
+    import sys
+
+    from napari_deeppt.io import partial_name
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / (partial_name("cohort_expression.csv", pid=dead.pid) + ".csv")
+    stale.write_text("half")
+    run_cohort(
+        _manifest(tmp_path, cohort, [cohort.slides[0].path]),
+        bundle,
+        out,
+        scheduler="serial",
+        progress=False,
+    )
+    assert not stale.exists()
+    tiles_out = tmp_path / "tiles"
+    tiles_out.mkdir()
+    stale = tiles_out / (partial_name("x.tiles.csv", pid=dead.pid) + ".csv")
+    stale.write_text("half")
+    assert (
+        main(
+            [
+                "tiles",
+                str(cohort.slides[0].path),
+                "--out",
+                str(tiles_out),
+                "--quiet",
+                "--tile-px",
+                "256",
+            ]
+        )
+        == 0
+    )
+    assert not stale.exists()
+
+
+def test_a_refused_command_leaves_no_empty_output_folder(tmp_path, capsys, cohort, bundle):
+    """A command refused before any work creates no --out folder."""
+    first, second = tmp_path / "a" / "x.tif", tmp_path / "b" / "x.tif"
+    for target in (first, second):
+        target.parent.mkdir()
+        shutil.copy(cohort.slides[0].path, target)
+    out = tmp_path / "never"
+    assert main(_predict_args([first, second], bundle, out)) == 2
+    assert not out.exists()
+
+
+def test_the_summary_does_not_claim_others_were_written_when_all_failed(tmp_path, capsys, bundle):
+    """When every slide fails, the summary says so."""
+    bad = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    for path in bad:
+        path.write_bytes(b"II*\x00" + b"\xff" * 64)
+    assert main(_predict_args(bad, bundle, tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert "all 2 slides failed" in err and "the others were written" not in err
+
+
+def test_a_full_disk_error_names_where_it_was_writing(
+    tmp_path, capsys, cohort, bundle, monkeypatch
+):
+    """An OS error without a file name still names the output folder."""
+    import napari_deeppt.cli.predict as predict_command
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(predict_command, "write_expression_png", full_disk)
+    out = tmp_path / "out"
+    assert main(_predict_args([cohort.slides[0].path], bundle, out)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(out) in line and "no space left" in line
+
+
+def test_torch_never_speaks_to_the_user(tmp_path, capsys):
+    """Neither training nor a foreign pickle prints torch's own warnings before our line."""
+    import pickle
+
+    foreign = tmp_path / "p.deeppt"
+    foreign.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    assert main(["info", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights_only" not in err and "pickle protocol" not in err
+    cohort = write_synthetic_cohort(tmp_path / "c", n_slides=8, size=768, seed=3)
+    args = [
+        "train",
+        str(cohort.manifest),
+        str(cohort.expression),
+        "--out",
+        str(tmp_path / "m.deeppt"),
+        "--extractor",
+        "colour-stats",
+        "--tile-px",
+        "64",
+        "--tile-mpp",
+        "1.0",
+        "--stain",
+        "none",
+        "--outer-folds",
+        "2",
+        "--inner-folds",
+        "2",
+        "--max-epochs",
+        "3",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "requires_grad" not in err and "Triggered internally" not in err, err

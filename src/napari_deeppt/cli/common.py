@@ -16,11 +16,12 @@ Outputs and errors
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import os
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ __all__ = [
     "print_written",
     "regions_per_slide",
     "stem",
+    "written_together",
 ]
 
 #: Errors that are the user's to fix (bad input, full disk...): one line, never a traceback.
@@ -308,15 +310,32 @@ def print_written(targets: list[Path]) -> None:
 
 
 def make_output_folder(out: str | os.PathLike[str]) -> Path:
-    """Create ``out`` (and its parents) or say in one line why it cannot be made."""
-    from ..io import describe_os_error
+    """Create ``out`` (and its parents) or say in one line why it cannot be made; remove the
+    partial files a killed earlier command left in it."""
+    from ..io import describe_os_error, remove_stale_partials
 
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot make the output folder: {describe_os_error(exc)}") from exc
+    remove_stale_partials(folder)
     return folder
+
+
+@contextlib.contextmanager
+def written_together(targets: list[Path]) -> Iterator[list[Path]]:
+    """One slide's outputs written as a set (:func:`~napari_deeppt.io.atomic_outputs`); an
+    operating-system error that names no file names the output folder."""
+    from ..io import atomic_outputs, describe_os_error
+
+    try:
+        with atomic_outputs(targets, overwrite=True) as tmps:
+            yield tmps
+    except OSError as exc:
+        if isinstance(exc, DeepPTError) or exc.filename is not None:
+            raise
+        raise OutputError(f"{targets[0].parent}: {describe_os_error(exc)}") from exc
 
 
 def regions_per_slide(option: str | None, slides: list[str]) -> dict[str, Path | None]:
@@ -365,8 +384,10 @@ def for_each_slide(slides: Sequence[str], work: Callable[[str], None]) -> int:
         names = ", ".join(Path(s).name for s in failed[:10])
         more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
         print(
-            f"error: {len(failed)} of {len(slides)} slides failed ({names}{more}); the others "
-            "were written",
+            f"error: all {len(slides)} slides failed ({names}{more})"
+            if len(failed) == len(slides)
+            else f"error: {len(failed)} of {len(slides)} slides failed ({names}{more}); the "
+            "others were written",
             file=sys.stderr,
         )
         return 1

@@ -22,6 +22,7 @@ from .common import (
     plan_outputs,
     print_written,
     regions_per_slide,
+    written_together,
 )
 
 __all__ = ["add_parser", "cmd_features"]
@@ -64,11 +65,14 @@ def cmd_features(args: argparse.Namespace) -> int:
         raise ValueError("--tiles takes the grid of one slide; give one SLIDE with it")
     if args.tiles and args.roi:
         raise ValueError("--roi restricts detected tiles; with --tiles the grid is used as is")
-    out = make_output_folder(args.out)
     plan = plan_outputs(
-        args.slides, out, lambda s: [f"{s}.features.{fmt}" for fmt in formats], args.overwrite
+        args.slides,
+        Path(args.out),
+        lambda s: [f"{s}.features.{fmt}" for fmt in formats],
+        args.overwrite,
     )
     rois = regions_per_slide(args.roi, args.slides)
+    make_output_folder(args.out)  # after every check: a refused command makes no folder
     return for_each_slide(
         args.slides, lambda path: _features_of(path, args, formats, plan[path], rois[path])
     )
@@ -77,7 +81,6 @@ def cmd_features(args: argparse.Namespace) -> int:
 def _features_of(
     path: str, args: argparse.Namespace, formats: list[str], targets: list[Path], roi: Path | None
 ) -> None:
-    from ..io import atomic_outputs
     from ..slide import open_slide
     from ..tiles import TileGrid, detect_and_tile
 
@@ -108,7 +111,7 @@ def _features_of(
         "h5ad": features.to_h5ad,
         "zarr": features.save,
     }
-    with atomic_outputs(targets, overwrite=True) as tmp:
+    with written_together(targets) as tmp:
         for fmt, target in zip(formats, tmp, strict=True):
             writers[fmt](target, overwrite=True)
     seconds = features.provenance.get("seconds") or 0.0

@@ -20,6 +20,7 @@ from .common import (
     plan_outputs,
     print_written,
     regions_per_slide,
+    written_together,
 )
 from .render import write_expression_png
 
@@ -67,9 +68,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names = ["expression.csv", "tiles.h5ad", "expression.png"]
     if args.geojson:
         names.append("tiles.geojson")
-    out = make_output_folder(args.out)
-    plan = plan_outputs(args.slides, out, lambda s: [f"{s}.{n}" for n in names], args.overwrite)
+    plan = plan_outputs(
+        args.slides, Path(args.out), lambda s: [f"{s}.{n}" for n in names], args.overwrite
+    )
     rois = regions_per_slide(args.roi, args.slides)
+    make_output_folder(args.out)  # after every check: a refused command makes no folder
     return for_each_slide(
         args.slides, lambda path: _predict_slide(path, args, bundle, plan[path], rois[path])
     )
@@ -78,7 +81,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_slide(
     path: str, args: argparse.Namespace, bundle: Any, targets: list[Path], roi: Path | None
 ) -> None:
-    from ..io import atomic_outputs
     from ..prediction import predict
     from ..slide import open_slide
 
@@ -93,7 +95,7 @@ def _predict_slide(
     )
     prediction.bundle_path = str(args.model)
     gene = args.gene or prediction.top_genes(1).index[0]
-    with atomic_outputs(targets, overwrite=True) as tmp:
+    with written_together(targets) as tmp:
         prediction.to_csv(tmp[0], overwrite=True)
         prediction.to_h5ad(tmp[1], overwrite=True)
         write_expression_png(slide, prediction, gene, tmp[2], overwrite=True)

@@ -20,6 +20,7 @@ from .common import (
     plan_outputs,
     print_written,
     regions_per_slide,
+    written_together,
 )
 from .render import write_tiles_overview_png
 
@@ -85,10 +86,12 @@ def cmd_tiles(args: argparse.Namespace) -> int:
     names = ["tiles.csv", "tissue.npz", "tiles.png"]
     if args.geojson:
         names += ["tissue.geojson", "tiles.geojson"]
-    out = make_output_folder(args.out)
-    plan = plan_outputs(args.slides, out, lambda s: [f"{s}.{n}" for n in names], args.overwrite)
+    plan = plan_outputs(
+        args.slides, Path(args.out), lambda s: [f"{s}.{n}" for n in names], args.overwrite
+    )
     rois = regions_per_slide(args.roi, args.slides)  # every slide's, before any work
     excludes = regions_per_slide(args.exclude, args.slides)
+    make_output_folder(args.out)  # after every check: a refused command makes no folder
     return for_each_slide(
         args.slides, lambda path: _tile_slide(path, args, plan[path], rois[path], excludes[path])
     )
@@ -104,7 +107,6 @@ def _tile_slide(
     import warnings
 
     from ..errors import NoTissueWarning
-    from ..io import atomic_outputs
     from ..slide import open_slide
     from ..tiles import detect_and_tile
 
@@ -126,7 +128,7 @@ def _tile_slide(
         )
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    with atomic_outputs(targets, overwrite=True) as tmp:
+    with written_together(targets) as tmp:
         grid.save(tmp[0], overwrite=True)
         mask.save(tmp[1], overwrite=True)
         write_tiles_overview_png(slide, mask, grid, tmp[2], overwrite=True)

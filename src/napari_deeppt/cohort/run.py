@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import ExpressionTableError
 from ..io import atomic_path, file_sha256, remove_stale_partials
 from ..progress import ProgressLike, make_progress
 from .cluster import run_distributed
@@ -93,7 +94,8 @@ def run_cohort(
         "cache_dir": None if cache_dir is None else str(cache_dir),
         "roi_class": p.roi_class,
     }
-    remove_stale_partials(out / "slides")  # left by a run that was killed
+    for folder in (out, out / "slides"):  # partials left by a run that was killed
+        remove_stale_partials(folder)
     tasks = [task for task, _ in todo]
     with make_progress(progress, len(todo), "slides", unit="slide") as bar:
         if p.scheduler == "serial":
@@ -122,6 +124,9 @@ def _plan(
     todo = []
     rois = table["roi"] if "roi" in table.columns else [None] * len(table)
     for slide, sample, roi in zip(table["slide"], table["sample_id"], rois, strict=True):
+        if not Path(slide).exists():
+            rows[sample] = _missing_slide_row(str(sample), str(slide))
+            continue
         record = expected_record(str(slide), bundle_sha256, weights_id, roi, roi_class)
         reused, note = _reusable(out, str(sample), record) if resume else (None, "")
         if reused is not None:
@@ -132,6 +137,18 @@ def _plan(
     return rows, todo
 
 
+def _missing_slide_row(sample: str, slide: str) -> dict[str, Any]:
+    return {
+        "sample_id": sample,
+        "slide": slide,
+        "status": "error",
+        "n_tiles": None,
+        "seconds": 0.0,
+        "error": f"{slide}: no such slide file; fix its path in the manifest",
+        "note": "",
+    }
+
+
 def _finish(out: Path, table: Any, rows: dict[str, dict[str, Any]]) -> CohortResult:
     """Write the run report and the cohort table (atomically) in manifest order."""
     import pandas as pd
@@ -140,7 +157,8 @@ def _finish(out: Path, table: Any, rows: dict[str, dict[str, Any]]) -> CohortRes
     report = report.reindex(
         columns=[*REPORT_COLUMNS, *(c for c in report.columns if c not in REPORT_COLUMNS)]
     )
-    expression = _collect(out, list(table["sample_id"]))
+    done = [s for s in table["sample_id"] if rows.get(s, {}).get("status") in ("ok", "reused")]
+    expression = _collect(out, done)  # a failed recomputation never leaves its old values
     with atomic_path(out / "run_report.csv", overwrite=True) as tmp:
         report.to_csv(tmp, index=False)
     with atomic_path(out / "cohort_expression.csv", overwrite=True) as tmp:
@@ -160,6 +178,8 @@ def _read_table(manifest: Any) -> Any:
 
         table = read_manifest(manifest, require_patient=False)
         source = manifest
+    if len(table) == 0:
+        raise ExpressionTableError(f"{source}: no slides listed; nothing to run")
     table["sample_id"] = table["sample_id"].astype(str)
     check_sample_ids(list(table["sample_id"]), source)
     return table

@@ -216,14 +216,15 @@ _STATE_DICT_FIX = (
 
 def _load_file(path: Path) -> Any:
     """``torch.load``/safetensors, every failure turned into one line naming the file."""
-    import torch
 
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        from ..io.torchfile import load_weights_only
+
+        return load_weights_only(path)
     except Exception as exc:
         if path.suffix == ".safetensors":
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
@@ -345,6 +346,11 @@ def load_extractor(
     model = spec.build()
     model.eval()
     if not spec.needs_weights:
+        if weights is not None and str(weights) != "random":
+            raise WeightsNotFoundError(
+                f"{weights}: extractor {name} uses no weights (a fixed function); leave the "
+                "weights out (--weights)"
+            )
         return LoadedExtractor(spec, model, "none (a fixed function)", "none")
     if weights is not None and str(weights) == "random":
         return LoadedExtractor(

@@ -45,16 +45,29 @@ def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
 
     path = Path(path)
     try:
-        table = pd.read_csv(path, sep=None, engine="python", dtype=str)
+        table = pd.read_csv(  # ids as written ("NA" is an id), Excel's BOM ignored
+            path,
+            sep=None,
+            engine="python",
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+        )
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable manifest CSV ({exc})") from exc
     if not require_patient and "patient_id" not in table.columns and "sample_id" in table:
         table["patient_id"] = table["sample_id"]
-    missing = [c for c in ("slide", "sample_id", "patient_id") if c not in table.columns]
+    needed = ["slide", "sample_id"] + (["patient_id"] if require_patient else [])
+    missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ExpressionTableError(
-            f"{path}: the manifest lacks column(s) {missing}; it needs slide, sample_id, patient_id"
+            f"{path}: the manifest lacks column(s) {missing}; it needs {', '.join(needed)}"
         )
+    for column in ("sample_id", "patient_id"):
+        table[column] = table[column].str.strip()
+        empty = [i + 2 for i, value in enumerate(table[column]) if not value]  # + header
+        if empty:
+            raise ExpressionTableError(f"{path}: line(s) {empty[:5]} have no {column}")
     duplicated = table["sample_id"][table["sample_id"].duplicated()].tolist()
     if duplicated:
         raise ExpressionTableError(f"{path}: duplicated sample_id(s) {duplicated[:5]}")

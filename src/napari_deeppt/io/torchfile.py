@@ -12,9 +12,9 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["why_unreadable"]
+__all__ = ["load_weights_only", "why_unreadable"]
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _TRUNCATED = "it is truncated or corrupt: an interrupted download or copy?"
@@ -89,3 +89,19 @@ def why_unreadable(source: Path | BinaryIO, exc: BaseException) -> str | None:
     if isinstance(exc, EOFError) or "Ran out of input" in text or "truncated" in text:
         return _TRUNCATED
     return None
+
+
+def load_weights_only(source: Any) -> Any:
+    """``torch.load(source, weights_only=True)`` on the CPU, without torch's own warnings.
+
+    torch warns about pickle protocols and asks to file issues when it meets a foreign
+    pickle; the caller turns any failure into one line (:func:`why_unreadable`), so those
+    warnings would only be noise before it.
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(source, map_location="cpu", weights_only=True)

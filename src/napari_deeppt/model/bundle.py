@@ -42,11 +42,12 @@ def _first_line(exc: BaseException) -> str:
 
 def _read_payload(path: Path, data: bytes) -> dict[str, Any]:
     """The torch payload of a bundle file, or one line saying why it is none."""
-    import torch
+
+    from ..io.torchfile import load_weights_only
 
     stream = io.BytesIO(data)
     try:
-        payload = torch.load(stream, map_location="cpu", weights_only=True)
+        payload = load_weights_only(stream)
     except Exception as exc:
         from ..io.torchfile import why_unreadable
 

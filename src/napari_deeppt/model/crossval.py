@@ -87,7 +87,7 @@ def _fit_regressor(
                 _slide_predictions(model, latents, val_idx).numpy(), truth_val, val_sections
             )
             if len(val_idx) > 2
-            else -float(loss)
+            else -float(loss.detach())
         )
         r = -np.inf if np.isnan(r) else float(r)
         if r > best_r or best_state is None:
