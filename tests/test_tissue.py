@@ -174,3 +174,26 @@ def test_a_mask_reads_in_a_line(svs_slide):
     text = repr(mask)
     assert text.startswith("TissueMask(") and "mm² of tissue" in text and "small.svs" in text
     assert "\n" not in text and len(text) < 200  # never the pixels
+
+
+def test_small_pieces_and_holes_match_a_labelled_count():
+    """Pieces under the size go, border-touching background stays (scikit-image underneath)."""
+    from scipy import ndimage
+
+    from napari_deeppt.tissue import _remove_small
+
+    def reference(mask, min_pixels, keep_border):
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        keep = np.bincount(labels.ravel()) >= min_pixels
+        if keep_border:
+            keep[np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+        keep[0] = False
+        return keep[labels]
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        mask = rng.random((30, 40)) > rng.uniform(0.3, 0.8)
+        min_pixels = rng.uniform(0, 25)
+        for keep_border in (False, True):
+            expected = reference(mask, min_pixels, keep_border)
+            np.testing.assert_array_equal(_remove_small(mask, min_pixels, keep_border), expected)

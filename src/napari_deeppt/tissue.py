@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -267,23 +268,23 @@ def _sat_at(sat: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _remove_small(mask: np.ndarray, min_pixels: float, keep_border: bool = False) -> np.ndarray:
-    """Drop connected pieces of fewer than ``min_pixels`` pixels (8-connectivity).
+    """Drop connected pieces of fewer than ``min_pixels`` pixels (8-connectivity, scikit-image).
 
     With ``keep_border``, pieces touching the image border are always kept (used on the
     background, so that glass around the tissue is never "filled" as a hole).
     """
-    from scipy import ndimage
+    import inspect
 
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_pixels
-    if keep_border:
-        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        keep[border] = True
-    keep[0] = False
-    return keep[labels]
+    from skimage import morphology, segmentation
+
+    inner = segmentation.clear_border(mask) if keep_border else mask
+    size = max(0, math.ceil(min_pixels))
+    parameters = inspect.signature(morphology.remove_small_objects).parameters
+    if "max_size" in parameters:  # scikit-image ≥ 0.26 removes pieces of ≤ max_size pixels
+        kept = morphology.remove_small_objects(inner, max_size=max(size - 1, 0), connectivity=2)
+    else:  # earlier versions remove pieces of < min_size pixels
+        kept = morphology.remove_small_objects(inner, min_size=size, connectivity=2)
+    return kept | (mask & ~inner) if keep_border else kept
 
 
 def _read_level(slide: Any, level: int, progress: ProgressLike, cancel: CancelLike) -> np.ndarray:
