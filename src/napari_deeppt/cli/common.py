@@ -53,6 +53,7 @@ __all__ = [
     "plan_outputs",
     "print_written",
     "regions_per_slide",
+    "run_per_slide",
     "stem",
     "written_together",
 ]
@@ -362,6 +363,26 @@ def _regions_for(option: str | None, slide_path: Path, n_slides: int) -> Path | 
             "<stem>.geojson files, one per slide"
         )
     return given
+
+
+def run_per_slide(
+    args: argparse.Namespace,
+    suffixes: list[str],
+    work: Callable[[str, list[Path], Path | None], None],
+) -> int:
+    """The multi-slide commands' driver: every check first, then each slide in turn.
+
+    Plans the outputs (``<stem>.<suffix>`` in ``--out``: clashes and existing files refused),
+    finds each slide's ``--roi`` file, makes ``--out`` only then (a refused command makes no
+    folder), and runs ``work(slide, its output paths, its roi file)`` through
+    :func:`for_each_slide`.
+    """
+    plan = plan_outputs(
+        args.slides, Path(args.out), lambda s: [f"{s}.{x}" for x in suffixes], args.overwrite
+    )
+    rois = regions_per_slide(args.roi, args.slides)
+    make_output_folder(args.out)
+    return for_each_slide(args.slides, lambda path: work(path, plan[path], rois[path]))
 
 
 def for_each_slide(slides: Sequence[str], work: Callable[[str], None]) -> int:

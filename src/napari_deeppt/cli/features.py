@@ -17,11 +17,8 @@ from .common import (
     add_slides_and_out,
     add_tile_options,
     feature_keywords,
-    for_each_slide,
-    make_output_folder,
-    plan_outputs,
     print_written,
-    regions_per_slide,
+    run_per_slide,
     written_together,
 )
 
@@ -65,16 +62,10 @@ def cmd_features(args: argparse.Namespace) -> int:
         raise ValueError("--tiles takes the grid of one slide; give one SLIDE with it")
     if args.tiles and args.roi:
         raise ValueError("--roi restricts detected tiles; with --tiles the grid is used as is")
-    plan = plan_outputs(
-        args.slides,
-        Path(args.out),
-        lambda s: [f"{s}.features.{fmt}" for fmt in formats],
-        args.overwrite,
-    )
-    rois = regions_per_slide(args.roi, args.slides)
-    make_output_folder(args.out)  # after every check: a refused command makes no folder
-    return for_each_slide(
-        args.slides, lambda path: _features_of(path, args, formats, plan[path], rois[path])
+    return run_per_slide(
+        args,
+        [f"features.{fmt}" for fmt in formats],
+        lambda path, targets, roi: _features_of(path, args, formats, targets, roi),
     )
 
 

@@ -15,11 +15,8 @@ from .common import (
     add_roi_options,
     add_slides_and_out,
     feature_keywords,
-    for_each_slide,
-    make_output_folder,
-    plan_outputs,
     print_written,
-    regions_per_slide,
+    run_per_slide,
     written_together,
 )
 from .render import write_expression_png
@@ -68,13 +65,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names = ["expression.csv", "tiles.h5ad", "expression.png"]
     if args.geojson:
         names.append("tiles.geojson")
-    plan = plan_outputs(
-        args.slides, Path(args.out), lambda s: [f"{s}.{n}" for n in names], args.overwrite
-    )
-    rois = regions_per_slide(args.roi, args.slides)
-    make_output_folder(args.out)  # after every check: a refused command makes no folder
-    return for_each_slide(
-        args.slides, lambda path: _predict_slide(path, args, bundle, plan[path], rois[path])
+    return run_per_slide(
+        args, names, lambda path, targets, roi: _predict_slide(path, args, bundle, targets, roi)
     )
 
 

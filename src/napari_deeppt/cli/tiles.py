@@ -15,11 +15,9 @@ from .common import (
     add_roi_options,
     add_slides_and_out,
     add_tile_options,
-    for_each_slide,
-    make_output_folder,
-    plan_outputs,
     print_written,
     regions_per_slide,
+    run_per_slide,
     written_together,
 )
 from .render import write_tiles_overview_png
@@ -86,14 +84,11 @@ def cmd_tiles(args: argparse.Namespace) -> int:
     names = ["tiles.csv", "tissue.npz", "tiles.png"]
     if args.geojson:
         names += ["tissue.geojson", "tiles.geojson"]
-    plan = plan_outputs(
-        args.slides, Path(args.out), lambda s: [f"{s}.{n}" for n in names], args.overwrite
-    )
-    rois = regions_per_slide(args.roi, args.slides)  # every slide's, before any work
-    excludes = regions_per_slide(args.exclude, args.slides)
-    make_output_folder(args.out)  # after every check: a refused command makes no folder
-    return for_each_slide(
-        args.slides, lambda path: _tile_slide(path, args, plan[path], rois[path], excludes[path])
+    excludes = regions_per_slide(args.exclude, args.slides)  # every slide's, before any work
+    return run_per_slide(
+        args,
+        names,
+        lambda path, targets, roi: _tile_slide(path, args, targets, roi, excludes[path]),
     )
 
 
