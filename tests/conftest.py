@@ -78,3 +78,33 @@ def giant_slide(slide_dir: Path) -> SyntheticSlide:
 
     path = slide_dir / "giant.svs"
     return write_giant_slide(path, size=100_000)
+
+
+def quick_train_args(cohort: object, model: Path, cache: Path, epochs: int = 20) -> list[str]:
+    """``deeppt train`` on a synthetic cohort in seconds: weight-free features, 2 × 2 folds."""
+    return [
+        "train",
+        str(cohort.manifest),  # type: ignore[attr-defined]
+        str(cohort.expression),  # type: ignore[attr-defined]
+        "--out",
+        str(model),
+        "--extractor",
+        "colour-stats",
+        "--tile-px",
+        "64",
+        "--tile-mpp",
+        "1.0",
+        "--stain",
+        "none",
+        "--outer-folds",
+        "2",
+        "--inner-folds",
+        "2",
+        "--max-epochs",
+        str(epochs),
+        "--lr",
+        "1e-3",
+        "--cache-dir",
+        str(cache),
+        "--quiet",
+    ]

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import quick_train_args
 from napari_deeppt.cli import main
 from napari_deeppt.samples import cmu1_small_region_path
 
@@ -175,32 +176,7 @@ def test_train_and_predict_commands(tmp_path, capsys):
     manifest["roi"] = ["slide000.geojson"] + [""] * (len(manifest) - 1)
     manifest.to_csv(cohort.manifest, index=False)
     model = tmp_path / "m.deeppt"
-    args = [
-        "train",
-        str(cohort.manifest),
-        str(cohort.expression),
-        "--out",
-        str(model),
-        "--extractor",
-        "colour-stats",
-        "--tile-px",
-        "64",
-        "--tile-mpp",
-        "1.0",
-        "--stain",
-        "none",
-        "--outer-folds",
-        "2",
-        "--inner-folds",
-        "2",
-        "--max-epochs",
-        "20",
-        "--lr",
-        "1e-3",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--quiet",
-    ]
+    args = quick_train_args(cohort, model, tmp_path / "cache")
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "significant (Holm–Šidák)" in out and model.exists()

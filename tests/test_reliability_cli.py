@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import quick_train_args
 from napari_deeppt.cli import main
 from napari_deeppt.cohort import run_cohort
 from napari_deeppt.samples import demo_bundle
@@ -482,30 +483,7 @@ def test_torch_never_speaks_to_the_user(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "weights_only" not in err and "pickle protocol" not in err
     cohort = write_synthetic_cohort(tmp_path / "c", n_slides=8, size=768, seed=3)
-    args = [
-        "train",
-        str(cohort.manifest),
-        str(cohort.expression),
-        "--out",
-        str(tmp_path / "m.deeppt"),
-        "--extractor",
-        "colour-stats",
-        "--tile-px",
-        "64",
-        "--tile-mpp",
-        "1.0",
-        "--stain",
-        "none",
-        "--outer-folds",
-        "2",
-        "--inner-folds",
-        "2",
-        "--max-epochs",
-        "3",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--quiet",
-    ]
+    args = quick_train_args(cohort, tmp_path / "m.deeppt", tmp_path / "cache", epochs=3)
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "requires_grad" not in err and "Triggered internally" not in err, err

@@ -47,6 +47,11 @@ def no_feature_work(monkeypatch):
     monkeypatch.setattr("napari_deeppt.tiles.detect_and_tile", forbidden)
 
 
+def _train_2x2(table, expression, out):
+    """train() with weight-free features and 2 × 2 folds: fails or finishes in seconds."""
+    return train(table, expression, out, progress=False, outer_folds=2, inner_folds=2, **FEATURES)
+
+
 def _spots(path, rows):
     pd.DataFrame(rows, columns=["spot_id", "slide", "x", "y"]).to_csv(path, index=False)
     return path
@@ -339,15 +344,7 @@ def test_spot_sections_too_few_for_the_folds_are_refused_before_any_feature_work
     spots = _spots(tmp_path / "spots.csv", rows)
     counts = _counts(tmp_path / "counts.csv", [r[0] for r in rows])
     with pytest.raises(ExpressionTableError, match=r"3 sections \(slides\) cannot fill 2 outer"):
-        train(
-            spots,
-            counts,
-            tmp_path / "m.deeppt",
-            progress=False,
-            outer_folds=2,
-            inner_folds=2,
-            **FEATURES,
-        )
+        _train_2x2(spots, counts, tmp_path / "m.deeppt")
 
 
 def test_one_slide_spelled_two_ways_is_one_section(cohort, tmp_path, no_feature_work):
@@ -363,15 +360,7 @@ def test_one_slide_spelled_two_ways_is_one_section(cohort, tmp_path, no_feature_
     counts = _counts(tmp_path / "counts.csv", [r[0] for r in rows])
     # 3 sections cannot fill 2 × 2 folds; counted as 4 they would pass the check
     with pytest.raises(ExpressionTableError, match=r"^.*3 sections \(slides\)"):
-        train(
-            spots,
-            counts,
-            tmp_path / "m.deeppt",
-            progress=False,
-            outer_folds=2,
-            inner_folds=2,
-            **FEATURES,
-        )
+        _train_2x2(spots, counts, tmp_path / "m.deeppt")
 
 
 def test_a_missing_or_unreadable_slide_is_found_before_any_feature_work(
@@ -383,29 +372,13 @@ def test_a_missing_or_unreadable_slide_is_found_before_any_feature_work(
     table.loc[5, "slide"] = str(tmp_path / "gone.tif")
     table.to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(DeepPTError, match=r"gone\.tif"):
-        train(
-            tmp_path / "m.csv",
-            cohort.expression,
-            tmp_path / "m.deeppt",
-            progress=False,
-            outer_folds=2,
-            inner_folds=2,
-            **FEATURES,
-        )
+        _train_2x2(tmp_path / "m.csv", cohort.expression, tmp_path / "m.deeppt")
     rows = [r for s in cohort.slides[:4] for r in _lattice(s, n=3)]
     rows += [("nompp_0", str(no_mpp_slide.path), 300.0, 300.0)]
     spots = _spots(tmp_path / "spots.csv", rows)
     counts = _counts(tmp_path / "counts.csv", [r[0] for r in rows])
     with pytest.raises(MissingMppError):
-        train(
-            spots,
-            counts,
-            tmp_path / "s.deeppt",
-            progress=False,
-            outer_folds=2,
-            inner_folds=2,
-            **FEATURES,
-        )
+        _train_2x2(spots, counts, tmp_path / "s.deeppt")
 
 
 def test_one_slide_listed_for_two_samples_is_refused_before_any_feature_work(
@@ -418,15 +391,7 @@ def test_one_slide_listed_for_two_samples_is_refused_before_any_feature_work(
     table.loc[3, "slide"] = str(Path(tmp_path.anchor) / table.loc[3, "slide"])
     table.to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(DeepPTError, match=r"slide001.*S001.*S003"):
-        train(
-            tmp_path / "m.csv",
-            cohort.expression,
-            tmp_path / "m.deeppt",
-            progress=False,
-            outer_folds=2,
-            inner_folds=2,
-            **FEATURES,
-        )
+        _train_2x2(tmp_path / "m.csv", cohort.expression, tmp_path / "m.deeppt")
 
 
 # -- 4. expression tables whose samples do not match -----------------------------------------

@@ -15,6 +15,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from ..stain import StainMethod
 from ._jobs import Job, JobWidget
 from .console import slide_of
 from .fields import param_widget
@@ -107,9 +108,8 @@ class TissueTilesWidget(JobWidget):
             "from it (tissue detection is not rerun)",
         )
         self.preview_n = SpinBox(label="preview tiles", value=8, min=1, max=64)
-        self.preview_method = ComboBox(
-            label="method", choices=["macenko", "reinhard"], value="macenko"
-        )
+        methods = [m.value for m in StainMethod if m is not StainMethod.NONE]
+        self.preview_method = ComboBox(label="method", choices=methods, value=methods[0])
         self.preview_button = PushButton(text="Preview normalisation", enabled=False)
 
     def _parameter_fields(self) -> None:
