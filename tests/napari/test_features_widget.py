@@ -19,7 +19,8 @@ def viewer_with_tiles(make_napari_viewer, svs_slide, tmp_path, monkeypatch):
 
 
 def _widget(viewer):
-    widget = FeaturesWidget(viewer)
+    """The dock as napari builds it (a proxy viewer)."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Extract features")
     widget.tiles_layer.value = viewer.layers["small tiles"]
     widget.extractor.value = "resnet18"
     widget.random_weights.value = True

@@ -28,8 +28,8 @@ def test_predict_dock_adds_aligned_map_table_and_switches_genes(
     qtbot, viewer_with_slide, bundle_path, tmp_path
 ):
     viewer, slide_layer = viewer_with_slide
-    widget = PredictWidget(viewer)
-    viewer.window.add_dock_widget(widget)  # docked: napari resets its choices on layer events
+    # built as napari builds it (a proxy viewer); docked, napari resets choices on layer events
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
     widget.bundle.value = bundle_path
     widget.run()
     qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
@@ -55,7 +55,10 @@ def test_predict_dock_adds_aligned_map_table_and_switches_genes(
     np.testing.assert_array_equal(
         viewer.layers["small expression"].data, prediction.tile_map(other).astype(np.float32)
     )
-    assert sum(lyr.name == "small expression" for lyr in viewer.layers) == 1
+    widget.gene.value = first  # and back: still one map layer, no "[1]" copies
+    assert [lyr.name for lyr in viewer.layers].count("small expression") == 1
+    assert len(viewer.layers) == 2
+    widget.gene.value = other
     assert widget.table.value["data"][0][0] == prediction.top_genes(1).index[0]
     assert widget.export("csv", tmp_path / "s.csv").exists()
     assert widget.export("h5ad", tmp_path / "t.h5ad").exists()

@@ -109,9 +109,14 @@ def tiles_layer_data(grid: Any, slide_name: str) -> LayerData:
 
 def add_or_update(viewer: Any, layer_data: LayerData) -> Any:
     """Add a layer, or replace the data and placement of the same-named layer of that kind."""
+    import napari.layers
+
     data, kwargs, kind = layer_data
     name = kwargs["name"]
-    if name in viewer.layers and type(viewer.layers[name]).__name__.lower() == kind:
+    layer_class = getattr(napari.layers, kind.capitalize())
+    # isinstance, not type(): docks get a PublicOnlyProxy of the viewer, whose layers are
+    # proxies too (their type is the proxy's; isinstance sees through it)
+    if name in viewer.layers and isinstance(viewer.layers[name], layer_class):
         layer = viewer.layers[name]
         layer.data = data
         for key in ("scale", "translate"):
