@@ -73,3 +73,14 @@ def test_requires_a_tiles_layer(make_napari_viewer, svs_slide):
     widget = FeaturesWidget(viewer)
     assert widget.run() is None
     assert "Tissue & tiles" in widget.status.value
+
+
+def test_the_dock_picks_the_tiles_layer_not_the_tissue(make_napari_viewer, svs_slide):
+    """Built as napari does, the tiles picker defaults to (and follows) the '<slide> tiles'."""
+    from napari_deeppt._napari import console
+
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(svs_slide.path), plugin="napari-deeppt")[0]
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Extract features")
+    console.detect_and_tile(layer, tile_px=64, mpp=2.0)  # adds 'small tissue', 'small tiles'
+    assert widget.tiles_layer.value.name == "small tiles"

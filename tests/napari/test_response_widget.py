@@ -104,3 +104,12 @@ def test_drug_tile_map_sits_on_the_tiles_it_scores(make_napari_viewer, tmp_path)
     np.testing.assert_allclose(layer.scale, expression.scale)  # on the same tiles
     np.testing.assert_allclose(layer.translate, expression.translate)
     assert "33% of tiles" in widget.status.value  # one of three at ≥ 0.54
+
+
+def test_the_dock_picks_the_expression_layer_not_the_slide(make_napari_viewer, svs_slide):
+    """Built as napari does, the dock's picker defaults to (and follows) the expression map."""
+    viewer = make_napari_viewer()
+    viewer.open(str(svs_slide.path), plugin="napari-deeppt")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Treatment response")
+    show_expression(viewer, fake_prediction({"A": 1.0, "B": 7.0}), "A", "case")
+    assert widget.expression_layer.value.name == "case expression"

@@ -12,7 +12,7 @@ from ..features.params import FeatureParams
 from ..stain import StainMethod
 from ._jobs import Job, JobWidget
 from .console import slide_of
-from .fields import choice_widget, param_widget
+from .fields import choice_widget, layer_picker, param_widget
 from .layers import add_or_update, embedding_layer_data
 
 __all__ = ["FeaturesWidget"]
@@ -29,10 +29,12 @@ class FeaturesWidget(JobWidget):
         super().__init__(napari_viewer, "Extract features")
         self.result: Any = None
         self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
-        self.tiles_layer = create_widget(
-            annotation=napari.layers.Labels,
-            label="tiles",
-            options={"tooltip": "the '<slide> tiles' layer"},
+        self.tiles_layer = layer_picker(
+            napari_viewer,
+            napari.layers.Labels,
+            "tiles",
+            prefer="deeppt_grid",
+            tooltip="the '<slide> tiles' layer (from Tissue & tiles)",
         )
         self.extractor = choice_widget(FeatureParams, "extractor", "extractor", sorted(EXTRACTORS))
         self.weights = FileEdit(

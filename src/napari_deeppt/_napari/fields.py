@@ -49,3 +49,33 @@ def choice_widget(cls: type, name: str, label: str, choices: Any, **options: Any
     default = str(field_default(cls, name))
     tooltip = field_doc(cls, name).replace("``", "")
     return ComboBox(label=label, choices=values, value=default, tooltip=tooltip, **options)
+
+
+def layer_picker(viewer: Any, layer_type: type, label: str, prefer: str, tooltip: str = "") -> Any:
+    """A layer drop-down that offers first (and switches to) the layers a dock needs.
+
+    Layers whose ``metadata`` holds ``prefer`` (``"deeppt_grid"`` for tile layers,
+    ``"deeppt_prediction"`` for expression maps) come first, the newest on top, then the
+    other layers of ``layer_type``; when such a layer is added the picker selects it, so the
+    first click of a dock never runs on the wrong layer.
+    """
+    from magicgui.widgets import ComboBox
+
+    def choices(_widget: Any = None) -> list[tuple[str, Any]]:
+        layers = [layer for layer in viewer.layers if isinstance(layer, layer_type)]
+        preferred = [layer for layer in reversed(layers) if prefer in layer.metadata]
+        others = [layer for layer in layers if prefer not in layer.metadata]
+        return [(layer.name, layer) for layer in preferred + others]
+
+    picker = ComboBox(label=label, choices=choices, tooltip=tooltip, nullable=False)
+
+    def follow(event: Any) -> None:
+        layer = event.value
+        if isinstance(layer, layer_type) and prefer in layer.metadata:
+            picker.reset_choices()
+            names = [name for name, _ in choices()]
+            picker.value = choices()[names.index(layer.name)][1]
+
+    viewer.layers.events.inserted.connect(follow)
+    viewer.layers.events.removed.connect(lambda _event: picker.reset_choices())
+    return picker

@@ -13,11 +13,10 @@ from magicgui.widgets import (
     Label,
     PushButton,
     Table,
-    create_widget,
 )
 
 from ..response import ResponseParams
-from .fields import param_widget
+from .fields import layer_picker, param_widget
 
 __all__ = ["ResponseWidget"]
 
@@ -31,8 +30,12 @@ class ResponseWidget(Container):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self.result: Any = None
-        self.expression_layer = create_widget(
-            annotation=napari.layers.Image, label="expression layer"
+        self.expression_layer = layer_picker(
+            napari_viewer,
+            napari.layers.Image,
+            "expression layer",
+            prefer="deeppt_prediction",
+            tooltip="the '<slide> expression' map (from Predict expression)",
         )
         self.cohort = FileEdit(label="cohort predictions", mode="r", filter="*.csv *.tsv")
         self.partners = FileEdit(label="partner table", mode="r", filter="*.csv *.tsv")
