@@ -91,7 +91,7 @@ def test_tile_raster_pixels_sit_on_their_tiles(qtbot, viewer_with_slide):
     grid = tiles_layer.metadata["deeppt_grid"]
     for i in range(0, len(grid), 7):
         r, c = grid.rowcol[i]
-        assert tiles_layer.data[r, c] == 1
+        assert tiles_layer.data[r, c] in (1, 2)
         y0, x0 = slide_layer.world_to_data(tiles_layer.data_to_world((r, c)))
         x, y = grid.xy[i]
         assert x0 == pytest.approx(x + (grid.size_level0 - 1) / 2)
@@ -341,3 +341,18 @@ def test_dock_fields_carry_the_cores_defaults_and_help(make_napari_viewer):
     assert widget.tile_px.value == tiles.tile_px and widget.tile_mpp.value == tiles.mpp
     assert widget.min_tissue.value == tiles.min_tissue
     assert field_doc(TissueParams, "min_area_um2") in widget.min_area_um2.tooltip
+
+
+def test_tiles_stand_apart_from_each_other_and_from_the_tissue(qtbot, viewer_with_slide):
+    """Neighbouring tiles get different labels, drawn in blues the tissue layer never uses."""
+    viewer, _ = viewer_with_slide
+    _detected(qtbot, viewer)
+    tiles, tissue = viewer.layers["small tiles"], viewer.layers["small tissue"]
+    grid = tiles.metadata["deeppt_grid"]
+    cells = {(int(r), int(c)) for r, c in grid.rowcol}
+    pairs = [((r, c), (r, c + 1)) for r, c in cells if (r, c + 1) in cells]
+    assert pairs and all(tiles.data[a] != tiles.data[b] for a, b in pairs)
+    blues = [tuple(np.round(tiles.colormap.map(v), 3)) for v in (1, 2)]
+    assert all(b[2] > max(b[0], b[1]) for b in blues)  # blue dominates
+    tissue_colours = {tuple(np.round(tissue.colormap.map(v), 3)) for v in np.unique(tissue.data)}
+    assert not set(blues) & tissue_colours
