@@ -8,6 +8,7 @@ ever touches Qt from signals.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable, Generator
@@ -15,9 +16,10 @@ from typing import Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 
+from ..errors import CancelledError
 from ..progress import CancelToken
 
-__all__ = ["Job", "JobWidget", "start_job"]
+__all__ = ["DockJobs", "Job", "JobWidget", "start_job"]
 
 _DONE = object()
 
@@ -30,11 +32,17 @@ class _Failure:
 
 
 class Job:
-    """A running core function: its worker, its cancel token, and whether it was cancelled."""
+    """A running core function: its worker, its cancel token, and whether it was cancelled.
 
-    def __init__(self, worker: Any, token: CancelToken) -> None:
+    While :attr:`attached` is True the job's callbacks reach its dock; :meth:`detach` drops
+    them (the dock is closing and its Qt widgets may already be gone).
+    """
+
+    def __init__(self, worker: Any, token: CancelToken, ended: threading.Event) -> None:
         self.worker = worker
         self.token = token
+        self.attached = True
+        self._ended = ended
 
     def cancel(self) -> None:
         self.token.cancel()
@@ -43,9 +51,17 @@ class Job:
     def cancelled(self) -> bool:
         return self.token.cancelled
 
+    def detach(self) -> None:
+        """From now on the job's progress, result, error and finish are dropped."""
+        self.attached = False
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the core function to return; True if it has."""
+        return self._ended.wait(timeout)
+
 
 def _bridge(
-    func: Callable[..., Any], kwargs: dict[str, Any], token: CancelToken
+    func: Callable[..., Any], kwargs: dict[str, Any], token: CancelToken, ended: threading.Event
 ) -> Generator[tuple[int, int, str], None, Any]:
     events: queue.Queue = queue.Queue()
     box: dict[str, Any] = {}
@@ -58,6 +74,7 @@ def _bridge(
         except BaseException as exc:  # re-raised in the worker thread below
             box["error"] = exc
         finally:
+            ended.set()
             events.put(_DONE)
 
     thread = threading.Thread(target=target, name=f"deeppt-{func.__name__}", daemon=True)
@@ -73,6 +90,26 @@ def _bridge(
     return box.get("result")
 
 
+@functools.cache
+def _worker_class() -> type:
+    """napari's ``GeneratorWorker`` whose ``quit()`` also sets the core function's token.
+
+    napari asks every worker it knows to quit when its window closes (its task status
+    manager); the core function must then stop too, not run on behind a closed viewer.
+    """
+    from napari.qt.threading import GeneratorWorker
+
+    class CancellingWorker(GeneratorWorker):
+        token: CancelToken | None = None
+
+        def quit(self) -> None:
+            super().quit()
+            if self.token is not None:
+                self.token.cancel()
+
+    return CancellingWorker
+
+
 def start_job(
     func: Callable[..., Any],
     kwargs: dict[str, Any],
@@ -82,12 +119,25 @@ def start_job(
     on_error: Callable[[BaseException], None],
     on_finished: Callable[[], None] | None = None,
 ) -> Job:
-    """Start ``func(progress=..., cancel=..., **kwargs)`` in a generator thread worker."""
+    """Start ``func(progress=..., cancel=..., **kwargs)`` in a generator thread worker.
+
+    The callbacks run in the UI thread, and only while the job is attached (:meth:`Job.detach`).
+    """
     from napari.qt.threading import create_worker
 
-    token = CancelToken()
-    worker = create_worker(_bridge, func, kwargs, token, _start_thread=False)
-    worker.yielded.connect(lambda event: on_progress(*event))
+    token, ended = CancelToken(), threading.Event()
+    worker = create_worker(
+        _bridge, func, kwargs, token, ended, _start_thread=False, _worker_class=_worker_class()
+    )
+    worker.token = token
+    job = Job(worker, token, ended)
+
+    def attached(callback: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            if job.attached:
+                callback(*args)
+
+        return call
 
     def dispatch(result: Any) -> None:
         if isinstance(result, _Failure):
@@ -95,12 +145,16 @@ def start_job(
         else:
             on_result(result)
 
-    worker.returned.connect(dispatch)
-    worker.errored.connect(on_error)  # a failure of the bridge itself
+    worker.yielded.connect(attached(lambda event: on_progress(*event)))
+    worker.returned.connect(attached(dispatch))
+    worker.errored.connect(attached(on_error))  # a failure of the bridge itself
+    # napari quit the worker (its window closed, the app quits): nothing is returned then
+    cancelled = CancelledError(f"{func.__name__} was cancelled; nothing partial was kept")
+    worker.aborted.connect(attached(lambda: on_error(cancelled)))
     if on_finished is not None:
-        worker.finished.connect(on_finished)
+        worker.finished.connect(attached(on_finished))
     worker.start()
-    return Job(worker, token)
+    return job
 
 
 def offer_console(viewer: Any) -> None:
@@ -114,11 +168,51 @@ def offer_console(viewer: Any) -> None:
         pass
 
 
+class DockJobs:
+    """The jobs a dock has started; :meth:`close` ends them when the dock goes away.
+
+    It holds no reference to the dock, so it can run while the dock's Qt widgets are being
+    deleted: it detaches every job (their callbacks would touch those widgets), sets their
+    cancel tokens and waits up to :attr:`wait_s` seconds for the core functions to return.
+    """
+
+    wait_s = 5.0
+
+    def __init__(self) -> None:
+        self._jobs: set[Job] = set()
+
+    def add(self, job: Job) -> None:
+        self._jobs.add(job)
+
+    def discard(self, job: Job) -> None:
+        self._jobs.discard(job)
+
+    def close(self, *_: Any) -> None:
+        """Detach and cancel every job, then wait (bounded) for their core functions."""
+        import time
+
+        jobs, self._jobs = list(self._jobs), set()
+        for job in jobs:
+            job.detach()
+            job.cancel()
+        deadline = time.monotonic() + self.wait_s
+        for job in jobs:
+            job.wait(max(0.0, deadline - time.monotonic()))
+
+    def on_parent_changed(self, parent: Any) -> None:
+        """napari takes a closed dock's widget out of its window: the parent becomes None."""
+        if parent is None:
+            self.close()
+
+
 class JobWidget(Container):
     """A dock that runs one core function at a time in a worker.
 
     Provides the run and Cancel buttons, the progress bar, the status line and the
     callbacks that keep them right; subclasses add their fields and call :meth:`_start`.
+    Closing the dock (its ✕ takes it out of the window) or the viewer (which deletes it)
+    cancels the running job and waits for it to stop; nothing the job reports afterwards
+    reaches the dock.
     """
 
     cancelled_message = "cancelled; layers unchanged"
@@ -128,6 +222,9 @@ class JobWidget(Container):
         self._viewer = napari_viewer
         offer_console(napari_viewer)
         self._job: Job | None = None
+        self._jobs = DockJobs()
+        self.native_parent_changed.connect(self._jobs.on_parent_changed)
+        self.native.destroyed.connect(functools.partial(DockJobs.close, self._jobs))
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -217,8 +314,6 @@ class JobWidget(Container):
     def _on_error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
 
-        from ..errors import CancelledError
-
         if isinstance(exc, CancelledError):
             self.status.value = self.cancelled_message
         else:
@@ -238,15 +333,22 @@ class JobWidget(Container):
     ) -> Job:
         self._busy(True)
         self.status.value = status
-        self._job = start_job(
+
+        def finished() -> None:
+            self._jobs.discard(job)
+            self._finished()
+
+        job = start_job(
             func,
             kwargs,
             on_progress=self._on_progress,
             on_result=on_result,
             on_error=self._on_error,
-            on_finished=self._finished,
+            on_finished=finished,
         )
-        return self._job
+        self._jobs.add(job)
+        self._job = job
+        return job
 
     def cancel(self) -> None:
         if self._job is not None:
