@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from napari.utils.status_messages import status_format
 
 from napari_deeppt._napari import console
+from napari_deeppt._napari.layers import legend_overlay
 from napari_deeppt._napari.predict_widget import PredictWidget
 from napari_deeppt.samples import demo_bundle
 
@@ -15,6 +17,16 @@ from napari_deeppt.samples import demo_bundle
 @pytest.fixture(scope="module")
 def bundle_path():
     return demo_bundle(progress=False)  # trained once per session on a synthetic cohort
+
+
+def _assert_titled(viewer, layer, title):
+    """The map's colour bar is the one shown, titled ``title`` at its corner."""
+    assert layer.colorbar.visible
+    shown = [lyr for lyr in viewer.layers if "deeppt_map" in lyr.metadata and lyr.colorbar.visible]
+    assert shown == [layer]  # one legend: never a stack of unnamed bars
+    overlay = legend_overlay(viewer)
+    assert overlay.visible and overlay.text == title
+    assert overlay.position == layer.colorbar.position
 
 
 @pytest.fixture
@@ -35,12 +47,12 @@ def test_predict_dock_adds_aligned_map_table_and_switches_genes(
     qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
     prediction = widget.prediction
     assert prediction is not None and "DEMO MODEL" in widget.status.value
-    layer = viewer.layers["small expression"]
-    assert layer.colorbar.visible
     first = widget.gene.value
     assert first == prediction.top_genes(1).index[0]
+    layer = viewer.layers[f"small {first}"]  # the map is named after the gene it shows
     assert list(widget.gene.choices)[1:] == prediction.genes  # kept after layers changed
     assert layer.metadata["gene"] == first
+    _assert_titled(viewer, layer, f"{first} log2(x+1)")
     np.testing.assert_array_equal(layer.data, prediction.tile_map(first).astype(np.float32))
     # a tile's map pixel sits on that tile
     grid = prediction.grid
@@ -48,16 +60,27 @@ def test_predict_dock_adds_aligned_map_table_and_switches_genes(
     y0, x0 = slide_layer.world_to_data(layer.data_to_world((r, c)))
     assert x0 == pytest.approx(grid.xy[0, 0] + (grid.size_level0 - 1) / 2)
     assert y0 == pytest.approx(grid.xy[0, 1] + (grid.size_level0 - 1) / 2)
-    # switching genes updates the same layer without recomputing
+    # hovering a tile says which gene, its value and the unit
+    value = status_format(float(prediction.tile_map(first)[r, c]))
+    status = layer.get_status(layer.data_to_world((r, c)), world=True)
+    assert status["value"] == f"{first} {value} log2(x+1)"
+    assert status["coordinates"].endswith(f": {first} {value} log2(x+1)")
+    # switching genes renames and refills the same layer without recomputing
     other = next(g for g in prediction.genes if g != first)
     widget.gene.value = other
-    assert viewer.layers["small expression"].metadata["gene"] == other
-    np.testing.assert_array_equal(
-        viewer.layers["small expression"].data, prediction.tile_map(other).astype(np.float32)
-    )
+    assert [lyr.name for lyr in viewer.layers] == ["small", f"small {other}"]
+    assert viewer.layers[f"small {other}"] is layer
+    assert layer.metadata["gene"] == other
+    _assert_titled(viewer, layer, f"{other} log2(x+1)")
+    status = layer.get_status(layer.data_to_world((r, c)), world=True)
+    assert status["value"].startswith(f"{other} ")
+    np.testing.assert_array_equal(layer.data, prediction.tile_map(other).astype(np.float32))
     widget.gene.value = first  # and back: still one map layer, no "[1]" copies
-    assert [lyr.name for lyr in viewer.layers].count("small expression") == 1
-    assert len(viewer.layers) == 2
+    assert [lyr.name for lyr in viewer.layers] == ["small", f"small {first}"]
+    widget.run()  # a rerun replaces the map too
+    qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    assert [lyr.name for lyr in viewer.layers] == ["small", f"small {first}"]
+    assert all(lyr.units == ("micrometer", "micrometer") for lyr in viewer.layers)
     widget.gene.value = other
     assert widget.table.value["data"][0][0] == prediction.top_genes(1).index[0]
     assert widget.export("csv", tmp_path / "s.csv").exists()
@@ -96,7 +119,8 @@ def test_export_through_the_save_dialog_replaces_the_file_it_confirmed(
 def test_console_predict_with_a_layer_adds_the_map(viewer_with_slide, bundle_path):
     viewer, layer = viewer_with_slide
     prediction = console.predict(layer, bundle_path, progress=False)
-    assert viewer.layers["small expression"].metadata["deeppt_prediction"] is prediction
+    top = prediction.top_genes(1).index[0]
+    assert viewer.layers[f"small {top}"].metadata["deeppt_prediction"] is prediction
 
 
 def test_bad_bundle_is_reported(viewer_with_slide, tmp_path):
@@ -140,10 +164,15 @@ def test_signature_map_is_the_mean_of_its_genes_per_tile(qtbot, viewer_with_slid
     layer = widget.show_signature()
     assert layer.name == "small signature"
     assert layer.metadata["genes"] == ["DRIVEN0", "DRIVEN1"]
+    _assert_titled(viewer, layer, "DRIVEN0, DRIVEN1 mean log2(x+1)")
     expected = (prediction.tile_map("DRIVEN0") + prediction.tile_map("DRIVEN1")) / 2
     np.testing.assert_allclose(layer.data, expected, rtol=1e-5)
     slide = (prediction.slide_expression["DRIVEN0"] + prediction.slide_expression["DRIVEN1"]) / 2
     assert f"{slide:.3f}" in widget.status.value
-    np.testing.assert_allclose(layer.translate, viewer.layers["small expression"].translate)
+    top = prediction.top_genes(1).index[0]
+    np.testing.assert_allclose(layer.translate, viewer.layers[f"small {top}"].translate)
+    widget.show_signature("DRIVEN1")  # another signature replaces the map
+    assert [lyr.name for lyr in viewer.layers].count("small signature") == 1
+    assert len(viewer.layers) == 3
     assert widget.show_signature("DRIVEN0 NOPE") is None
     assert "['NOPE'] are not predicted by this model" in widget.status.value

@@ -17,12 +17,18 @@ __all__ = [
     "add_or_update",
     "embedding_layer_data",
     "expression_layer_data",
+    "legend_overlay",
     "mask_layer_data",
+    "refresh_legend",
+    "response_layer_data",
     "robust_limits",
     "show_expression",
+    "show_map",
+    "signature_layer_data",
     "slide_layer_data",
     "slide_layer_name",
     "tiles_layer_data",
+    "value_unit",
 ]
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -167,6 +173,16 @@ def robust_limits(values: np.ndarray) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
 
 
+#: How each prediction scale (``model.inputs.TRANSFORMS``) is written beside a value
+#: (colour-bar titles, hover): ``none`` is whatever unit the training table had.
+UNITS = {"log2p1": "log2(x+1)", "none": "(untransformed)"}
+
+
+def value_unit(transform: str) -> str:
+    """The unit a prediction's values are on, as shown to a user (``log2p1`` → log2(x+1))."""
+    return UNITS.get(transform, transform)
+
+
 def tile_values_layer_data(
     grid: Any,
     values: np.ndarray,
@@ -189,57 +205,181 @@ def tile_values_layer_data(
     return (raster, kwargs, "image")
 
 
-def expression_layer_data(prediction: Any, gene: str, slide_name: str) -> LayerData:
-    """One gene's tile predictions as a float image at tile stride; NaN (clear) off tissue."""
-    values = prediction.tile_expression[:, prediction.gene_index(gene)]
-    metadata = {
+def _map_metadata(
+    kind: str, slide_name: str, prediction: Any, label: str, unit: str, title: str
+) -> dict[str, Any]:
+    """What every map layer carries: which map of which slide, and how to name its values."""
+    return {
+        "deeppt_map": kind,
+        "slide_name": slide_name,
         "deeppt_prediction": prediction,
-        "gene": gene,
+        "value_label": label,
+        "unit": unit,
+        "title": title,
         "transform": prediction.transform,
         "demo_model": prediction.demo,
     }
-    return tile_values_layer_data(prediction.grid, values, f"{slide_name} expression", metadata)
+
+
+def expression_layer_data(prediction: Any, gene: str, slide_name: str) -> LayerData:
+    """One gene's tile predictions as ``<slide> <gene>``, at tile stride; NaN (clear) off
+    tissue. Its colour bar is titled with the gene and the unit."""
+    values = prediction.tile_expression[:, prediction.gene_index(gene)]
+    unit = value_unit(prediction.transform)
+    metadata = _map_metadata("expression", slide_name, prediction, gene, unit, f"{gene} {unit}")
+    metadata["gene"] = gene
+    return tile_values_layer_data(prediction.grid, values, f"{slide_name} {gene}", metadata)
 
 
 def signature_layer_data(prediction: Any, genes: list[str], slide_name: str) -> LayerData:
-    """The mean of several genes' tile predictions (a signature) as a layer."""
+    """The mean of several genes' tile predictions (a signature) as ``<slide> signature``."""
     genes = list(dict.fromkeys(genes))
     values, slide_value = prediction.signature(genes)
-    metadata = {
-        "deeppt_prediction": prediction,
-        "genes": list(genes),
-        "slide_value": slide_value,
-        "transform": prediction.transform,
-    }
-    return tile_values_layer_data(prediction.grid, values, f"{slide_name} signature", metadata)
+    unit = value_unit(prediction.transform)
+    shown = ", ".join(genes[:3]) + (f" +{len(genes) - 3}" if len(genes) > 3 else "")
+    metadata = _map_metadata(
+        "signature", slide_name, prediction, "signature", f"mean {unit}", f"{shown} mean {unit}"
+    )
+    metadata.update(genes=list(genes), slide_value=slide_value)
+    name = f"{slide_name} signature"
+    return tile_values_layer_data(prediction.grid, values, name, metadata)
 
 
 def response_layer_data(
     prediction: Any, tile_scores: np.ndarray, drug: str, slide_name: str, threshold: float
 ) -> LayerData:
-    """A drug's per-tile matching scores (0–1) at tile stride, over the slide."""
-    metadata = {
-        "drug": drug,
-        "threshold": threshold,
-        "deeppt_prediction": prediction,
-        "note": "tile scores against the cohort's cut-offs: exploratory",
-    }
-    return tile_values_layer_data(
-        prediction.grid, tile_scores, f"{slide_name} response", metadata, "PiYG", (0.0, 1.0)
+    """A drug's per-tile matching scores (0–1) as ``<slide> <drug> response``."""
+    metadata = _map_metadata(
+        "response", slide_name, prediction, drug, "score", f"{drug} response score (0-1)"
     )
+    metadata.update(
+        drug=drug,
+        threshold=threshold,
+        note="tile scores against the cohort's cut-offs: exploratory",
+    )
+    name = f"{slide_name} {drug} response"
+    return tile_values_layer_data(prediction.grid, tile_scores, name, metadata, "PiYG", (0.0, 1.0))
+
+
+def _unwrapped(obj: Any) -> Any:
+    """The object behind napari's PublicOnlyProxy (docks get proxies of viewer and layers)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+#: The legend title each viewer last got from :func:`refresh_legend` (by ``id`` of the viewer),
+#: so a text the user put in the viewer's text overlay is never overwritten.
+_LEGEND_TEXT: dict[int, str] = {}
+
+
+def legend_overlay(viewer: Any) -> Any:
+    """The viewer's text overlay (``canvas.overlays.text`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return overlays.text if overlays is not None else viewer.text_overlay
+
+
+def refresh_legend(viewer: Any) -> None:
+    """One legend for the maps: the colour bar and title of the topmost visible map layer.
+
+    napari's colour bar has no title, and every visible colour bar stacks in the same corner,
+    so several maps would show several unnamed bars. Only the topmost visible map's colour bar
+    is shown, with the viewer's text overlay above it as its title (e.g. ``ERBB2 log2(x+1)``).
+    Called when a map is shown, hidden, moved or removed.
+    """
+    maps = [layer for layer in viewer.layers if "deeppt_map" in layer.metadata]
+    top = next((layer for layer in reversed(maps) if layer.visible), None)
+    for layer in maps:
+        layer.colorbar.visible = layer is top
+    overlay = legend_overlay(viewer)
+    key = id(_unwrapped(viewer))
+    ours = overlay.text in ("", _LEGEND_TEXT.get(key))
+    if not ours:
+        return
+    if top is None:
+        overlay.visible = False
+        overlay.text = _LEGEND_TEXT[key] = ""
+        return
+    overlay.text = _LEGEND_TEXT[key] = top.metadata["title"]
+    overlay.position = top.colorbar.position
+    overlay.font_size = 11
+    overlay.visible = True
+
+
+def _follow_legend(viewer: Any, layer: Any) -> None:
+    """Keep the legend right when ``layer`` is hidden or the layer list changes."""
+    inner = _unwrapped(layer)
+    if not getattr(inner, "_deeppt_legend_followed", False):
+        inner._deeppt_legend_followed = True
+        inner.events.visible.connect(lambda _event: refresh_legend(viewer))
+    watched = _unwrapped(viewer)
+    if not getattr(watched, "_deeppt_legend_followed", False):
+        watched._deeppt_legend_followed = True
+        events = viewer.layers.events
+        for name in ("inserted", "removed", "moved", "reordered"):
+            getattr(events, name).connect(lambda _event: refresh_legend(viewer))
+    refresh_legend(viewer)
+
+
+def _title_and_hover(viewer: Any, layer: Any) -> None:
+    """Title the map's colour bar (see :func:`refresh_legend`) and say on hover what a value is:
+    ``<label> <value> <unit>`` (e.g. ``ERBB2 6.36 log2(x+1)``) instead of a bare number."""
+    inner = _unwrapped(layer)
+    if not getattr(inner.get_status, "deeppt_labelled", False):
+        inner.get_status = _labelled_status(inner)
+    _follow_legend(viewer, layer)
+
+
+def _labelled_status(layer: Any) -> Any:
+    """``layer.get_status`` whose value reads ``<label> <value> <unit>`` (labels read live from
+    the metadata, so a gene switch renames them)."""
+    plain = type(layer).get_status.__get__(layer)
+
+    def get_status(*args: Any, **kwargs: Any) -> dict[str, str]:
+        status = plain(*args, **kwargs)
+        value = status.get("value", "")
+        if value and value.strip().lower() != "nan":
+            label, unit = layer.metadata.get("value_label", ""), layer.metadata.get("unit", "")
+            status["value"] = " ".join(part for part in (label, value, unit) if part)
+            status["coordinates"] = f"{status.get('coords', '')}: {status['value']}"
+        return status
+
+    get_status.deeppt_labelled = True  # type: ignore[attr-defined]
+    return get_status
+
+
+def show_map(viewer: Any, layer_data: LayerData) -> Any:
+    """Add a map layer, or replace the slide's map of the same kind (one per kind and slide).
+
+    Switching gene or drug renames and refills the existing layer rather than adding another,
+    so maps of several genes never blend; the colour bar is shown with its title.
+    """
+    data, kwargs, _ = layer_data
+    metadata = kwargs["metadata"]
+    key = (metadata["deeppt_map"], metadata["slide_name"])
+    layer = next(
+        (
+            lyr
+            for lyr in viewer.layers
+            if (lyr.metadata.get("deeppt_map"), lyr.metadata.get("slide_name")) == key
+        ),
+        None,
+    )
+    if layer is None:
+        layer = viewer.add_image(data, **kwargs)
+    else:
+        layer.data = data
+        for attribute in ("scale", "translate", "contrast_limits", "colormap"):
+            setattr(layer, attribute, kwargs[attribute])
+        layer.metadata.clear()
+        layer.metadata.update(metadata)
+        layer.name = kwargs["name"]
+    _title_and_hover(viewer, layer)
+    return layer
 
 
 def show_expression(viewer: Any, prediction: Any, gene: str, slide_name: str) -> Any:
-    """Add or update the expression layer for ``gene`` with a visible colour bar."""
-    data = expression_layer_data(prediction, gene, slide_name)
-    layer = add_or_update(viewer, data)
-    layer.contrast_limits = data[1]["contrast_limits"]
-    layer.metadata.update(data[1]["metadata"])
-    try:
-        layer.colorbar.visible = True
-    except AttributeError:  # napari without colour bars
-        pass
-    return layer
+    """Show ``gene``'s map as ``<slide> <gene>`` (replacing the slide's expression map)."""
+    return show_map(viewer, expression_layer_data(prediction, gene, slide_name))
 
 
 def shapes_to_regions(shapes: Any, slide_layer: Any) -> list[Any]:

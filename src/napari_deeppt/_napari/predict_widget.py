@@ -20,7 +20,7 @@ from ..features.params import FeatureParams
 from ._jobs import Job, JobWidget
 from .console import slide_of
 from .fields import choice_widget
-from .layers import add_or_update, robust_limits, show_expression, signature_layer_data
+from .layers import robust_limits, show_expression, show_map, signature_layer_data
 
 __all__ = ["PredictWidget"]
 
@@ -171,8 +171,9 @@ class PredictWidget(JobWidget):
             return None
         layer = show_expression(self._viewer, self.prediction, gene, self._slide_name)
         low, high = robust_limits(layer.data)
+        unit = layer.metadata["unit"]
         self.status.value = (
-            f"{gene}: {self.prediction.slide_expression[gene]:.3f} "
+            f"{gene}: {self.prediction.slide_expression[gene]:.3f} {unit} "
             f"(slide mean), tiles {low:.2f}–{high:.2f}"
         )
         return layer
@@ -190,13 +191,11 @@ class PredictWidget(JobWidget):
         except Exception as exc:
             self._on_error(exc)
             return None
-        layer = add_or_update(self._viewer, data)
-        layer.contrast_limits = data[1]["contrast_limits"]
-        layer.metadata.update(data[1]["metadata"])
+        layer = show_map(self._viewer, data)
         slide_value = data[1]["metadata"]["slide_value"]
         self.status.value = (
             f"signature of {len(data[1]['metadata']['genes'])} genes: {slide_value:.3f} "
-            f"(slide, mean {self.prediction.transform})"
+            f"(slide, {data[1]['metadata']['unit']})"
         )
         return layer
 
