@@ -156,3 +156,25 @@ def test_stain_methods_accept_their_values():
     assert str(StainMethod.REINHARD) == "reinhard" and StainMethod.REINHARD == "reinhard"
     with pytest.raises(ValueError):
         StainMethod.parse("magic")
+
+
+def test_preview_mosaic_sets_raw_over_normalised_tiles_apart(svs_slide):
+    """Each tile sits in its own cell (white gaps between cells), raw above normalised."""
+    from napari_deeppt import detect_and_tile, open_slide
+    from napari_deeppt.slide import resize_rgb
+    from napari_deeppt.stain import normalise, preview_mosaic
+
+    slide = open_slide(svs_slide.path)
+    _, grid = detect_and_tile(slide, tile_px=128, mpp=0.5)
+    reports = []
+    mosaic, chosen = preview_mosaic(
+        slide, grid, n=3, thumb_px=32, gap_px=4, progress=lambda *r: reports.append(r)
+    )
+    assert mosaic.shape == (2 * 32 + 4, 3 * 32 + 2 * 4, 3)
+    assert (mosaic[32:36] == 255).all() and (mosaic[:, 32:36] == 255).all()  # the gaps
+    raw = grid.read_tile(slide, int(chosen[1]))
+    np.testing.assert_array_equal(mosaic[:32, 36:68], resize_rgb(raw, 32, 32))
+    np.testing.assert_array_equal(
+        mosaic[36:, 36:68], resize_rgb(normalise(raw[None], "macenko")[0], 32, 32)
+    )
+    assert reports[-1][:2] == (3, 3)  # the progress ends at its total

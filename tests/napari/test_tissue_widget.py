@@ -138,16 +138,31 @@ def test_missing_mpp_reports_and_override_fixes(qtbot, make_napari_viewer, no_mp
     assert "tiles kept" in widget.status.value
 
 
-def test_preview_normalisation_mosaic(qtbot, viewer_with_slide):
+def test_preview_normalisation_opens_beside_the_canvas_and_keeps_the_world_in_um(
+    qtbot, viewer_with_slide
+):
+    """The preview is a window of its own: no pixel-unit layer, Home still frames the slide."""
     viewer, _ = viewer_with_slide
     widget = _detected(qtbot, viewer)
+    names = [layer.name for layer in viewer.layers]
     widget.preview_n.value = 4
     widget.preview()
     _wait(qtbot, widget)
-    layer = viewer.layers["small stain preview (macenko)"]
-    assert layer.data.shape == (512, 1024, 3)
-    top, bottom = layer.data[:256], layer.data[256:]
+    assert [layer.name for layer in viewer.layers] == names  # nothing added to the canvas
+    assert all(layer.units == ("micrometer", "micrometer") for layer in viewer.layers)
+    window = widget.preview_window
+    assert window.dialog.isVisible() and "macenko" in window.dialog.windowTitle()
+    assert window.raw_label.text() == "raw" and "macenko" in window.normalised_label.text()
+    mosaic = window.mosaic
+    assert mosaic.shape == (2 * 192 + 8, 4 * 192 + 3 * 8, 3)  # four tiles, gaps between
+    assert (mosaic[192:200] == 255).all()  # the gap between the raw and normalised rows
+    top, bottom = mosaic[:192], mosaic[200:]
     assert np.abs(top.astype(int) - bottom.astype(int)).mean() > 1  # normalisation did work
+    assert widget.progress.value == widget.progress.max  # not stuck part-way
+    widget.preview_method.value = "reinhard"
+    widget.preview()  # the same window shows the next preview
+    _wait(qtbot, widget)
+    assert widget.preview_window is window and "reinhard" in window.dialog.windowTitle()
 
 
 def test_console_call_with_a_layer_adds_the_layers(viewer_with_slide):

@@ -32,6 +32,7 @@ class TissueTilesWidget(JobWidget):
 
         super().__init__(napari_viewer, "Detect tissue and cut tiles")
         self._last: tuple[Any, Any, Any] | None = None  # (slide, grid, layer name)
+        self.preview_window: Any = None  # a StainPreviewWindow once a preview was shown
 
         self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
         self.pixel_size = Label(label="pixel size")
@@ -317,38 +318,38 @@ class TissueTilesWidget(JobWidget):
         self._start(job, {}, on_result, status="writing GeoJSON…")
 
     def preview(self) -> Job | None:
-        """A mosaic of raw (top) vs normalised (bottom) tiles, beside the slide."""
+        """Raw (top) and normalised (bottom) tiles in a window of their own, so the canvas
+        stays in µm (see :mod:`~napari_deeppt._napari.stain_preview`)."""
         from ..stain import preview_mosaic
+        from .stain_preview import StainPreviewWindow
 
         if self._last is None:
             self.status.value = "run tissue detection and tiling first"
             return None
         slide, grid, name = self._last
         n, method = self.preview_n.value, self.preview_method.value
-        thumb_px = 256
+        thumb_px, gap_px = 192, 8
 
         def job(progress: Any = None, cancel: Any = None) -> tuple[np.ndarray, Any]:
-            return preview_mosaic(slide, grid, n=n, method=method, thumb_px=thumb_px)
+            return preview_mosaic(
+                slide,
+                grid,
+                n=n,
+                method=method,
+                thumb_px=thumb_px,
+                gap_px=gap_px,
+                progress=progress,
+                cancel=cancel,
+            )
 
         def on_result(result: tuple[np.ndarray, Any]) -> None:
-            mosaic, _ = result
-            um_per_px = grid.mpp * grid.tile_px / thumb_px
-            slide_width_um = slide.dimensions[0] * (slide.mpp or 1.0)
-            add_or_update(
-                self._viewer,
-                (
-                    mosaic,
-                    {
-                        "name": f"{name} stain preview ({method})",
-                        "rgb": True,
-                        "scale": (um_per_px, um_per_px),
-                        "translate": (0.0, slide_width_um + 200.0),
-                        "metadata": {"method": method},
-                    },
-                    "image",
-                ),
-            )
-            self.status.value = f"preview: top raw, bottom {method}"
+            mosaic, chosen = result
+            if self.preview_window is None:
+                self.preview_window = StainPreviewWindow(self.native)
+            tile_um = grid.tile_px * grid.mpp
+            tiles = f"{len(chosen)} random kept tiles of {tile_um:g} µm ({grid.tile_px} px)"
+            self.preview_window.show(mosaic, method, name, tiles, gap_px)
+            self.status.value = f"preview ({method}) in its own window"
 
         job.__name__ = "preview_mosaic"
         return self._start(job, {}, on_result, status="reading and normalising tiles…")
