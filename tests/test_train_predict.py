@@ -147,6 +147,26 @@ def test_features_from_another_extractor_are_refused(trained, cohort):
         predict_from_features(other, result.bundle_path)
 
 
+def test_tiles_of_another_size_are_refused_before_feature_work(trained, cohort, monkeypatch):
+    """A grid the user cut at another size would be a map that means nothing: refused up
+    front, naming both tile sizes in µm."""
+    import napari_deeppt.features as features
+    from napari_deeppt import detect_and_tile
+    from napari_deeppt.prediction import grid_misfit
+
+    result, cache = trained
+    bundle = result.bundle_path
+    need_px, need_mpp = FEATURES["tile_px"], FEATURES["tile_mpp"]
+    _, grid = detect_and_tile(cohort.slides[0].path, tile_px=2 * need_px, mpp=need_mpp)
+    monkeypatch.setattr(features, "extract_features", lambda *a, **k: pytest.fail("features"))
+    expected = f"{2 * need_px * need_mpp:g} µm tiles .* trained on {need_px * need_mpp:g} µm"
+    assert grid_misfit(grid, bundle) is not None
+    with pytest.raises(BundleMismatchError, match=expected):
+        predict(cohort.slides[0].path, bundle, grid=grid, cache_dir=cache, progress=False)
+    _, fitting = detect_and_tile(cohort.slides[0].path, tile_px=need_px, mpp=need_mpp)
+    assert grid_misfit(fitting, bundle) is None
+
+
 def test_corrupt_and_foreign_bundles(tmp_path):
     import torch
 

@@ -12,7 +12,7 @@ from .errors import BundleMismatchError, DeepPTError
 from .progress import CancelLike, ProgressLike
 from .slide import as_slide
 
-__all__ = ["Prediction", "predict", "predict_from_features"]
+__all__ = ["Prediction", "grid_misfit", "predict", "predict_from_features", "tiles_described"]
 
 
 @dataclass(eq=False)
@@ -209,6 +209,28 @@ def _fit_problems(expected: dict[str, Any], features: Any) -> list[str]:
     return problems
 
 
+def tiles_described(tile_px: float, mpp: float) -> str:
+    """Tiles as a user reads them: ``"256 µm tiles (512 px at 0.5 µm/px)"``."""
+    return f"{tile_px * mpp:g} µm tiles ({tile_px:g} px at {mpp:g} µm/px)"
+
+
+def grid_misfit(grid: Any, bundle: Any) -> str | None:
+    """Why ``grid``'s tiles are not the ones a model was trained on, or None when they are.
+
+    A model applied to tiles of another size or resolution gives numbers that mean nothing,
+    so :func:`predict` refuses such a grid before any feature work.
+    """
+    model, _ = _load_bundle(bundle)
+    feature = model.feature
+    need_px, need_mpp = float(feature["tile_px"]), float(feature["tile_mpp"])
+    if float(grid.tile_px) == need_px and float(grid.mpp) == need_mpp:
+        return None
+    return (
+        f"these are {tiles_described(float(grid.tile_px), float(grid.mpp))}, but the model was "
+        f"trained on {tiles_described(need_px, need_mpp)}"
+    )
+
+
 def _check_weights_file(feature: dict[str, Any], weights: Any, bundle_path: str) -> None:
     """Refuse a weights file that is not the one the bundle's features came from, up front."""
     import os
@@ -328,6 +350,11 @@ def predict(
         weights = "random"
     _check_weights_file(feature, weights, bundle_path)
     grid_given = grid
+    if grid is not None and (misfit := grid_misfit(grid, model)) is not None:
+        raise BundleMismatchError(
+            f"{slide.path}: {misfit}; cut tiles of the model's size, or leave grid=None and "
+            "predict() cuts them"
+        )
     if grid is None:
         _, grid = detect_and_tile(
             slide,

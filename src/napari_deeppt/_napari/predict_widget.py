@@ -8,6 +8,7 @@ from typing import Any
 from magicgui.widgets import (
     ComboBox,
     FileEdit,
+    Label,
     LineEdit,
     PushButton,
     SpinBox,
@@ -27,6 +28,9 @@ __all__ = ["PredictWidget"]
 
 _EXPORT_SUFFIXES = {"csv": ".expression.csv", "h5ad": ".tiles.h5ad", "geojson": ".tiles.geojson"}
 
+#: The tiles choice that cuts the model's own tiles inside the tissue (the default).
+MODEL_TILES = "the model's own tiles (cut now)"
+
 
 class PredictWidget(JobWidget):
     """Predict with a ``.deeppt`` bundle; pick a gene (type to search) to show its map."""
@@ -40,6 +44,14 @@ class PredictWidget(JobWidget):
         self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
         self.roi_layer = self._regions_picker()
         self.bundle = FileEdit(label="model bundle", mode="r", filter="*.deeppt")
+        self.model_tiles = Label(label="model", value="choose a bundle")
+        self.tiles_layer = ComboBox(
+            label="tiles",
+            choices=self._tile_choices,
+            tooltip="where the map's values come from: the model's own tiles, cut now inside "
+            "the tissue at the model's tile size, or tiles cut in 'Tissue & tiles' (only "
+            "tiles of the model's size and resolution are accepted)",
+        )
         self.weights = FileEdit(
             label="extractor weights", mode="r", filter="*.pth *.pt *.safetensors"
         )
@@ -64,6 +76,8 @@ class PredictWidget(JobWidget):
                 self.slide_layer,
                 self.roi_layer,
                 self.bundle,
+                self.model_tiles,
+                self.tiles_layer,
                 self.weights,
                 self.device,
                 *self._controls(),
@@ -78,12 +92,54 @@ class PredictWidget(JobWidget):
             ]
         )
         self._make_gene_box_searchable()
+        self.bundle.changed.connect(self._describe_bundle)
         self.gene.changed.connect(self.show_gene)
         self.signature_button.changed.connect(lambda: self.show_signature())
         self.top_n.changed.connect(self._fill_table)
         self.export_csv_button.changed.connect(lambda: self._export("csv"))
         self.export_h5ad_button.changed.connect(lambda: self._export("h5ad"))
         self.export_geojson_button.changed.connect(lambda: self._export("geojson"))
+
+    def _tile_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        """The model's own tiles first, then the tiles layers made by 'Tissue & tiles'."""
+        layers = [layer for layer in self._viewer.layers if "deeppt_grid" in layer.metadata]
+        return [(MODEL_TILES, None), *((layer.name, layer) for layer in layers)]
+
+    def _describe_bundle(self, *_: Any) -> None:
+        """Say which tiles the chosen bundle was trained on (or why it is not a bundle)."""
+        from ..model.bundle import ModelBundle
+        from ..prediction import tiles_described
+
+        path = Path(str(self.bundle.value or ""))
+        if not path.is_file():
+            self.model_tiles.value = "choose a bundle"
+            return
+        try:
+            feature = ModelBundle.load(path).feature
+        except Exception as exc:
+            self.model_tiles.value = f"error: {exc}"
+            return
+        tiles = tiles_described(float(feature["tile_px"]), float(feature["tile_mpp"]))
+        self.model_tiles.value = f"trained on {tiles}, {feature['extractor']} features"
+
+    def _chosen_grid(self, bundle: Any, slide: Any) -> Any:
+        """The picked tiles layer's grid after checking it fits the model and the slide, or
+        None for the model's own tiles."""
+        from ..prediction import grid_misfit
+
+        layer = self.tiles_layer.value
+        if layer is None:
+            return None
+        grid = layer.metadata["deeppt_grid"]
+        if Path(grid.slide_path).resolve() != Path(slide.path).resolve():
+            raise ValueError(f"{layer.name!r} was cut from another slide ({grid.slide_path})")
+        misfit = grid_misfit(grid, bundle)
+        if misfit is not None:
+            raise ValueError(
+                f"{layer.name!r}: {misfit}. Choose {MODEL_TILES!r}, or cut tiles of the "
+                "model's size in 'Tissue & tiles'"
+            )
+        return grid
 
     def _gene_choices(self, _widget: Any = None) -> list[str]:
         prediction = getattr(self, "prediction", None)
@@ -129,6 +185,12 @@ class PredictWidget(JobWidget):
             slide = slide_of(layer)
             weights = self._chosen_file(self.weights)
             regions = self._chosen_regions(self.roi_layer, layer)
+            grid = self._chosen_grid(bundle, slide)
+            if grid is not None and regions is not None:
+                raise ValueError(
+                    "regions apply when the model's own tiles are cut: choose "
+                    f"{MODEL_TILES!r}, or cut the tiles inside the regions in 'Tissue & tiles'"
+                )
         except Exception as exc:
             self._on_error(exc)
             return None
@@ -144,12 +206,7 @@ class PredictWidget(JobWidget):
             self.gene.value = top
             self.show_gene(top)
             self._fill_table()
-            demo = " — DEMO MODEL (synthetic data)" if prediction.demo else ""
-            inside = " inside the regions" if regions is not None else ""
-            self.status.value = (
-                f"{len(prediction.genes)} genes from {len(prediction.grid)} "
-                f"tiles{inside} ({prediction.transform}){demo}"
-            )
+            self.status.value = self._summary(prediction, grid, regions)
 
         return self._start(
             predict,
@@ -157,10 +214,32 @@ class PredictWidget(JobWidget):
                 "slide": slide,
                 "bundle": bundle,
                 "roi": regions,
+                "grid": grid,
                 "weights": weights,
                 "device": self.device.value,
             },
             on_result,
+        )
+
+    def _summary(self, prediction: Any, grid: Any, regions: Any) -> str:
+        """What was predicted from which tiles; names other tiles of the slide it did not use."""
+        from ..prediction import tiles_described
+
+        used = prediction.grid
+        tiles = tiles_described(float(used.tile_px), float(used.mpp))
+        source = "the model's own" if grid is None else f"from {self.tiles_layer.value.name!r}"
+        inside = " inside the regions" if regions is not None else ""
+        others = [
+            layer
+            for name, layer in self._tile_choices()[1:]
+            if layer.metadata["deeppt_grid"].slide_path == used.slide_path
+            and (layer.metadata["deeppt_grid"].tile_px, layer.metadata["deeppt_grid"].mpp)
+            != (used.tile_px, used.mpp)
+        ]
+        note = "".join(f"; not the tiles of {layer.name!r}, another size" for layer in others[:1])
+        demo = " — DEMO MODEL (synthetic data)" if prediction.demo else ""
+        return (
+            f"{len(prediction.genes)} genes from {len(used)} {tiles}{inside}, {source}{note}{demo}"
         )
 
     # -- showing ------------------------------------------------------------------------------
