@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_deeppt._napari.reader import get_reader
+from napari_deeppt._napari.reader import get_reader, scale_bar
 from napari_deeppt.backends.base import LevelSource
 
 
@@ -137,3 +137,32 @@ def test_wheel_carries_the_root_manifest(tmp_path):
         assert "napari_deeppt/data/CMU-1-Small-Region.svs" in names
         entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt")))
         assert b"napari_deeppt:napari.yaml" in entry_points
+
+
+def test_opening_a_slide_shows_the_um_scale_bar(make_napari_viewer, svs_slide, no_mpp_slide):
+    viewer = make_napari_viewer()
+    viewer.open(str(no_mpp_slide.path), plugin="napari-deeppt")
+    assert not scale_bar(viewer).visible  # no pixel size: a scale bar would read in pixels
+    viewer.open(str(svs_slide.path), plugin="napari-deeppt")
+    assert scale_bar(viewer).visible
+
+
+def test_dropping_an_svs_does_not_ask_which_reader(make_napari_viewer, svs_slide):
+    """napari's builtin reader claims .svs too (and would read level 0 whole), so napari asked
+    which plugin to use; once this plugin ran, .svs files open with it. A choice the user
+    made is kept."""
+    from napari.settings import get_settings
+
+    from napari_deeppt._napari.reader import prefer_this_reader
+
+    viewer = make_napari_viewer()
+    readers = get_settings().plugins
+    readers.extension2reader = {}
+    with pytest.raises(Exception, match="Multiple plugins"):
+        viewer.open(str(svs_slide.path), plugin=None)  # as a drop does: napari asks
+    viewer.open(str(svs_slide.path), plugin="napari-deeppt")  # e.g. chosen once, or a sample
+    layers = viewer.open(str(svs_slide.path), plugin=None)  # dropped: no question asked
+    assert layers[0].metadata["deeppt_slide"].path == svs_slide.path
+    readers.extension2reader = {"*.svs": "napari"}  # the user's own choice stays
+    assert prefer_this_reader() == []
+    assert readers.extension2reader == {"*.svs": "napari"}
