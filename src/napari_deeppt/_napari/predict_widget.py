@@ -27,6 +27,16 @@ __all__ = ["PredictWidget"]
 
 
 _EXPORT_SUFFIXES = {"csv": ".expression.csv", "h5ad": ".tiles.h5ad", "geojson": ".tiles.geojson"}
+_EXPORT_TITLES = {
+    "csv": "slide-level expression",
+    "h5ad": "tile-level expression",
+    "geojson": "tiles for QuPath",
+}
+_EXPORT_FILTERS = {
+    "csv": "CSV table (*.csv)",
+    "h5ad": "AnnData (*.h5ad)",
+    "geojson": "GeoJSON for QuPath (*.geojson *.json)",
+}
 
 #: The tiles choice that cuts the model's own tiles inside the tissue (the default).
 MODEL_TILES = "the model's own tiles (cut now)"
@@ -311,9 +321,14 @@ class PredictWidget(JobWidget):
     def _export(self, kind: str) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        # the save dialog itself asks before replacing a file
+        # beside the slide, named after it; the save dialog itself asks before replacing a file
+        folder = Path(self.prediction.grid.slide_path).parent
+        suffix = _EXPORT_SUFFIXES[kind]
         path, _ = QFileDialog.getSaveFileName(
-            self.native, "Export", self._slide_name + _EXPORT_SUFFIXES[kind]
+            self.native,
+            f"Export {_EXPORT_TITLES[kind]}",
+            str(folder / (self._slide_name + suffix)),
+            _EXPORT_FILTERS[kind],
         )
         if not path:
             return

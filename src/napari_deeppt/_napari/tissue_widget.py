@@ -289,11 +289,17 @@ class TissueTilesWidget(JobWidget):
             grid.to_geojson(folder / f"{name}.tiles.geojson", overwrite=overwrite),
         ]
 
+    def _slide_folder(self) -> str:
+        """The folder of the chosen slide (where dialogs open), or "" when there is none."""
+        layer = self.slide_layer.value
+        path = None if layer is None else layer.metadata.get("path")
+        return str(Path(path).parent) if path else ""
+
     def _import_regions_dialog(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
         path, _ = QFileDialog.getOpenFileName(
-            self.native, "QuPath annotations", "", "GeoJSON (*.geojson *.json)"
+            self.native, "QuPath annotations", self._slide_folder(), "GeoJSON (*.geojson *.json)"
         )
         if path:
             try:
@@ -304,7 +310,9 @@ class TissueTilesWidget(JobWidget):
     def _export_dialog(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        folder = QFileDialog.getExistingDirectory(self.native, "Export GeoJSON into")
+        folder = QFileDialog.getExistingDirectory(
+            self.native, "Export tissue and tiles (GeoJSON) into", self._slide_folder()
+        )
         if not folder:
             return
 
