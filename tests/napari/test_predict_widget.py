@@ -176,3 +176,72 @@ def test_signature_map_is_the_mean_of_its_genes_per_tile(qtbot, viewer_with_slid
     assert len(viewer.layers) == 3
     assert widget.show_signature("DRIVEN0 NOPE") is None
     assert "['NOPE'] are not predicted by this model" in widget.status.value
+
+
+@pytest.fixture
+def error_notifications():
+    """The messages of the error notifications napari shows during the test."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    seen = []
+
+    def keep(notification):
+        if notification.severity == NotificationSeverity.ERROR:
+            seen.append(notification.message)
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
+
+
+def test_a_long_error_wraps_and_leaves_the_canvas_its_width(
+    qtbot, make_napari_viewer, error_notifications
+):
+    """A missing-weights error with deep paths wraps in the dock instead of widening it."""
+    import re
+
+    from qtpy.QtGui import QFontMetrics
+
+    from napari_deeppt.errors import WeightsNotFoundError
+
+    viewer = make_napari_viewer(show=True)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.wait(50)
+    dock_width, canvas_width = dock.width(), canvas.width()
+    assert dock_width < 500 and canvas_width > 300
+    folder = (
+        "/home/pathologist/.cache/napari-deeppt/weights/"
+        "resnet50_truncated_imagenet_weights_for_the_deeppt_feature_extractor"
+    )
+    message = (
+        f"{folder}/resnet50_a1_in1k_weights_downloaded_from_the_model_hub.pth: weights file "
+        "not found; fetch the extractor weights with 'deeppt weights fetch resnet50' on a "
+        "machine online and copy them here, or choose the file under 'extractor weights' "
+        f"(looked in {folder} and in the folder of the model bundle)"
+    )
+    assert len(message) > 400
+    widget._on_error(WeightsNotFoundError(message))
+    qtbot.wait(50)
+    assert widget.status.value == f"error: {message}"  # all of it, wrapped
+    label = widget.status.native
+    words = re.split(r"[\s\u200b/-]+", label.text())  # where Qt may break a line
+    widest = max(QFontMetrics(label.font()).horizontalAdvance(w) for w in words)
+    assert widest <= label.width()  # long file names wrap too: nothing is cut off
+    assert dock.width() < 500
+    assert canvas.width() >= 0.9 * canvas_width
+    assert error_notifications == [message]
+
+
+@pytest.mark.parametrize("content", [b"a text file, not a model\n", bytes(range(256)) * 8])
+def test_a_file_that_is_not_a_bundle_says_so_in_the_dock(
+    viewer_with_slide, tmp_path, content, error_notifications
+):
+    viewer, _ = viewer_with_slide
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
+    (tmp_path / "x.deeppt").write_bytes(content)
+    widget.bundle.value = tmp_path / "x.deeppt"
+    assert widget.run() is None and widget._job is None
+    assert widget.status.value.startswith(f"error: {tmp_path / 'x.deeppt'}: not a napari-deeppt")
+    assert error_notifications == [widget.status.value.removeprefix("error: ")]
+    assert len(viewer.layers) == 1

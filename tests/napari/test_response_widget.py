@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from napari_deeppt._napari.layers import show_expression
-from napari_deeppt._napari.response_widget import ResponseWidget
 from napari_deeppt.prediction import Prediction
 from napari_deeppt.tiles import TileGrid, TileGridParams
 
@@ -37,6 +37,39 @@ def fake_prediction(
     return Prediction(pd.Series(values), tiles, grid, list(values), "log2p1", slide_name="case.svs")
 
 
+def _dock(viewer):
+    """The dock as napari builds it: it gets a proxy of the viewer, not the viewer."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Treatment response")
+    return widget
+
+
+@pytest.fixture
+def notifications():
+    """The messages of the error notifications napari shows during the test."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    seen = []
+
+    def keep(notification):
+        if notification.severity == NotificationSeverity.ERROR:
+            seen.append(notification.message)
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
+
+
+def _cohort_files(folder, partners=None):
+    """cohort.csv (five samples of A and B) and partners.csv (drug X: A SL, B SR)."""
+    cohort = pd.DataFrame(
+        {"A": [2, 3, 4, 5, 6], "B": [6, 5, 4, 3, 2]}, index=[f"s{i}" for i in range(5)], dtype=float
+    )
+    cohort.to_csv(folder / "cohort.csv")
+    partners = partners or {"drug": ["X", "X"], "partner": ["A", "B"], "type": ["SL", "SR"]}
+    pd.DataFrame(partners).to_csv(folder / "partners.csv", index=False)
+    return folder / "cohort.csv", folder / "partners.csv"
+
+
 def test_scores_the_open_slide_with_its_cohort(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     cohort = pd.DataFrame(
@@ -47,7 +80,7 @@ def test_scores_the_open_slide_with_its_cohort(make_napari_viewer, tmp_path):
         {"drug": ["X", "X", "Y"], "partner": ["A", "B", "MISSING"], "type": ["SL", "SR", "SL"]}
     ).to_csv(tmp_path / "partners.csv", index=False)
     layer = show_expression(viewer, fake_prediction({"A": 1.0, "B": 7.0}), "A", "case")
-    widget = ResponseWidget(viewer)
+    widget = _dock(viewer)
     widget.expression_layer.value = layer
     widget.cohort.value = tmp_path / "cohort.csv"
     widget.partners.value = tmp_path / "partners.csv"
@@ -63,7 +96,7 @@ def test_scores_the_open_slide_with_its_cohort(make_napari_viewer, tmp_path):
 def test_needs_a_cohort(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     layer = show_expression(viewer, fake_prediction({"A": 1.0}), "A", "case")
-    widget = ResponseWidget(viewer)
+    widget = _dock(viewer)
     widget.expression_layer.value = layer
     assert widget.run() is None and "cohort" in widget.status.value
 
@@ -87,7 +120,7 @@ def test_drug_tile_map_sits_on_the_tiles_it_scores(make_napari_viewer, tmp_path)
         grid_shape=(2, 2),
     )
     expression = show_expression(viewer, prediction, "A", "case")
-    widget = ResponseWidget(viewer)
+    widget = _dock(viewer)
     widget.expression_layer.value = expression
     widget.cohort.value = tmp_path / "cohort.csv"
     widget.partners.value = tmp_path / "partners.csv"
@@ -113,3 +146,63 @@ def test_the_dock_picks_the_expression_layer_not_the_slide(make_napari_viewer, s
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Treatment response")
     show_expression(viewer, fake_prediction({"A": 1.0, "B": 7.0}), "A", "case")
     assert widget.expression_layer.value.name == "case expression"
+
+
+def test_long_messages_wrap_and_leave_the_canvas_its_width(
+    qtbot, make_napari_viewer, tmp_path, notifications
+):
+    """A long error (a deep path) or summary wraps in the dock; the canvas keeps its width."""
+    viewer = make_napari_viewer(show=True)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Treatment response")
+    widget.expression_layer.value = show_expression(
+        viewer, fake_prediction({"A": 1.0, "B": 7.0}), "A", "case"
+    )
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.wait(50)  # (the layer's controls widen the left dock)
+    dock_width, canvas_width = dock.width(), canvas.width()
+    assert dock_width < 500 and canvas_width > 300
+    cohort, partners = _cohort_files(
+        tmp_path,
+        {"drug": ["X", "X", "Y"], "partner": ["A", "B", "NOPE"], "type": ["SL", "SR", "SL"]},
+    )
+    widget.cohort.value = cohort
+    deep = tmp_path.joinpath(
+        "partner_tables_of_the_neoadjuvant_breast_cancer_cohort_from_the_second_hospital",
+        "interaction_partners_curated_by_the_pathology_department_version_2024_final",
+    )
+    widget.partners.value = deep / "synthetic_lethal_and_rescue_partners_of_every_drug.csv"
+
+    def assert_fits():
+        qtbot.wait(50)
+        assert dock.width() < 500, widget.status.value
+        assert canvas.width() >= 0.9 * canvas_width, widget.status.value
+
+    assert widget.run() is None
+    assert widget.status.value.startswith("error: ") and len(widget.status.value) > 300
+    assert notifications == [widget.status.value.removeprefix("error: ")]
+    assert_fits()
+    widget.partners.value = partners
+    assert widget.run() is not None and "without usable partners" in widget.status.value
+    assert_fits()
+    assert widget.show_map("X") is not None and "exploratory" in widget.status.value
+    assert_fits()
+    assert len(notifications) == 1
+
+
+def test_every_field_says_what_it_is(make_napari_viewer):
+    widget = _dock(make_napari_viewer())
+    fields = [
+        widget.expression_layer,
+        widget.cohort,
+        widget.partners,
+        widget.quantile,
+        widget.threshold,
+        widget.run_button,
+        widget.table,
+        widget.map_drug,
+        widget.map_button,
+    ]
+    for field in fields:
+        assert len(field.tooltip or "") > 40, field.label
+    assert "switched off" in widget.quantile.tooltip  # plain words, not only the method's
+    assert "responder" in widget.threshold.tooltip

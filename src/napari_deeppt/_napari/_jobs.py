@@ -19,7 +19,15 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from ..errors import CancelledError
 from ..progress import CancelToken
 
-__all__ = ["DockJobs", "Job", "JobWidget", "start_job"]
+__all__ = [
+    "DockJobs",
+    "Job",
+    "JobWidget",
+    "StatusLine",
+    "breakable",
+    "report_error",
+    "start_job",
+]
 
 _DONE = object()
 
@@ -168,6 +176,68 @@ def offer_console(viewer: Any) -> None:
         pass
 
 
+_ZWSP = "\u200b"  # zero-width space: an invisible place where Qt may break a line
+_RUN = 24  # longest run of characters shown without a place to break it
+
+
+def breakable(text: str) -> str:
+    """``text`` with invisible line-break points inside runs Qt would not break.
+
+    Qt wraps at spaces and after ``/`` and ``-``; a file name such as
+    ``resnet50_imagenet_weights_for_the_extractor.pth`` has neither, so a run longer than
+    ``_RUN`` characters gets a zero-width space after each ``_ . , ; :`` and then after
+    every ``_RUN`` characters of what is still longer. For display only.
+    """
+    import re
+
+    def split(match: re.Match[str]) -> str:
+        parts = re.sub(r"([_.,;:])", rf"\1{_ZWSP}", match.group()).split(_ZWSP)
+        chunks = [p[i : i + _RUN] for p in parts for i in range(0, max(len(p), 1), _RUN)]
+        return _ZWSP.join(chunks)
+
+    return re.sub(rf"[^\s/\\-]{{{_RUN + 1},}}", split, text)
+
+
+class StatusLine(Label):
+    """A dock's status line: it wraps, and however long its text it never widens the dock.
+
+    magicgui's Label keeps its text on one line at a fixed size, so a long message (an
+    error naming deep paths) made the dock as wide as the message and left the canvas
+    none. This one takes the dock's width and wraps within it, long file names included
+    (:func:`breakable`); :attr:`value` and the tooltip keep the text as it is.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        from qtpy.QtWidgets import QSizePolicy
+
+        self._text = ""
+        super().__init__(**kwargs)
+        label = self.native
+        label.setSizePolicy(QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum))
+        label.setWordWrap(True)  # after the policy: it marks the height as width-dependent
+        label.setMinimumWidth(0)
+
+    def get_value(self) -> str:
+        """The text as it was set (without the display's break points)."""
+        return self._text
+
+    def set_value(self, value: Any) -> None:
+        """Show ``value``, wrapped; the tooltip repeats it (Qt wraps rich-text tooltips)."""
+        import html
+
+        self._text = str(value)
+        super().set_value(breakable(self._text))
+        self.native.setToolTip(f"<p>{html.escape(self._text)}</p>" if self._text else "")
+
+
+def report_error(status: Any, exc: BaseException) -> None:
+    """Say ``exc`` on a dock's status line and in napari's notifications."""
+    from napari.utils.notifications import show_error
+
+    status.value = f"error: {exc}"
+    show_error(str(exc))
+
+
 class DockJobs:
     """The jobs a dock has started; :meth:`close` ends them when the dock goes away.
 
@@ -228,7 +298,7 @@ class JobWidget(Container):
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = Label(label="status", value="")
+        self.status = StatusLine(label="status", value="")
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
 
@@ -312,13 +382,10 @@ class JobWidget(Container):
         self.status.value = f"{message} ({done}/{total})"
 
     def _on_error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
         if isinstance(exc, CancelledError):
             self.status.value = self.cancelled_message
         else:
-            self.status.value = f"error: {exc}"
-            show_error(str(exc))
+            report_error(self.status, exc)
 
     def _finished(self) -> None:
         self._job = None

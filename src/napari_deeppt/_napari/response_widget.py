@@ -10,19 +10,23 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    Label,
     PushButton,
     Table,
 )
 
 from ..response import ResponseParams
+from ._jobs import StatusLine, report_error
 from .fields import layer_picker, param_widget
 
 __all__ = ["ResponseWidget"]
 
 
 class ResponseWidget(Container):
-    """SELECT-style matching scores of the slide shown in an expression layer."""
+    """SELECT-style matching scores of the slide shown in an expression layer.
+
+    Its status line wraps within the dock (:class:`~._jobs.StatusLine`); errors also go to
+    napari's notifications.
+    """
 
     def __init__(self, napari_viewer: Any) -> None:
         import napari
@@ -37,18 +41,13 @@ class ResponseWidget(Container):
             prefer="deeppt_prediction",
             tooltip="the '<slide> expression' map (from Predict expression)",
         )
-        self.cohort = FileEdit(label="cohort predictions", mode="r", filter="*.csv *.tsv")
-        self.partners = FileEdit(label="partner table", mode="r", filter="*.csv *.tsv")
-        self.quantile = param_widget(
-            ResponseParams, "quantile", "inactive below quantile", min=0.01, max=0.99, step=0.01
-        )
-        self.threshold = param_widget(
-            ResponseParams, "threshold", "responder at score ≥", min=0.0, max=1.0, step=0.01
-        )
-        self.run_button = PushButton(text="Score drugs")
-        self.status = Label(label="status", value="")
+        self._score_fields()
+        self.status = StatusLine(label="status", value="")
         self.table = Table(
             label="drugs",
+            tooltip="one row per drug, best score first: its score (0 to 1), whether that "
+            "makes the slide a predicted responder, its rank in the cohort (100% = the "
+            "cohort's highest score) and the partner genes the model does not predict",
             value={
                 "drug": [],
                 "score": [],
@@ -57,7 +56,12 @@ class ResponseWidget(Container):
                 "missing partners": [],
             },
         )
-        self.map_drug = ComboBox(label="map drug", choices=self._drug_choices, nullable=True)
+        self.map_drug = ComboBox(
+            label="map drug",
+            choices=self._drug_choices,
+            nullable=True,
+            tooltip="the drug whose tile map 'Show the drug's tile map' draws",
+        )
         self.map_button = PushButton(
             text="Show the drug's tile map",
             enabled=False,
@@ -82,6 +86,52 @@ class ResponseWidget(Container):
         self.map_button.changed.connect(lambda: self.show_map())
         self._cohort_table: Any = None
         self._prediction: Any = None
+
+    def _score_fields(self) -> None:
+        """The cohort, the partner table, the two cut-offs and the button that scores."""
+        self.cohort = FileEdit(
+            label="cohort predictions",
+            mode="r",
+            filter="*.csv *.tsv",
+            tooltip="predicted expression of a cohort of slides, one row per slide and one "
+            "column per gene (e.g. cohort_expression.csv from 'deeppt run', same model): "
+            "'low' expression is judged against these slides",
+        )
+        self.partners = FileEdit(
+            label="partner table",
+            mode="r",
+            filter="*.csv *.tsv",
+            tooltip="the drugs' partner genes: a CSV or TSV with columns drug, partner "
+            "(gene) and type, SL (synthetic lethal: the drug should work better when this "
+            "gene is switched off) or SR (synthetic rescue: it should work worse)",
+        )
+        self.quantile = param_widget(
+            ResponseParams,
+            "quantile",
+            "inactive below quantile",
+            min=0.01,
+            max=0.99,
+            step=0.01,
+            tooltip="In plain words: a gene counts as switched off when this slide's value is "
+            "among the lowest (this share, 0.33 = the lowest third) of the cohort's; a higher "
+            "value switches more genes off.",
+        )
+        self.threshold = param_widget(
+            ResponseParams,
+            "threshold",
+            "responder at score ≥",
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="In plain words: the score is the share of the drug's partner genes in "
+            "the state that favours response (0 to 1); at or above this value the slide is "
+            "called a responder.",
+        )
+        self.run_button = PushButton(
+            text="Score drugs",
+            tooltip="score every drug of the partner table for the slide's predicted "
+            "expression, against the cohort (quick: nothing is predicted again)",
+        )
 
     def run(self) -> Any:
         """Score the slide together with its cohort and fill the table."""
@@ -108,7 +158,7 @@ class ResponseWidget(Container):
             row = prediction.slide_expression.rename(name).to_frame().T
             table = pd.concat([cohort.drop(index=name, errors="ignore"), row])
         except Exception as exc:
-            self.status.value = f"error: {exc}"
+            report_error(self.status, exc)
             return None
         result = self._scored(response_scores, table)
         if result is None:
@@ -151,7 +201,7 @@ class ResponseWidget(Container):
                 threshold=self.threshold.value,
             )
         except Exception as exc:
-            self.status.value = f"error: {exc}"
+            report_error(self.status, exc)
             return None
 
     def _drug_choices(self, _widget: Any = None) -> list[str]:
