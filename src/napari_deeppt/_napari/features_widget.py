@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import CheckBox, FileEdit, create_widget
+from magicgui.widgets import CheckBox, FileEdit
 
 from ..devices import Device
 from ..features.extractors import EXTRACTORS
@@ -12,7 +12,7 @@ from ..features.params import FeatureParams
 from ..stain import StainMethod
 from ._jobs import Job, JobWidget
 from .console import slide_of
-from .fields import choice_widget, layer_picker, param_widget
+from .fields import choice_widget, layer_picker, param_widget, slide_picker
 from .layers import add_or_update, embedding_layer_data
 
 __all__ = ["FeaturesWidget"]
@@ -28,7 +28,7 @@ class FeaturesWidget(JobWidget):
 
         super().__init__(napari_viewer, "Extract features")
         self.result: Any = None
-        self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
+        self.slide_layer = slide_picker()
         self.tiles_layer = layer_picker(
             napari_viewer,
             napari.layers.Labels,
@@ -38,9 +38,19 @@ class FeaturesWidget(JobWidget):
         )
         self.extractor = choice_widget(FeatureParams, "extractor", "extractor", sorted(EXTRACTORS))
         self.weights = FileEdit(
-            label="weights file", mode="r", value="", filter="*.pth *.pt *.safetensors"
+            label="weights file",
+            mode="r",
+            value="",
+            filter="*.pth *.pt *.safetensors",
+            tooltip="the extractor's weights file (e.g. ResNet50 ImageNet weights) when "
+            "torchvision's cache does not hold it; nothing is downloaded",
         )
-        self.random_weights = CheckBox(label="random weights (testing only)", value=False)
+        self.random_weights = CheckBox(
+            label="random weights (testing only)",
+            value=False,
+            tooltip="random-initialised extractor: features that mean nothing, for trying "
+            "the pipeline without weights",
+        )
         self.device = choice_widget(FeatureParams, "device", "device", Device)
         self.batch_size = param_widget(
             FeatureParams, "batch_size", "batch size (0 = auto)", value=0, min=0, max=4096

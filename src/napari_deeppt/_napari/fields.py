@@ -13,7 +13,7 @@ from magicgui.widgets import CheckBox, FloatSpinBox, SpinBox
 
 from ..params import field_default, field_doc
 
-__all__ = ["param_widget"]
+__all__ = ["choice_widget", "layer_picker", "param_widget", "slide_picker"]
 
 
 def param_widget(cls: type, name: str, label: str, *, value: Any = None, **options: Any) -> Any:
@@ -79,3 +79,19 @@ def layer_picker(viewer: Any, layer_type: type, label: str, prefer: str, tooltip
     viewer.layers.events.inserted.connect(follow)
     viewer.layers.events.removed.connect(lambda _event: picker.reset_choices())
     return picker
+
+
+def slide_picker() -> Any:
+    """The slide drop-down of a dock: image layers, with what to pick as tooltip."""
+    from magicgui.widgets import create_widget
+
+    import napari
+
+    return create_widget(
+        annotation=napari.layers.Image,
+        label="slide",
+        options={
+            "tooltip": "the whole-slide image to work on: a slide opened with napari-deeppt "
+            "(File > Open, drag and drop, or File > Open Sample)"
+        },
+    )

@@ -13,14 +13,13 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
     Table,
-    create_widget,
 )
 
 from ..devices import Device
 from ..features.params import FeatureParams
 from ._jobs import Job, JobWidget
 from .console import slide_of
-from .fields import choice_widget
+from .fields import choice_widget, slide_picker
 from .layers import robust_limits, show_expression, show_map, signature_layer_data
 
 __all__ = ["PredictWidget"]
@@ -46,14 +45,19 @@ class PredictWidget(JobWidget):
     """Predict with a ``.deeppt`` bundle; pick a gene (type to search) to show its map."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        import napari
 
         super().__init__(napari_viewer, "Predict expression")
         self.prediction: Any = None
         self._slide_name = ""
-        self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
+        self.slide_layer = slide_picker()
         self.roi_layer = self._regions_picker()
-        self.bundle = FileEdit(label="model bundle", mode="r", filter="*.deeppt")
+        self.bundle = FileEdit(
+            label="model bundle",
+            mode="r",
+            filter="*.deeppt",
+            tooltip="a .deeppt file written by 'deeppt train' (or 'deeppt demo'): the trained "
+            "model with its genes, tile size and feature extractor",
+        )
         self.model_tiles = Label(label="model", value="choose a bundle")
         self.tiles_layer = ComboBox(
             label="tiles",
@@ -63,18 +67,34 @@ class PredictWidget(JobWidget):
             "tiles of the model's size and resolution are accepted)",
         )
         self.weights = FileEdit(
-            label="extractor weights", mode="r", filter="*.pth *.pt *.safetensors"
+            label="extractor weights",
+            mode="r",
+            filter="*.pth *.pt *.safetensors",
+            tooltip="the feature extractor's weights file, when torchvision's cache does not "
+            "hold it; it must be the file the model was trained with (checked by hash)",
         )
         self.device = choice_widget(FeatureParams, "device", "device", Device)
         # choices come from a callable: napari calls reset_choices() on docked widgets
         # whenever layers change, which must not forget the predicted genes
-        self.gene = ComboBox(label="gene", choices=self._gene_choices, nullable=True)
+        self.gene = ComboBox(
+            label="gene",
+            choices=self._gene_choices,
+            nullable=True,
+            tooltip="the gene whose tile map is shown (type to search); switching is instant",
+        )
         self.signature_genes = LineEdit(
             label="signature",
             tooltip="genes separated by commas or spaces; their mean is mapped per tile",
         )
         self.signature_button = PushButton(text="Show signature map", enabled=False)
-        self.top_n = SpinBox(label="top genes", value=20, min=1, max=500)
+        self.top_n = SpinBox(
+            label="top genes",
+            value=20,
+            min=1,
+            max=500,
+            tooltip="how many of the slide's most expressed genes the table (and the GeoJSON "
+            "export) lists",
+        )
         self.table = Table(label="slide-level", value={"gene": [], "expression": []})
         self.export_csv_button = PushButton(text="Export slide CSV…", enabled=False)
         self.export_h5ad_button = PushButton(text="Export tiles h5ad…", enabled=False)

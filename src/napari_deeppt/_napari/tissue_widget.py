@@ -12,13 +12,12 @@ from magicgui.widgets import (
     Label,
     PushButton,
     SpinBox,
-    create_widget,
 )
 
 from ..stain import StainMethod
 from ._jobs import Job, JobWidget
 from .console import slide_of
-from .fields import param_widget
+from .fields import param_widget, slide_picker
 from .layers import add_or_update, mask_layer_data, regions_to_shapes_data, tiles_layer_data
 
 __all__ = ["TissueTilesWidget"]
@@ -28,13 +27,12 @@ class TissueTilesWidget(JobWidget):
     """Detect tissue, cut the tile grid and preview stain normalisation for a slide layer."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        import napari
 
         super().__init__(napari_viewer, "Detect tissue and cut tiles")
         self._last: tuple[Any, Any, Any] | None = None  # (slide, grid, layer name)
         self.preview_window: Any = None  # a StainPreviewWindow once a preview was shown
 
-        self.slide_layer = create_widget(annotation=napari.layers.Image, label="slide")
+        self.slide_layer = slide_picker()
         self.pixel_size = Label(label="pixel size")
         self.slide_mpp = FloatSpinBox(
             label="override µm/px",
@@ -99,6 +97,8 @@ class TissueTilesWidget(JobWidget):
             label="use regions to",
             choices=["keep tissue inside", "drop tissue inside"],
             value="keep tissue inside",
+            tooltip="keep only the tissue inside the regions (e.g. an outlined tumour), or "
+            "drop the tissue inside them (e.g. necrosis, folds)",
         )
         self.export_button = PushButton(
             text="Export tissue and tiles for QuPath (GeoJSON)…", enabled=False
@@ -108,9 +108,21 @@ class TissueTilesWidget(JobWidget):
             tooltip="paint or erase on the '<slide> tissue' layer, then cut the tiles again "
             "from it (tissue detection is not rerun)",
         )
-        self.preview_n = SpinBox(label="preview tiles", value=8, min=1, max=64)
+        self.preview_n = SpinBox(
+            label="preview tiles",
+            value=8,
+            min=1,
+            max=64,
+            tooltip="how many random kept tiles the stain preview shows",
+        )
         methods = [m.value for m in StainMethod if m is not StainMethod.NONE]
-        self.preview_method = ComboBox(label="method", choices=methods, value=methods[0])
+        self.preview_method = ComboBox(
+            label="method",
+            choices=methods,
+            value=methods[0],
+            tooltip="stain normalisation to preview: macenko (DeepPT's, to its H&E reference) "
+            "or reinhard (colour statistics)",
+        )
         self.preview_button = PushButton(text="Preview normalisation", enabled=False)
 
     def _parameter_fields(self) -> None:
