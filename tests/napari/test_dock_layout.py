@@ -29,3 +29,30 @@ def test_every_field_has_a_tooltip(make_napari_viewer, dock):
     assert len(fields) >= 3
     missing = sorted(name for name, field in fields.items() if len(field.tooltip or "") < 15)
     assert not missing, f"no tooltip: {missing}"
+
+
+def test_docks_opened_one_after_another_become_tabs(make_napari_viewer, qtbot):
+    """As from the Plugins menu (no tabify asked): the docks share one tabbed area, each as
+    tall as the window allows, instead of a column taller than the screen."""
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer = make_napari_viewer()
+    viewer.window._qt_window.resize(1200, 800)
+    viewer.window._qt_window.show()
+    docks = []
+    for name in DOCKS:
+        dock, _ = viewer.window.add_plugin_dock_widget("napari-deeppt", name)
+        docks.append(dock)
+        qtbot.wait(50)  # the dock joins its siblings once napari has placed it
+    window = viewer.window._qt_window
+    first = docks[0]
+    assert set(window.tabifiedDockWidgets(first)) == set(docks[1:])
+    ours = [d for d in window.findChildren(QDockWidget) if d in docks]
+    assert len(ours) == 4
+    assert window.height() == 800  # the window did not grow (the docks scroll instead)
+    table = docks[2].inner_widget().table.native  # Predict's top genes
+    predict = docks[2]
+    predict.raise_()
+    qtbot.wait(10)
+    row = table.verticalHeader().defaultSectionSize()
+    assert table.height() >= 5 * row  # several rows of the top-genes table, not 1.5

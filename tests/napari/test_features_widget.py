@@ -84,3 +84,15 @@ def test_the_dock_picks_the_tiles_layer_not_the_tissue(make_napari_viewer, svs_s
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Extract features")
     console.detect_and_tile(layer, tile_px=64, mpp=2.0)  # adds 'small tissue', 'small tiles'
     assert widget.tiles_layer.value.name == "small tiles"
+
+
+def test_a_mistyped_weights_path_is_an_error_not_the_default_weights(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Extract features")
+    widget.weights.value = tmp_path / "resnet50-typo.pth"
+    try:
+        widget._chosen_file(widget.weights)
+    except ValueError as exc:
+        assert "resnet50-typo.pth: no such file" in str(exc)
+    else:
+        raise AssertionError("a missing weights file was taken for 'no weights file'")

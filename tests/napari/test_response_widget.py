@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_deeppt._napari.layers import show_expression
+from napari_deeppt._napari.layers import legend_overlay, show_expression
 from napari_deeppt.prediction import Prediction
 from napari_deeppt.tiles import TileGrid, TileGridParams
 
@@ -128,7 +128,12 @@ def test_drug_tile_map_sits_on_the_tiles_it_scores(make_napari_viewer, tmp_path)
     widget.run()
     assert widget.map_drug.value == "X" and widget.map_button.enabled
     layer = widget.show_map()
-    assert layer.name == "case response" and layer.metadata["drug"] == "X"
+    assert layer.name == "case X response" and layer.metadata["drug"] == "X"
+    # one legend: the response map's colour bar, titled with the drug and what a value is
+    assert layer.colorbar.visible and not expression.colorbar.visible
+    assert legend_overlay(viewer).text == "X response score (0-1)"
+    status = layer.get_status(layer.data_to_world((0, 0)), world=True)
+    assert status["value"] == "X 1 score"
     data = np.asarray(layer.data)
     np.testing.assert_allclose(data[0, 0], 1.0)
     np.testing.assert_allclose(data[0, 1], 0.0)
@@ -145,7 +150,7 @@ def test_the_dock_picks_the_expression_layer_not_the_slide(make_napari_viewer, s
     viewer.open(str(svs_slide.path), plugin="napari-deeppt")
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Treatment response")
     show_expression(viewer, fake_prediction({"A": 1.0, "B": 7.0}), "A", "case")
-    assert widget.expression_layer.value.name == "case expression"
+    assert widget.expression_layer.value.name == "case A"
 
 
 def test_long_messages_wrap_and_leave_the_canvas_its_width(

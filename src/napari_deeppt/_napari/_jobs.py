@@ -18,6 +18,7 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 
 from ..errors import CancelledError
 from ..progress import CancelToken
+from .docking import ScrollingDock
 
 __all__ = [
     "DockJobs",
@@ -275,7 +276,7 @@ class DockJobs:
             self.close()
 
 
-class JobWidget(Container):
+class JobWidget(ScrollingDock, Container):
     """A dock that runs one core function at a time in a worker.
 
     Provides the run and Cancel buttons, the progress bar, the status line and the
@@ -288,12 +289,15 @@ class JobWidget(Container):
     cancelled_message = "cancelled; layers unchanged"
 
     def __init__(self, napari_viewer: Any, run_text: str) -> None:
-        super().__init__(labels=True)
+        from .docking import tab_when_docked
+
+        super().__init__(labels=True, scrollable=True)
         self._viewer = napari_viewer
         offer_console(napari_viewer)
+        tab_when_docked(self.native)
         self._job: Job | None = None
         self._jobs = DockJobs()
-        self.native_parent_changed.connect(self._jobs.on_parent_changed)
+        self.on_dock_parent_changed(self._jobs.on_parent_changed)
         self.native.destroyed.connect(functools.partial(DockJobs.close, self._jobs))
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -304,11 +308,16 @@ class JobWidget(Container):
 
     @staticmethod
     def _chosen_file(widget: Any) -> str | None:
-        """The path in a FileEdit, or None when it is empty or not a file."""
+        """The path in a FileEdit, None when it is empty; a path that is not a file is an
+        error (a mistyped weights path must not silently mean "the default weights")."""
         from pathlib import Path
 
         value = str(widget.value or "")
-        return value if value not in ("", ".") and Path(value).is_file() else None
+        if value in ("", "."):
+            return None
+        if not Path(value).is_file():
+            raise ValueError(f"{value}: no such file (check the '{widget.label}' field)")
+        return value
 
     @staticmethod
     def _regions_picker() -> Any:
@@ -361,9 +370,9 @@ class JobWidget(Container):
             section.expand(animate=False)
         else:
             section.collapse(animate=False)
-        layout = self.native.layout()
+        layout = self.inner.layout()
         row = before.native
-        while row.parentWidget() is not None and row.parentWidget() is not self.native:
+        while row.parentWidget() is not None and row.parentWidget() is not self.inner:
             row = row.parentWidget()  # the labelled row magicgui wrapped it in
         layout.insertWidget(layout.indexOf(row), section)
         self._folds = [*getattr(self, "_folds", []), (section, inner)]  # keep them alive

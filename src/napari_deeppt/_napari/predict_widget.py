@@ -122,6 +122,8 @@ class PredictWidget(JobWidget):
             ]
         )
         self._make_gene_box_searchable()
+        rows = self.table.native.verticalHeader().defaultSectionSize()
+        self.table.native.setMinimumHeight(9 * rows)  # the dock scrolls, the table stays readable
         self.bundle.changed.connect(self._describe_bundle)
         self.gene.changed.connect(self.show_gene)
         self.signature_button.changed.connect(lambda: self.show_signature())

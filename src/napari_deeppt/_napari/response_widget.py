@@ -16,12 +16,13 @@ from magicgui.widgets import (
 
 from ..response import ResponseParams
 from ._jobs import StatusLine, report_error
+from .docking import ScrollingDock
 from .fields import layer_picker, param_widget
 
 __all__ = ["ResponseWidget"]
 
 
-class ResponseWidget(Container):
+class ResponseWidget(ScrollingDock, Container):
     """SELECT-style matching scores of the slide shown in an expression layer.
 
     Its status line wraps within the dock (:class:`~._jobs.StatusLine`); errors also go to
@@ -31,15 +32,19 @@ class ResponseWidget(Container):
     def __init__(self, napari_viewer: Any) -> None:
         import napari
 
-        super().__init__(labels=True)
+        from .docking import tab_when_docked
+
+        super().__init__(labels=True, scrollable=True)
         self._viewer = napari_viewer
+        tab_when_docked(self.native)
         self.result: Any = None
         self.expression_layer = layer_picker(
             napari_viewer,
             napari.layers.Image,
             "expression layer",
             prefer="deeppt_prediction",
-            tooltip="the '<slide> expression' map (from Predict expression)",
+            tooltip="a gene map of the slide ('<slide> <gene>', from Predict expression): its "
+            "prediction is scored",
         )
         self._score_fields()
         self.status = StatusLine(label="status", value="")
@@ -144,7 +149,7 @@ class ResponseWidget(Container):
             prediction = None if layer is None else layer.metadata.get("deeppt_prediction")
             if prediction is None:
                 raise ValueError(
-                    "choose the '<slide> expression' layer made by 'Predict expression' first"
+                    "choose a gene map ('<slide> <gene>') made by 'Predict expression' first"
                 )
             cohort_path = Path(str(self.cohort.value or ""))
             if not cohort_path.is_file():
@@ -165,7 +170,7 @@ class ResponseWidget(Container):
             return None
         self.result = result
         self._cohort_table, self._prediction = table, prediction
-        self._slide_name = layer.name.removesuffix(" expression")
+        self._slide_name = layer.metadata.get("slide_name", layer.name)
         scores = result.scores.loc[name]
         ranks = result.scores.rank(pct=True).loc[name]
         drugs = list(scores.sort_values(ascending=False, na_position="last").index)
@@ -211,7 +216,7 @@ class ResponseWidget(Container):
     def show_map(self, drug: str | None = None) -> Any:
         """Add (or update) ``<slide> response``: the drug's score of every tile."""
         from ..response import tile_response
-        from .layers import add_or_update, response_layer_data
+        from .layers import response_layer_data, show_map
 
         drug = drug or self.map_drug.value
         if self.result is None or drug is None:
@@ -221,17 +226,12 @@ class ResponseWidget(Container):
         if tiles is None:
             return None
         scores = tiles.scores[drug].to_numpy(float)
-        layer = add_or_update(
+        layer = show_map(
             self._viewer,
             response_layer_data(
                 self._prediction, scores, drug, self._slide_name, self.threshold.value
             ),
         )
-        layer.metadata["drug"] = drug
-        try:
-            layer.colorbar.visible = True
-        except AttributeError:  # napari without colour bars
-            pass
         share = (
             float(np.nanmean(scores >= self.threshold.value)) if np.isfinite(scores).any() else 0
         )
