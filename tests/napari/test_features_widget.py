@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from napari_deeppt._napari import console
-from napari_deeppt._napari.features_widget import FeaturesWidget
 
 
 @pytest.fixture
@@ -70,7 +69,7 @@ def test_cancel_within_one_batch(qtbot, viewer_with_tiles):
 def test_requires_a_tiles_layer(make_napari_viewer, svs_slide):
     viewer = make_napari_viewer()
     viewer.open(str(svs_slide.path), plugin="napari-deeppt")
-    widget = FeaturesWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Extract features")
     assert widget.run() is None
     assert "Tissue & tiles" in widget.status.value
 

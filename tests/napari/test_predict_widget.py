@@ -10,7 +10,6 @@ from napari.utils.status_messages import status_format
 
 from napari_deeppt._napari import console
 from napari_deeppt._napari.layers import legend_overlay
-from napari_deeppt._napari.predict_widget import PredictWidget
 from napari_deeppt.samples import demo_bundle
 
 
@@ -103,7 +102,7 @@ def test_export_through_the_save_dialog_replaces_the_file_it_confirmed(
     from qtpy.QtWidgets import QFileDialog
 
     viewer, _ = viewer_with_slide
-    widget = PredictWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
     widget.bundle.value = bundle_path
     widget.run()
     qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
@@ -126,7 +125,7 @@ def test_console_predict_with_a_layer_adds_the_map(viewer_with_slide, bundle_pat
 def test_bad_bundle_is_reported(viewer_with_slide, tmp_path):
     viewer, _ = viewer_with_slide
     (tmp_path / "bad.deeppt").write_bytes(b"nope")
-    widget = PredictWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
     widget.bundle.value = tmp_path / "bad.deeppt"
     assert widget.run() is None
     assert "not a napari-deeppt model bundle" in widget.status.value
@@ -142,7 +141,7 @@ def test_predict_inside_regions_drawn_on_the_slide(
         shape_type="rectangle",
         name="tumour",
     )
-    widget = PredictWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
     widget.bundle.value = bundle_path
     widget.roi_layer.value = shapes
     widget.run()
@@ -154,7 +153,7 @@ def test_predict_inside_regions_drawn_on_the_slide(
 
 def test_signature_map_is_the_mean_of_its_genes_per_tile(qtbot, viewer_with_slide, bundle_path):
     viewer, _ = viewer_with_slide
-    widget = PredictWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
     widget.bundle.value = bundle_path
     assert widget.show_signature("DRIVEN0") is None and "predict first" in widget.status.value
     widget.run()

@@ -9,7 +9,6 @@ import pytest
 
 import napari_deeppt
 from napari_deeppt._napari import console
-from napari_deeppt._napari.tissue_widget import TissueTilesWidget
 
 
 @pytest.fixture
@@ -60,7 +59,7 @@ def test_run_adds_mask_and_tiles_then_rerun_replaces(qtbot, viewer_with_slide):
 
 def test_mask_pixels_sit_on_the_tissue_they_came_from(qtbot, viewer_with_slide, svs_slide):
     viewer, slide_layer = viewer_with_slide
-    widget = TissueTilesWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Tissue & tiles")
     widget.run()
     _wait(qtbot, widget)
     mask_layer = viewer.layers["small tissue"]
@@ -107,7 +106,7 @@ def test_cancel_stops_within_a_step_and_changes_nothing(qtbot, viewer_with_slide
 
     monkeypatch.setattr(tiles_module, "sobel_edge_fraction", slow_edges)
     viewer, _ = viewer_with_slide
-    widget = TissueTilesWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Tissue & tiles")
     _small_tiles(widget)
     widget.edge_filter.value = True
     seen = []
@@ -127,7 +126,7 @@ def test_cancel_stops_within_a_step_and_changes_nothing(qtbot, viewer_with_slide
 def test_missing_mpp_reports_and_override_fixes(qtbot, make_napari_viewer, no_mpp_slide):
     viewer = make_napari_viewer()
     viewer.open(str(no_mpp_slide.path), plugin="napari-deeppt")
-    widget = TissueTilesWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Tissue & tiles")
     widget.run()
     _wait(qtbot, widget)
     assert "mpp=" in widget.status.value and len(viewer.layers) == 1
@@ -181,7 +180,7 @@ def test_the_dock_says_the_pixel_size_and_where_it_came_from(
 ):
     viewer = make_napari_viewer()
     viewer.open(str(svs_slide.path), plugin="napari-deeppt")
-    widget = TissueTilesWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Tissue & tiles")
     assert widget.pixel_size.value.startswith("0.5 µm/px (")
     widget.slide_mpp.value = 0.25
     assert widget.pixel_size.value == "0.25 µm/px (override)"
@@ -239,7 +238,7 @@ def test_tiles_follow_regions_drawn_on_the_slide(qtbot, viewer_with_slide, svs_s
 
 def test_tiles_recut_from_the_tissue_layer_as_painted(qtbot, viewer_with_slide):
     viewer, _ = viewer_with_slide
-    widget = TissueTilesWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Tissue & tiles")
     _small_tiles(widget)
     assert widget.recut() is None and "detect tissue first" in widget.status.value
     widget.run()
@@ -316,7 +315,7 @@ def test_console_detect_and_tile_with_a_shapes_layer_as_roi(viewer_with_slide, s
 
 def test_tissue_settings_fold_away_and_still_apply(qtbot, viewer_with_slide):
     viewer, _ = viewer_with_slide
-    widget = TissueTilesWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Tissue & tiles")
     section = widget.tissue_settings
     assert not section.isExpanded()  # DeepPT defaults: out of the way until wanted
     assert section.isAncestorOf(widget.min_area_um2.native)
