@@ -48,6 +48,7 @@ def test_extract_adds_embedding_aligned_with_tiles(qtbot, viewer_with_tiles):
     qtbot.waitUntil(lambda: widget._job is None, timeout=60_000)
     assert "from the cache" in widget.status.value
     assert sum(lyr.name == "small feature embedding" for lyr in viewer.layers) == 1
+    assert all(lyr.units == ("micrometer", "micrometer") for lyr in viewer.layers)
 
 
 def test_cancel_within_one_batch(qtbot, viewer_with_tiles):

@@ -54,6 +54,7 @@ def test_run_adds_mask_and_tiles_then_rerun_replaces(qtbot, viewer_with_slide):
     widget.run()
     _wait(qtbot, widget)
     assert [lyr.name for lyr in viewer.layers] == names  # replaced, not duplicated
+    assert all(lyr.units == ("micrometer", "micrometer") for lyr in viewer.layers)
     assert viewer.layers["small tiles"].metadata["n_tiles"] < len(grid)
 
 
