@@ -177,22 +177,6 @@ def test_signature_map_is_the_mean_of_its_genes_per_tile(qtbot, viewer_with_slid
     assert "['NOPE'] are not predicted by this model" in widget.status.value
 
 
-@pytest.fixture
-def error_notifications():
-    """The messages of the error notifications napari shows during the test."""
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    seen = []
-
-    def keep(notification):
-        if notification.severity == NotificationSeverity.ERROR:
-            seen.append(notification.message)
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
-
-
 def test_a_long_error_wraps_and_leaves_the_canvas_its_width(
     qtbot, make_napari_viewer, error_notifications
 ):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from napari_deeppt._napari.layers import legend_overlay, show_expression
 from napari_deeppt.prediction import Prediction
@@ -41,22 +40,6 @@ def _dock(viewer):
     """The dock as napari builds it: it gets a proxy of the viewer, not the viewer."""
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Treatment response")
     return widget
-
-
-@pytest.fixture
-def notifications():
-    """The messages of the error notifications napari shows during the test."""
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    seen = []
-
-    def keep(notification):
-        if notification.severity == NotificationSeverity.ERROR:
-            seen.append(notification.message)
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 def _cohort_files(folder, partners=None):
@@ -154,7 +137,7 @@ def test_the_dock_picks_the_expression_layer_not_the_slide(make_napari_viewer, s
 
 
 def test_long_messages_wrap_and_leave_the_canvas_its_width(
-    qtbot, make_napari_viewer, tmp_path, notifications
+    qtbot, make_napari_viewer, tmp_path, error_notifications
 ):
     """A long error (a deep path) or summary wraps in the dock; the canvas keeps its width."""
     viewer = make_napari_viewer(show=True)
@@ -184,14 +167,14 @@ def test_long_messages_wrap_and_leave_the_canvas_its_width(
 
     assert widget.run() is None
     assert widget.status.value.startswith("error: ") and len(widget.status.value) > 300
-    assert notifications == [widget.status.value.removeprefix("error: ")]
+    assert error_notifications == [widget.status.value.removeprefix("error: ")]
     assert_fits()
     widget.partners.value = partners
     assert widget.run() is not None and "without usable partners" in widget.status.value
     assert_fits()
     assert widget.show_map("X") is not None and "exploratory" in widget.status.value
     assert_fits()
-    assert len(notifications) == 1
+    assert len(error_notifications) == 1
 
 
 def test_every_field_says_what_it_is(make_napari_viewer):
