@@ -47,6 +47,10 @@ def test_docks_opened_one_after_another_become_tabs(make_napari_viewer, qtbot):
     window = viewer.window._qt_window
     first = docks[0]
     assert set(window.tabifiedDockWidgets(first)) == set(docks[1:])
+    from qtpy.QtWidgets import QTabBar
+
+    titles = [bar.tabText(i) for bar in window.findChildren(QTabBar) for i in range(bar.count())]
+    assert any(t.startswith("Tissue && tiles") for t in titles), titles  # shown as "Tissue & tiles"
     ours = [d for d in window.findChildren(QDockWidget) if d in docks]
     assert len(ours) == 4
     assert window.height() == 800  # the window did not grow (the docks scroll instead)

@@ -31,6 +31,7 @@ def _predict(qtbot, widget):
 def test_the_dock_says_which_tiles_the_model_needs(dock):
     _, widget = dock
     assert widget.model_tiles.value.startswith("trained on 64 µm tiles (64 px at 1 µm/px)")
+    assert widget.native.minimumSizeHint().width() < 450  # the line wraps, the dock stays narrow
 
 
 def test_tiles_of_another_size_are_refused_and_named(qtbot, dock):

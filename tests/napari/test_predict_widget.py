@@ -26,6 +26,8 @@ def _assert_titled(viewer, layer, title):
     overlay = legend_overlay(viewer)
     assert overlay.visible and overlay.text == title
     assert overlay.position == layer.colorbar.position
+    corner = str(layer.colorbar.position)
+    assert getattr(viewer.canvas.overlay_tiling, corner) == "vertical"  # title above the bar
 
 
 @pytest.fixture

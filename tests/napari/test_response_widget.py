@@ -112,6 +112,7 @@ def test_drug_tile_map_sits_on_the_tiles_it_scores(make_napari_viewer, tmp_path)
     assert widget.map_drug.value == "X" and widget.map_button.enabled
     layer = widget.show_map()
     assert layer.name == "case X response" and layer.metadata["drug"] == "X"
+    assert widget.expression_layer.value.name == "case A"  # still the gene map, not the drug's
     # one legend: the response map's colour bar, titled with the drug and what a value is
     assert layer.colorbar.visible and not expression.colorbar.visible
     assert legend_overlay(viewer).text == "X response score (0-1)"

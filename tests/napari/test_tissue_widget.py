@@ -55,6 +55,8 @@ def test_run_adds_mask_and_tiles_then_rerun_replaces(qtbot, viewer_with_slide):
     _wait(qtbot, widget)
     assert [lyr.name for lyr in viewer.layers] == names  # replaced, not duplicated
     assert all(lyr.units == ("micrometer", "micrometer") for lyr in viewer.layers)
+    tissue = viewer.layers["small tissue"].colormap  # every piece one clear green
+    np.testing.assert_allclose(tissue.map(np.array([1, 2])), [[0.15, 0.85, 0.3, 1.0]] * 2)
     assert viewer.layers["small tiles"].metadata["n_tiles"] < len(grid)
 
 
@@ -163,6 +165,11 @@ def test_preview_normalisation_opens_beside_the_canvas_and_keeps_the_world_in_um
     widget.preview()  # the same window shows the next preview
     _wait(qtbot, widget)
     assert widget.preview_window is window and "reinhard" in window.dialog.windowTitle()
+    widget.preview_n.value = 16  # the most tiles: the window still fits the screen
+    widget.preview()
+    _wait(qtbot, widget)
+    screen = window.dialog.screen().availableGeometry()
+    assert window.dialog.sizeHint().width() <= screen.width()
 
 
 def test_console_call_with_a_layer_adds_the_layers(viewer_with_slide):

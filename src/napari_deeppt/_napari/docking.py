@@ -74,6 +74,7 @@ def tab_with_plugin_docks(native: Any) -> bool:
     if window is None:
         return False
     dock.setProperty(DOCK_PROPERTY, True)
+    _escape_ampersand(dock)
     area = window.dockWidgetArea(dock)
     siblings = [
         other
@@ -90,6 +91,15 @@ def tab_with_plugin_docks(native: Any) -> bool:
     dock.show()
     dock.raise_()
     return True
+
+
+def _escape_ampersand(dock: Any) -> None:
+    """Show "Tissue & tiles" in dock tabs as written: Qt reads a lone "&" in a tab's text as
+    a shortcut marker (the tab read "Tissue _tiles"). Tabs take the dock's window title;
+    napari's own title bar shows the dock's name and is unaffected."""
+    title = dock.windowTitle()
+    if "&" in title and "&&" not in title:
+        dock.setWindowTitle(title.replace("&", "&&"))
 
 
 def tab_when_docked(native: Any) -> None:

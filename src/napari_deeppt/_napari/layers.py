@@ -89,9 +89,12 @@ def _placed(placement: GridPlacement, mpp_xy: tuple[float, float] | None) -> dic
 def mask_layer_data(mask: Any, slide_name: str) -> LayerData:
     """A Labels layer of the tissue pieces (1..n), exactly over the tissue."""
     mpp = (mask.slide_mpp, mask.slide_mpp) if mask.slide_mpp else None
+    from napari.utils.colormaps import DirectLabelColormap
+
     kwargs = {
         "name": f"{slide_name} tissue",
         "opacity": 0.35,
+        "colormap": DirectLabelColormap(color_dict=TISSUE_COLOURS),
         "metadata": {
             "deeppt_mask": mask,
             "area_mm2": (mask.area_um2 / 1e6) if mask.slide_mpp else None,
@@ -100,6 +103,13 @@ def mask_layer_data(mask: Any, slide_name: str) -> LayerData:
     }
     return (mask.pieces(), kwargs, "labels")
 
+
+#: Every tissue piece in one green: napari's random colour for label 1 (a light tan) was
+#: nearly invisible on eosin, and green never looks like the tiles' blues.
+TISSUE_COLOURS = {
+    None: (0.15, 0.85, 0.3, 1.0),
+    0: (0.0, 0.0, 0.0, 0.0),
+}
 
 #: Kept tiles in two blues, checkerwise: neighbouring tiles never merge, and tiles never look
 #: like the tissue layer's colours.
@@ -301,6 +311,9 @@ def refresh_legend(viewer: Any) -> None:
         return
     overlay.text = _LEGEND_TEXT[key] = top.metadata["title"]
     overlay.position = top.colorbar.position
+    tiling = getattr(getattr(viewer, "canvas", None), "overlay_tiling", None)
+    if tiling is not None:  # napari ≥ 0.9 puts a corner's overlays side by side by default
+        setattr(tiling, str(top.colorbar.position), "vertical")
     overlay.font_size = 11
     overlay.visible = True
 

@@ -8,7 +8,6 @@ from typing import Any
 from magicgui.widgets import (
     ComboBox,
     FileEdit,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
@@ -17,7 +16,7 @@ from magicgui.widgets import (
 
 from ..devices import Device
 from ..features.params import FeatureParams
-from ._jobs import Job, JobWidget
+from ._jobs import Job, JobWidget, StatusLine
 from .console import slide_of
 from .fields import choice_widget, slide_picker
 from .layers import robust_limits, show_expression, show_map, signature_layer_data
@@ -58,7 +57,7 @@ class PredictWidget(JobWidget):
             tooltip="a .deeppt file written by 'deeppt train' (or 'deeppt demo'): the trained "
             "model with its genes, tile size and feature extractor",
         )
-        self.model_tiles = Label(label="model", value="choose a bundle")
+        self.model_tiles = StatusLine(label="model", value="choose a bundle")
         self.tiles_layer = ComboBox(
             label="tiles",
             choices=self._tile_choices,

@@ -42,7 +42,7 @@ class ResponseWidget(ScrollingDock, Container):
             napari_viewer,
             napari.layers.Image,
             "expression layer",
-            prefer="deeppt_prediction",
+            prefer="gene",
             tooltip="a gene map of the slide ('<slide> <gene>', from Predict expression): its "
             "prediction is scored",
         )
@@ -147,7 +147,7 @@ class ResponseWidget(ScrollingDock, Container):
         try:
             layer = self.expression_layer.value
             prediction = None if layer is None else layer.metadata.get("deeppt_prediction")
-            if prediction is None:
+            if prediction is None or "gene" not in layer.metadata:
                 raise ValueError(
                     "choose a gene map ('<slide> <gene>') made by 'Predict expression' first"
                 )
@@ -181,6 +181,7 @@ class ResponseWidget(ScrollingDock, Container):
             "cohort rank": [None if pd.isna(ranks[d]) else f"{ranks[d]:.0%}" for d in drugs],
             "missing partners": [", ".join(result.missing_partners.get(d, [])) for d in drugs],
         }
+        self.table.native.resizeColumnsToContents()
         self.map_drug.reset_choices()
         scored = [d for d in drugs if not pd.isna(scores[d])]
         self.map_drug.value = scored[0] if scored else None

@@ -9,13 +9,12 @@ import numpy as np
 from magicgui.widgets import (
     ComboBox,
     FloatSpinBox,
-    Label,
     PushButton,
     SpinBox,
 )
 
 from ..stain import StainMethod
-from ._jobs import Job, JobWidget
+from ._jobs import Job, JobWidget, StatusLine
 from .console import slide_of
 from .fields import param_widget, slide_picker
 from .layers import add_or_update, mask_layer_data, regions_to_shapes_data, tiles_layer_data
@@ -33,7 +32,7 @@ class TissueTilesWidget(JobWidget):
         self.preview_window: Any = None  # a StainPreviewWindow once a preview was shown
 
         self.slide_layer = slide_picker()
-        self.pixel_size = Label(label="pixel size")
+        self.pixel_size = StatusLine(label="pixel size")
         self.slide_mpp = FloatSpinBox(
             label="override µm/px",
             value=0.0,
@@ -112,7 +111,7 @@ class TissueTilesWidget(JobWidget):
             label="preview tiles",
             value=8,
             min=1,
-            max=64,
+            max=16,
             tooltip="how many random kept tiles the stain preview shows",
         )
         methods = [m.value for m in StainMethod if m is not StainMethod.NONE]
@@ -348,7 +347,7 @@ class TissueTilesWidget(JobWidget):
             return None
         slide, grid, name = self._last
         n, method = self.preview_n.value, self.preview_method.value
-        thumb_px, gap_px = 192, 8
+        thumb_px, gap_px = _preview_tile_px(n), 8
 
         def job(progress: Any = None, cancel: Any = None) -> tuple[np.ndarray, Any]:
             return preview_mosaic(
@@ -373,3 +372,13 @@ class TissueTilesWidget(JobWidget):
 
         job.__name__ = "preview_mosaic"
         return self._start(job, {}, on_result, status="reading and normalising tiles…")
+
+
+def _preview_tile_px(n: int, gap_px: int = 8, largest: int = 192, smallest: int = 48) -> int:
+    """Side of each preview tile so that ``n`` of them in a row fit the screen's width."""
+    from qtpy.QtWidgets import QApplication
+
+    screen = QApplication.primaryScreen()
+    width = screen.availableGeometry().width() if screen is not None else 1280
+    fitting = (width - 200) // max(n, 1) - gap_px  # room for the row labels and the frame
+    return int(max(smallest, min(largest, fitting)))
