@@ -108,3 +108,19 @@ def quick_train_args(cohort: object, model: Path, cache: Path, epochs: int = 20)
         str(cache),
         "--quiet",
     ]
+
+
+@pytest.fixture
+def error_notifications():
+    """The messages of the error notifications napari shows during the test (dock tests)."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    seen = []
+
+    def keep(notification):
+        if notification.severity == NotificationSeverity.ERROR:
+            seen.append(notification.message)
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
