@@ -331,3 +331,38 @@ def test_a_bundle_reads_in_a_line_and_describes_itself():
     assert repr(bundle).startswith("ModelBundle(8 genes on log2p1, colour-stats features")
     assert len(repr(bundle)) < 200  # never the weights
     assert bundle.describe().splitlines()[0].startswith("DEMO MODEL")
+
+
+def test_expression_given_in_memory_as_a_dataframe_or_anndata(cohort):
+    """A scanpy user's table in hand: a DataFrame (either orientation) or an AnnData reads
+    as the file does; refusals name what was given."""
+    import anndata
+
+    from napari_deeppt.errors import ExpressionTableError
+
+    samples = list(read_manifest(cohort.manifest)["sample_id"])
+    from_file = read_expression(cohort.expression, samples)
+    genes_by_samples = pd.read_csv(cohort.expression, index_col=0)
+    for given in (genes_by_samples, genes_by_samples.T, anndata.AnnData(genes_by_samples.T)):
+        loaded = read_expression(given, samples)
+        pd.testing.assert_frame_equal(loaded, from_file, check_names=False)
+    missing = r"the expression DataFrame \(8 × 39\): 1 manifest sample\(s\) have no expression"
+    with pytest.raises(ExpressionTableError, match=missing):
+        read_expression(genes_by_samples.drop(columns=samples[0]), samples)
+    with pytest.raises(ExpressionTableError, match=r"the AnnData \(39 × 8\)"):
+        read_expression(anndata.AnnData(genes_by_samples.T.iloc[1:]), samples)
+
+
+def test_train_takes_the_expression_as_a_dataframe(cohort, tmp_path):
+    expression = pd.read_csv(cohort.expression, index_col=0)
+    result = train(
+        cohort.manifest,
+        expression,
+        tmp_path / "m.deeppt",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        **FEATURES,
+        **{**FAST, "max_epochs": 5, "ae_epochs": 1},
+    )
+    described = ModelBundle.load(result.bundle_path).training["expression"]
+    assert described == "the expression DataFrame (8 × 40)"  # what was given, not its text

@@ -15,7 +15,14 @@ import numpy as np
 
 from ..errors import ExpressionTableError
 
-__all__ = ["check_spot_table", "few", "read_expression", "read_manifest", "read_spots"]
+__all__ = [
+    "check_spot_table",
+    "describe_source",
+    "few",
+    "read_expression",
+    "read_manifest",
+    "read_spots",
+]
 
 
 def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
@@ -97,15 +104,15 @@ def _relative_to(table_path: Path, paths: Any) -> list[str | None]:
     ]
 
 
-def read_expression(
-    path: str | Path, sample_ids: list[str], ids_name: str = "manifest sample"
-) -> Any:
-    """Expression matrix (CSV/TSV in either orientation, or ``.h5ad``) as samples × genes.
+def read_expression(source: Any, sample_ids: list[str], ids_name: str = "manifest sample") -> Any:
+    """Expression as samples × genes, from a file or from a table in memory.
 
     Parameters
     ----------
-    path
-        The table: samples × genes or genes × samples.
+    source
+        A CSV/TSV or ``.h5ad`` path, a pandas DataFrame, or an AnnData (observations ×
+        variables, e.g. a scanpy user's ``adata``; sparse ``X`` is densified): samples ×
+        genes or genes × samples.
     sample_ids
         The ids every one of which needs a row of expression.
     ids_name
@@ -121,11 +128,10 @@ def read_expression(
     The samples are the axis whose names overlap ``sample_ids`` more. When neither axis
     names any of them the table is refused, showing a few names of both axes and of the
     ids (a table's gene names are never reported as its samples). Every id must be present
-    exactly once, genes unique and values numeric.
+    exactly once, genes unique and values numeric. Messages name the file, or say what was
+    given (``the expression DataFrame``, ``the AnnData (40 × 8)``).
     """
-
-    path = Path(path)
-    table = _read_table_file(path)
+    table, path = _expression_table(source)
     table.index = table.index.astype(str)
     table.columns = table.columns.astype(str)
     wanted = set(sample_ids)
@@ -184,6 +190,48 @@ def _numeric(path: Path, table: Any) -> Any:
     return numeric.astype(np.float64)
 
 
+def _is_anndata(value: Any) -> bool:
+    """Whether ``value`` looks like an AnnData (duck-typed: anndata is imported lazily)."""
+    return all(hasattr(value, name) for name in ("X", "obs_names", "var_names"))
+
+
+def _anndata_frame(adata: Any) -> Any:
+    """An AnnData's ``X`` as a DataFrame, observations × variables (sparse densified)."""
+    import pandas as pd
+
+    values = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    return pd.DataFrame(values, index=list(adata.obs_names), columns=list(adata.var_names))
+
+
+def describe_source(source: Any) -> str:
+    """How an expression source is named in messages and records: the file's path, or what
+    was given in memory (``the expression DataFrame (8 × 40)``, ``the AnnData (40 × 8)``)."""
+    import pandas as pd
+
+    if isinstance(source, pd.DataFrame):
+        return f"the expression DataFrame ({source.shape[0]} × {source.shape[1]})"
+    if _is_anndata(source):
+        return f"the AnnData ({source.n_obs} × {source.n_vars})"
+    return str(source)
+
+
+def _expression_table(source: Any) -> tuple[Any, Any]:
+    """The table behind ``source`` (a copy, never the caller's object) and its name."""
+    import pandas as pd
+
+    name = describe_source(source)
+    if isinstance(source, pd.DataFrame):
+        return source.copy(), name
+    if _is_anndata(source):
+        return _anndata_frame(source), name
+    if not isinstance(source, (str, Path)):
+        raise ExpressionTableError(
+            f"the expression must be a file path, a pandas DataFrame or an AnnData, "
+            f"not {type(source).__name__}"
+        )
+    return _read_table_file(Path(source)), Path(source)
+
+
 def _read_table_file(path: Path) -> Any:
     """An expression file as a DataFrame with its labels, any orientation."""
     import pandas as pd
@@ -194,12 +242,7 @@ def _read_table_file(path: Path) -> Any:
         if path.suffix == ".h5ad":
             import anndata
 
-            adata = anndata.read_h5ad(path)
-            return pd.DataFrame(
-                np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X),
-                index=adata.obs_names,
-                columns=adata.var_names,
-            )
+            return _anndata_frame(anndata.read_h5ad(path))
         return pd.read_csv(path, sep=None, engine="python", index_col=0)
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable expression table ({exc})") from exc

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExpressionTableError, SlideNotFoundError
-from ..io.tables import check_spot_table, few, read_expression, read_manifest, read_spots
+from ..io.tables import (
+    check_spot_table,
+    describe_source,
+    few,
+    read_expression,
+    read_manifest,
+    read_spots,
+)
 from .folds import check_folds
 from .settings import TrainingSettings
 
@@ -102,7 +109,8 @@ def read_inputs(
     manifest
         Manifest or spot table: a path, or a DataFrame of it.
     expression
-        Expression table path (see :func:`~napari_deeppt.io.tables.read_expression`).
+        Expression: a path, DataFrame or AnnData (see
+        :func:`~napari_deeppt.io.tables.read_expression`).
     options
         The fold counts the groups must fill (:func:`~.folds.check_folds`).
     spots
@@ -134,7 +142,7 @@ def read_inputs(
     check_folds(len(set(groups)), options, "sections" if spots else "patients", source)
     expr = read_expression(expression, ids, ids_name)
     chosen = select_genes(expr, **selection)
-    values = apply_transform(expr[chosen].to_numpy(), transform, f"{expression}")
+    values = apply_transform(expr[chosen].to_numpy(), transform, describe_source(expression))
     targets = torch.tensor(values, dtype=torch.float32)
     return TrainingInputs(spots, table, ids, chosen, targets, groups, slides)
 

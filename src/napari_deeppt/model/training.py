@@ -26,6 +26,7 @@ from typing import Any
 
 from ..features.params import FeatureParams
 from ..io import refuse_existing
+from ..io.tables import describe_source
 from ..progress import CancelLike, ProgressLike
 from ..tiles import TileGridParams
 from .crossval import CrossValidation, cross_validate
@@ -104,8 +105,9 @@ def train(
         Cohort manifest CSV (``slide, sample_id, patient_id``) or a DataFrame of it — or a
         spot table (``slide, x, y`` in level-0 px, ``spot_id``): see the module's notes.
     expression
-        Expression matrix (CSV/TSV, samples × genes or genes × samples, or ``.h5ad``); for
-        spots, the counts (spots × genes or genes × spots).
+        Expression matrix: a CSV/TSV or ``.h5ad`` path, a pandas DataFrame or an AnnData,
+        samples × genes or genes × samples; for spots, the counts (spots × genes or genes ×
+        spots).
     out
         Bundle file to write (``.deeppt``); ``<out>.genes.csv`` and ``<out>.heldout.csv``
         (and for spots ``<out>.sections.csv``, genes × sections R) are written beside it.
@@ -148,7 +150,11 @@ def train(
     cv = cross_validate(
         features, inputs.targets, inputs.groups, inputs.genes, options, progress, cancel, spots
     )
-    record = {"expression": str(expression), "selection": selection, "transform": transform}
+    record = {
+        "expression": describe_source(expression),
+        "selection": selection,
+        "transform": transform,
+    }
     bundle = _bundle(inputs, tiles, extractor, first, cv, options, record, demo)
     return _write_outputs(out, bundle, inputs, cv, overwrite)
 
