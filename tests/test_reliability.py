@@ -117,7 +117,9 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "Cross-validation settings the data cannot fill fail after all features are computed": (
-        "Checked before any feature work, naming the patients or sections and settings that work.",
+        "Checked before any feature work: the default folds shrink to fit few patients or "
+        "sections (and say so); folds asked for that cannot be filled are refused, naming "
+        "the patients or sections and settings that work.",
         [
             "training::test_fold_settings_five_sections_cannot_fill_five_by_five",
             "training::test_fold_settings_fewer_patients_than_outer_folds",

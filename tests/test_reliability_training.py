@@ -318,7 +318,8 @@ def test_fold_check_agrees_with_the_folds_training_makes(n_groups):
 def test_bulk_cohort_too_small_for_the_folds_is_refused_before_any_feature_work(
     cohort, tmp_path, no_feature_work
 ):
-    """A manifest with 5 patients and 5 × 5 folds fails at once, naming patients."""
+    """A manifest with 5 patients and 5 × 5 folds asked for fails at once, naming patients
+    (the defaults would shrink to 5 × 4 and say so: tests/test_folds.py)."""
     table = pd.read_csv(cohort.manifest).iloc[:5]
     table["slide"] = [str(cohort.manifest.parent / s) for s in table["slide"]]
     table.to_csv(tmp_path / "m.csv", index=False)
@@ -331,6 +332,8 @@ def test_bulk_cohort_too_small_for_the_folds_is_refused_before_any_feature_work(
             tmp_path / "m.deeppt",
             cache_dir=cache,
             progress=False,
+            outer_folds=5,
+            inner_folds=5,
             **FEATURES,
         )
     assert not any(cache.iterdir())

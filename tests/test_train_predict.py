@@ -366,3 +366,23 @@ def test_train_takes_the_expression_as_a_dataframe(cohort, tmp_path):
     )
     described = ModelBundle.load(result.bundle_path).training["expression"]
     assert described == "the expression DataFrame (8 × 40)"  # what was given, not its text
+
+
+def test_few_patients_train_with_folds_that_fit_and_say_so(cohort, tmp_path):
+    """Four patients cannot fill the default 5 × 5 folds: training uses 4 × 3 instead, warns
+    before any feature work, and records it."""
+    manifest = read_manifest(cohort.manifest).iloc[:4]
+    fast = {k: v for k, v in FAST.items() if not k.endswith("_folds")}
+    with pytest.warns(UserWarning, match="4 patients: 4 outer .* × 3 inner folds"):
+        result = train(
+            manifest,
+            cohort.expression,
+            tmp_path / "few.deeppt",
+            cache_dir=tmp_path / "cache",
+            progress=False,
+            **FEATURES,
+            **{**fast, "max_epochs": 5, "ae_epochs": 1},
+        )
+    training = ModelBundle.load(result.bundle_path).training
+    assert (training["outer_folds"], training["inner_folds"]) == (4, 3)
+    assert "instead of the default 5 × 5" in result.summary["folds_note"]

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import DeepPTError, ExpressionTableError
 from .settings import TrainingSettings
 
-__all__ = ["check_folds", "group_folds"]
+__all__ = ["check_folds", "fit_folds", "group_folds"]
 
 
 def group_folds(groups: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -110,3 +110,62 @@ def check_folds(
     if best_inner < inner and more_outer:
         works.append(f"outer_folds={more_outer[0]}, inner_folds={inner}")
     raise ExpressionTableError(f"{where}{n} {noun} {problem}; use {' or '.join(works)}")
+
+
+def fit_folds(
+    n_groups: int,
+    options: TrainingSettings,
+    explicit: bool,
+    groups: str = "patients",
+    source: Any = None,
+) -> tuple[TrainingSettings, str | None]:
+    """The fold settings to train with: the defaults shrunk to fit few groups, and why.
+
+    With the default 5 × 5 folds, five sections (or patients) could not be trained on at
+    all. When the fold counts were not given (``explicit`` False) and the groups cannot
+    fill them, the largest folds that fit are used: as many outer folds as allowed (one
+    group held out each when the groups are fewer than the folds), then as many inner folds
+    as the training groups allow. Fold counts the user gave are kept, and refused by
+    :func:`check_folds` when the groups cannot fill them.
+
+    Parameters
+    ----------
+    n_groups
+        Distinct groups: patients (bulk) or sections, i.e. slides (spots).
+    options
+        The settings asked for.
+    explicit
+        Whether ``outer_folds`` or ``inner_folds`` was given by the user.
+    groups, source
+        For messages (see :func:`check_folds`).
+
+    Returns
+    -------
+    settings, note
+        The settings to use, and a sentence saying what was changed (None when nothing was).
+
+    Raises
+    ------
+    ExpressionTableError
+        Fewer than 3 groups, or explicit fold counts the groups cannot fill.
+    """
+    from dataclasses import replace
+
+    n, outer, inner = int(n_groups), options.outer_folds, options.inner_folds
+    if explicit or (outer <= n and inner <= _max_inner(n, outer)):
+        check_folds(n, options, groups, source)
+        return options, None
+    for fitted_outer in range(min(outer, n), 1, -1):
+        fitted_inner = min(inner, _max_inner(n, fitted_outer))
+        if fitted_inner >= 2:
+            break
+    else:
+        check_folds(n, options, groups, source)  # raises: too few groups for any folds
+    noun = _GROUP_NAMES.get(groups, groups)
+    each = " (one held out each)" if fitted_outer == n else ""
+    note = (
+        f"{n} {noun}: {fitted_outer} outer{each} × {fitted_inner} inner folds instead of the "
+        f"default {outer} × {inner}, which they cannot fill; give outer_folds/inner_folds "
+        "to choose others"
+    )
+    return replace(options, outer_folds=fitted_outer, inner_folds=fitted_inner), note

@@ -24,7 +24,7 @@ from ..io.tables import (
     read_manifest,
     read_spots,
 )
-from .folds import check_folds
+from .folds import fit_folds
 from .settings import TrainingSettings
 
 __all__ = [
@@ -59,6 +59,9 @@ class TrainingInputs:
         Patient id of each sample, or section label of each spot: folds hold out whole groups.
     slides
         Spots only: section label → the opened :class:`~napari_deeppt.slide.Slide`.
+    settings, folds_note
+        The training settings with folds that fit the groups (:func:`~.folds.fit_folds`),
+        and what was changed to make them fit (None when nothing was).
     """
 
     spots: bool
@@ -68,6 +71,8 @@ class TrainingInputs:
     targets: Any
     groups: np.ndarray
     slides: dict[str, Any] = field(default_factory=dict)
+    settings: TrainingSettings | None = None
+    folds_note: str | None = None
 
     def describe(self, roi_class: str | None = None) -> dict[str, Any]:
         """What the bundle's training metadata records about these samples."""
@@ -101,6 +106,7 @@ def read_inputs(
     spots: bool,
     selection: dict[str, Any],
     transform: str,
+    explicit_folds: bool = False,
 ) -> TrainingInputs:
     """Every check that needs no pixels, cheapest first: table, slides, folds, expression.
 
@@ -112,13 +118,16 @@ def read_inputs(
         Expression: a path, DataFrame or AnnData (see
         :func:`~napari_deeppt.io.tables.read_expression`).
     options
-        The fold counts the groups must fill (:func:`~.folds.check_folds`).
+        The fold counts the groups must fill (:func:`~.folds.fit_folds`).
     spots
         Whether ``manifest`` is a spot table (:func:`is_spot_table`).
     selection
         :func:`select_genes` keywords.
     transform
         One of :data:`TRANSFORMS`.
+    explicit_folds
+        Whether the user gave the fold counts (kept, or refused) rather than the defaults
+        (shrunk to fit few groups).
 
     Returns
     -------
@@ -139,12 +148,13 @@ def read_inputs(
         _require_slide_files(table, source)
         groups, slides = table["patient_id"].to_numpy(), {}
         ids, ids_name = list(table["sample_id"]), "manifest sample"
-    check_folds(len(set(groups)), options, "sections" if spots else "patients", source)
+    noun = "sections" if spots else "patients"
+    settings, note = fit_folds(len(set(groups)), options, explicit_folds, noun, source)
     expr = read_expression(expression, ids, ids_name)
     chosen = select_genes(expr, **selection)
     values = apply_transform(expr[chosen].to_numpy(), transform, describe_source(expression))
     targets = torch.tensor(values, dtype=torch.float32)
-    return TrainingInputs(spots, table, ids, chosen, targets, groups, slides)
+    return TrainingInputs(spots, table, ids, chosen, targets, groups, slides, settings, note)
 
 
 def select_genes(

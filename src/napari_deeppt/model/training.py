@@ -20,6 +20,7 @@ bundle and its tables are written together.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,13 +144,19 @@ def train(
     out, options, spots = Path(out), TrainingSettings(**settings), is_spot_table(manifest)
     refuse_existing(_outputs(out, spots), overwrite)  # before any work
     selection = {"genes": genes, "min_mean": min_mean, "top_n": top_n, "rank_by": rank_by}
-    inputs = read_inputs(manifest, expression, options, spots, selection, transform)
+    explicit = bool({"outer_folds", "inner_folds"} & settings.keys())
+    inputs = read_inputs(manifest, expression, options, spots, selection, transform, explicit)
+    options = inputs.settings or options
+    if inputs.folds_note:
+        warnings.warn(inputs.folds_note, stacklevel=2)
     tiles = TileSettings(tile_px or (224 if spots else 512), tile_mpp, min_tissue, roi_class)
     extract = _feature_options(extractor, weights, device, stain, cache_dir, options.seed)
     features, first = sample_features(inputs, tiles, extract, progress, cancel)
     cv = cross_validate(
         features, inputs.targets, inputs.groups, inputs.genes, options, progress, cancel, spots
     )
+    if inputs.folds_note:
+        cv.summary["folds_note"] = inputs.folds_note
     record = {
         "expression": describe_source(expression),
         "selection": selection,
