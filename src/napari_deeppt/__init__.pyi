@@ -18,6 +18,7 @@ from .prediction import Prediction, predict
 from .progress import CancelToken
 from .response import read_partners, response_scores, tile_response
 from .slide import Slide, open_slide
+from .spatial import SpatialData, read_hest, read_legacy_st, read_visium
 from .stain import DEEPPT_TARGET, fit_macenko_target, macenko_normalize, reinhard_normalize
 from .testing import SyntheticSlide, write_synthetic_slide
 from .tiles import TileGrid, detect_and_tile, make_tile_grid

@@ -1,4 +1,5 @@
-"""``deeppt train``: a DeepPT model bundle from slides with matched expression."""
+"""``deeppt train``: a DeepPT model bundle from slides with matched expression, or from
+spatial transcriptomics sections (``--visium``, ``--hest``, ``--legacy-st``)."""
 
 from __future__ import annotations
 
@@ -37,15 +38,25 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a DeepPT model bundle",
-        description="Train on slides with matched expression; writes the "
-        "bundle, <out>.genes.csv (per-gene held-out R, p, Holm–Šidák) and "
-        "<out>.heldout.csv.",
+        description="Train on slides with matched expression (MANIFEST EXPRESSION), or on "
+        "spots (a spot table and its counts, or spatial transcriptomics sections read with "
+        "--visium/--hest/--legacy-st); writes the bundle, <out>.genes.csv (per-gene held-out "
+        "R, p, Holm–Šidák) and <out>.heldout.csv.",
     )
-    parser.add_argument("manifest", help="CSV: slide, sample_id, patient_id")
-    parser.add_argument("expression", help="CSV/TSV (either orientation) or .h5ad")
+    parser.add_argument(
+        "manifest",
+        nargs="?",
+        metavar="MANIFEST",
+        help="CSV: slide, sample_id, patient_id (or a spot table: slide, x, y, spot_id)",
+    )
+    parser.add_argument(
+        "expression", nargs="?", metavar="EXPRESSION", help="CSV/TSV (either orientation) or .h5ad"
+    )
+    _add_section_options(parser)
     add_out_option(parser, help="bundle file to write (.deeppt)")
     add_feature_options(parser)
     add_tile_options(parser)
+    _spot_aware_tile_px(parser)
     add_manifest_roi_class(parser)
     _add_gene_options(parser)
     for name, text in _SETTINGS.items():
@@ -53,6 +64,121 @@ def add_parser(subparsers: Any) -> None:
         add_field_option(parser, flag, TrainingSettings, name, f"{text} (%(default)s)")
     add_overwrite_quiet(parser)
     parser.set_defaults(func=cmd_train)
+
+
+def _spot_aware_tile_px(parser: argparse.ArgumentParser) -> None:
+    """``--tile-px`` defaults to train()'s own None (512 px for slides, 224 for spots), not
+    to the tile grid's 512 (tests/test_spatial_readers.py holds it equal to train()'s)."""
+    for action in parser._actions:
+        if action.dest == "tile_px":
+            action.default = None
+            action.help = "tile side in px (512 for slides, 224 for spots)"
+
+
+def _add_section_options(parser: argparse.ArgumentParser) -> None:
+    """``--visium``, ``--hest``, ``--legacy-st`` (repeatable) and the ``--image`` of each."""
+    group = parser.add_argument_group(
+        "spatial transcriptomics sections (instead of MANIFEST EXPRESSION)",
+        "Repeat a flag for several sections; each --image belongs to the section flag just "
+        "before it. With several sections, spot ids are prefixed with the section's name.",
+    )
+    common = {"action": _InOrder, "dest": "sections", "default": []}
+    group.add_argument("--visium", metavar="DIR", help="Space Ranger output folder", **common)
+    group.add_argument(
+        "--hest", metavar="H5AD", help="HEST-1k sample (.h5ad; its .tif found beside)", **common
+    )
+    group.add_argument(
+        "--legacy-st",
+        nargs=2,
+        metavar=("COUNTS", "SPOTS"),
+        help="legacy ST counts TSV (XxY spot ids) and spot-selection TSV",
+        **common,
+    )
+    group.add_argument(
+        "--image",
+        metavar="TIF",
+        help="full-resolution image of the section flag before it (optional for --hest)",
+        **common,
+    )
+
+
+class _InOrder(argparse.Action):
+    """Keeps the section flags and their ``--image`` in the order given: (flag, values)."""
+
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        given = [*getattr(namespace, self.dest), (option, values)]
+        setattr(namespace, self.dest, given)
+
+
+def _sections(args: argparse.Namespace) -> list[tuple[str, list[str], str | None]]:
+    """The sections given as (flag, paths, image), misuse refused in one line."""
+    sections: list[tuple[str, list[str], str | None]] = []
+    for flag, values in args.sections:
+        if flag != "--image":
+            sections.append((flag, values if isinstance(values, list) else [values], None))
+        elif not sections:
+            raise ValueError(
+                f"--image {values} comes before any --visium/--hest/--legacy-st; give each "
+                "--image right after the section it belongs to"
+            )
+        elif sections[-1][2] is not None:
+            flag, paths, image = sections[-1]
+            raise ValueError(
+                f"--image {values}: {flag} {' '.join(paths)} already has --image {image}; give "
+                "one --image right after each section"
+            )
+        else:
+            sections[-1] = (*sections[-1][:2], values)
+    positional = [a for a in (args.manifest, args.expression) if a is not None]
+    if sections and positional:
+        raise ValueError(
+            "give either MANIFEST EXPRESSION or --visium/--hest/--legacy-st sections, not both"
+        )
+    if not sections and len(positional) < 2:
+        raise ValueError(
+            "give MANIFEST EXPRESSION (a manifest or spot table and its expression table), or "
+            "sections with --visium DIR --image TIF, --hest H5AD or --legacy-st COUNTS SPOTS "
+            "--image TIF"
+        )
+    for flag, paths, image in sections:
+        if image is None and flag != "--hest":
+            raise ValueError(f"{flag} {' '.join(paths)}: give its full-resolution --image after it")
+    return sections
+
+
+def _read_sections(sections: list[tuple[str, list[str], str | None]]) -> Any:
+    """Each section read (named after its folder or file when there are several), as one."""
+    from ..spatial import SpatialData, read_hest, read_legacy_st, read_visium
+
+    names = [_section_name(flag, paths) for flag, paths, _ in sections]
+    names = [n if names.count(n) == 1 else f"{n}-{i + 1}" for i, n in enumerate(names)]
+    parts = []
+    for (flag, paths, image), name in zip(sections, names, strict=True):
+        sample = name if len(sections) > 1 else None
+        if flag == "--visium":
+            part = read_visium(paths[0], image, sample=sample)
+        elif flag == "--hest":
+            part = read_hest(paths[0], image, sample=sample)
+        else:
+            part = read_legacy_st(paths[0], paths[1], image, sample=sample)
+        print(f"read {part.source}: {len(part.spots)} spots, {part.counts.shape[1]} genes")
+        parts.append(part)
+    data = SpatialData.concat(parts)
+    if len(parts) > 1:
+        print(f"{len(parts)} sections ({', '.join(names)}): {data.counts.shape[1]} shared genes")
+    return data
+
+
+def _section_name(flag: str, paths: list[str]) -> str:
+    """A section's name: the Space Ranger sample folder (above ``outs``) or the file stem."""
+    from pathlib import Path
+
+    path = Path(paths[0]).expanduser().resolve()
+    if flag == "--visium":
+        return path.parent.name if path.name == "outs" else path.name
+    return path.stem
 
 
 def _add_gene_options(parser: argparse.ArgumentParser) -> None:
@@ -85,11 +211,20 @@ def _genes(args: argparse.Namespace) -> list[str] | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the bundle and print the held-out summary and the files written."""
+    sections = _sections(args)
+    if not sections:
+        return _train(args, args.manifest, args.expression)
+    data = _read_sections(sections)
+    return _train(args, data.spots, data.counts)
+
+
+def _train(args: argparse.Namespace, manifest: Any, expression: Any) -> int:
+    """Train on a manifest or spot table and its expression; print what was made."""
     from ..model.training import train  # torch: only when training
 
     result = train(
-        args.manifest,
-        args.expression,
+        manifest,
+        expression,
         args.out,
         tile_px=args.tile_px,
         tile_mpp=args.tile_mpp,
