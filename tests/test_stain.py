@@ -161,8 +161,9 @@ def test_stain_methods_accept_their_values():
 def test_preview_mosaic_sets_raw_over_normalised_tiles_apart(svs_slide):
     """Each tile sits in its own cell (white gaps between cells), raw above normalised."""
     from napari_deeppt import detect_and_tile, open_slide
+    from napari_deeppt.features.preprocess import preview_mosaic
     from napari_deeppt.slide import resize_rgb
-    from napari_deeppt.stain import normalise, preview_mosaic
+    from napari_deeppt.stain import normalise
 
     slide = open_slide(svs_slide.path)
     _, grid = detect_and_tile(slide, tile_px=128, mpp=0.5)

@@ -231,6 +231,16 @@ def grid_misfit(grid: Any, bundle: Any) -> str | None:
     )
 
 
+def _fitting(grid: Any, model: Any, slide: Any) -> Any:
+    """``grid`` when it is None or has the model's tiles; else the one-line refusal."""
+    if grid is not None and (misfit := grid_misfit(grid, model)) is not None:
+        raise BundleMismatchError(
+            f"{slide.path}: {misfit}; cut tiles of the model's size, or leave grid=None and "
+            "predict() cuts them"
+        )
+    return grid
+
+
 def _check_weights_file(feature: dict[str, Any], weights: Any, bundle_path: str) -> None:
     """Refuse a weights file that is not the one the bundle's features came from, up front."""
     import os
@@ -349,12 +359,7 @@ def predict(
     if weights is None and feature.get("weights_hash") == "random-0":
         weights = "random"
     _check_weights_file(feature, weights, bundle_path)
-    grid_given = grid
-    if grid is not None and (misfit := grid_misfit(grid, model)) is not None:
-        raise BundleMismatchError(
-            f"{slide.path}: {misfit}; cut tiles of the model's size, or leave grid=None and "
-            "predict() cuts them"
-        )
+    grid_given = _fitting(grid, model, slide)
     if grid is None:
         _, grid = detect_and_tile(
             slide,

@@ -37,7 +37,6 @@ __all__ = [
     "macenko_normalize",
     "macenko_transforms",
     "normalise",
-    "preview_mosaic",
     "reinhard_normalize",
 ]
 
@@ -458,61 +457,3 @@ def normalise(
     if chosen is StainMethod.MACENKO:
         return macenko_normalize(tiles, target, **kwargs)
     return reinhard_normalize(tiles, target, **kwargs)
-
-
-def preview_mosaic(
-    slide: Any,
-    grid: Any,
-    n: int = 8,
-    method: StainMethod | str = "macenko",
-    seed: int = 0,
-    thumb_px: int = 256,
-    *,
-    gap_px: int = 0,
-    progress: Any = None,
-    cancel: Any = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` random kept tiles, raw (top row) over normalised (bottom row).
-
-    Parameters
-    ----------
-    slide, grid
-        The slide and its tile grid.
-    n, method, seed
-        How many tiles (at most), the normalisation, and the seed that picks the tiles.
-    thumb_px
-        Side of each tile in the mosaic.
-    gap_px
-        White gap between neighbouring tiles and between the two rows.
-    progress, cancel
-        Progress report per tile read, and a cancel token (see :mod:`napari_deeppt.progress`).
-
-    Returns
-    -------
-    mosaic, chosen
-        The mosaic ``(2·thumb_px + gap_px, n·thumb_px + (n - 1)·gap_px, 3)`` uint8 and the
-        tiles' grid indices.
-    """
-    from .progress import check_cancelled, make_progress
-    from .slide import resize_rgb
-
-    if len(grid) == 0:
-        raise DeepPTError("the tile grid is empty: nothing to preview")
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(grid), size=min(n, len(grid)), replace=False))
-    tiles = []
-    with make_progress(progress, len(chosen), "reading tiles") as bar:
-        for index in chosen:
-            check_cancelled(cancel, "the preview")
-            tiles.append(grid.read_tile(slide, int(index)))
-            bar.update()
-    raw = np.stack(tiles)
-    normalised = normalise(raw, method)
-    side = thumb_px + gap_px
-    mosaic = np.full((2 * side - gap_px, len(chosen) * side - gap_px, 3), 255, np.uint8)
-    for row, batch in enumerate((raw, normalised)):
-        for column, tile in enumerate(batch):
-            mosaic[row * side : row * side + thumb_px, column * side : column * side + thumb_px] = (
-                resize_rgb(tile, thumb_px, thumb_px)
-            )
-    return mosaic, chosen

@@ -44,34 +44,12 @@ class PredictWidget(JobWidget):
     """Predict with a ``.deeppt`` bundle; pick a gene (type to search) to show its map."""
 
     def __init__(self, napari_viewer: Any) -> None:
-
         super().__init__(napari_viewer, "Predict expression")
         self.prediction: Any = None
         self._slide_name = ""
         self.slide_layer = slide_picker()
         self.roi_layer = self._regions_picker()
-        self.bundle = FileEdit(
-            label="model bundle",
-            mode="r",
-            filter="*.deeppt",
-            tooltip="a .deeppt file written by 'deeppt train' (or 'deeppt demo'): the trained "
-            "model with its genes, tile size and feature extractor",
-        )
-        self.model_tiles = StatusLine(label="model", value="choose a bundle")
-        self.tiles_layer = ComboBox(
-            label="tiles",
-            choices=self._tile_choices,
-            tooltip="where the map's values come from: the model's own tiles, cut now inside "
-            "the tissue at the model's tile size, or tiles cut in 'Tissue & tiles' (only "
-            "tiles of the model's size and resolution are accepted)",
-        )
-        self.weights = FileEdit(
-            label="extractor weights",
-            mode="r",
-            filter="*.pth *.pt *.safetensors",
-            tooltip="the feature extractor's weights file, when torchvision's cache does not "
-            "hold it; it must be the file the model was trained with (checked by hash)",
-        )
+        self._model_fields()
         self.device = choice_widget(FeatureParams, "device", "device", Device)
         # choices come from a callable: napari calls reset_choices() on docked widgets
         # whenever layers change, which must not forget the predicted genes
@@ -130,6 +108,31 @@ class PredictWidget(JobWidget):
         self.export_csv_button.changed.connect(lambda: self._export("csv"))
         self.export_h5ad_button.changed.connect(lambda: self._export("h5ad"))
         self.export_geojson_button.changed.connect(lambda: self._export("geojson"))
+
+    def _model_fields(self) -> None:
+        """The bundle, what it was trained on, the tiles to predict on and the weights."""
+        self.bundle = FileEdit(
+            label="model bundle",
+            mode="r",
+            filter="*.deeppt",
+            tooltip="a .deeppt file written by 'deeppt train' (or 'deeppt demo'): the trained "
+            "model with its genes, tile size and feature extractor",
+        )
+        self.model_tiles = StatusLine(label="model", value="choose a bundle")
+        self.tiles_layer = ComboBox(
+            label="tiles",
+            choices=self._tile_choices,
+            tooltip="where the map's values come from: the model's own tiles, cut now inside "
+            "the tissue at the model's tile size, or tiles cut in 'Tissue & tiles' (only "
+            "tiles of the model's size and resolution are accepted)",
+        )
+        self.weights = FileEdit(
+            label="extractor weights",
+            mode="r",
+            filter="*.pth *.pt *.safetensors",
+            tooltip="the feature extractor's weights file, when torchvision's cache does not "
+            "hold it; it must be the file the model was trained with (checked by hash)",
+        )
 
     def _tile_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         """The model's own tiles first, then the tiles layers made by 'Tissue & tiles'."""

@@ -339,7 +339,7 @@ class TissueTilesWidget(JobWidget):
     def preview(self) -> Job | None:
         """Raw (top) and normalised (bottom) tiles in a window of their own, so the canvas
         stays in µm (see :mod:`~napari_deeppt._napari.stain_preview`)."""
-        from ..stain import preview_mosaic
+        from ..features.preprocess import preview_mosaic
         from .stain_preview import StainPreviewWindow
 
         if self._last is None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..errors import DeepPTError
 from ..stain import (
     DEEPPT_TARGET,
@@ -19,7 +21,7 @@ from ..stain import (
     StainMethod,
 )
 
-__all__ = ["RESIZE", "preprocess_batch", "resize_uint8", "stain_config"]
+__all__ = ["RESIZE", "preprocess_batch", "preview_mosaic", "resize_uint8", "stain_config"]
 
 #: How tiles are resized to the model's input (recorded in the feature cache key).
 RESIZE = "bilinear-antialias"
@@ -122,3 +124,62 @@ def preprocess_batch(batch: Any, spec: Any, stain: dict[str, Any]) -> Any:
     mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def preview_mosaic(
+    slide: Any,
+    grid: Any,
+    n: int = 8,
+    method: StainMethod | str = "macenko",
+    seed: int = 0,
+    thumb_px: int = 256,
+    *,
+    gap_px: int = 0,
+    progress: Any = None,
+    cancel: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random kept tiles, raw (top row) over normalised (bottom row).
+
+    Parameters
+    ----------
+    slide, grid
+        The slide and its tile grid.
+    n, method, seed
+        How many tiles (at most), the normalisation, and the seed that picks the tiles.
+    thumb_px
+        Side of each tile in the mosaic.
+    gap_px
+        White gap between neighbouring tiles and between the two rows.
+    progress, cancel
+        Progress report per tile read, and a cancel token (see :mod:`napari_deeppt.progress`).
+
+    Returns
+    -------
+    mosaic, chosen
+        The mosaic ``(2·thumb_px + gap_px, n·thumb_px + (n - 1)·gap_px, 3)`` uint8 and the
+        tiles' grid indices.
+    """
+    from ..progress import check_cancelled, make_progress
+    from ..slide import resize_rgb
+    from ..stain import normalise
+
+    if len(grid) == 0:
+        raise DeepPTError("the tile grid is empty: nothing to preview")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(grid), size=min(n, len(grid)), replace=False))
+    tiles = []
+    with make_progress(progress, len(chosen), "reading tiles") as bar:
+        for index in chosen:
+            check_cancelled(cancel, "the preview")
+            tiles.append(grid.read_tile(slide, int(index)))
+            bar.update()
+    raw = np.stack(tiles)
+    normalised = normalise(raw, method)
+    side = thumb_px + gap_px
+    mosaic = np.full((2 * side - gap_px, len(chosen) * side - gap_px, 3), 255, np.uint8)
+    for row, batch in enumerate((raw, normalised)):
+        for column, tile in enumerate(batch):
+            mosaic[row * side : row * side + thumb_px, column * side : column * side + thumb_px] = (
+                resize_rgb(tile, thumb_px, thumb_px)
+            )
+    return mosaic, chosen
