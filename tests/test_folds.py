@@ -53,3 +53,45 @@ def test_folds_the_user_gave_are_kept_or_refused_never_changed():
 def test_too_few_groups_for_any_folds_are_refused():
     with pytest.raises(ExpressionTableError, match="at least 3 patients"):
         fit_folds(2, TrainingSettings(), explicit=False)
+
+
+def test_the_command_line_leaves_fold_counts_to_train_unless_given(monkeypatch, tmp_path, capsys):
+    """`deeppt train` without --outer-folds lets train() fit the default folds; a value given
+    is passed on (kept or refused)."""
+    import napari_deeppt.model.training as training
+    from napari_deeppt.cli import main
+
+    seen = []
+
+    def fake_train(*args, **kwargs):
+        seen.append(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(training, "train", fake_train)  # the command imports it when run
+    (tmp_path / "m.csv").write_text("slide,sample_id,patient_id\n")
+    (tmp_path / "e.csv").write_text("gene\n")
+    for extra in ([], ["--outer-folds", "5"]):
+        try:
+            main(
+                [
+                    "train",
+                    str(tmp_path / "m.csv"),
+                    str(tmp_path / "e.csv"),
+                    "--out",
+                    str(tmp_path / "x.deeppt"),
+                    *extra,
+                ]
+            )
+        except SystemExit:
+            pass
+    assert "outer_folds" not in seen[0] and "inner_folds" not in seen[0]
+    assert seen[1]["outer_folds"] == 5 and "inner_folds" not in seen[1]
+    assert "fewer when the patients or sections cannot fill them" in _help(main, capsys)
+
+
+def _help(main, capsys):
+    try:
+        main(["train", "--help"])
+    except SystemExit:
+        pass
+    return " ".join(capsys.readouterr().out.split())

@@ -11,6 +11,7 @@ from .errors import (
     SlideNotFoundError,
     SlideReadError,
 )
+from .evaluation import evaluate, predict_spots
 from .features import FeatureSet, extract_features, load_extractor
 from .model.bundle import ModelBundle
 from .model.training import TrainingResult, train

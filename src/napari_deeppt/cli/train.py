@@ -8,6 +8,7 @@ from typing import Any
 
 from ..model.inputs import TRANSFORMS, select_genes
 from ..model.settings import TrainingSettings
+from ..params import field_default
 from .common import (
     add_feature_options,
     add_field_option,
@@ -31,6 +32,10 @@ _SETTINGS = {
     "batch_slides": "samples per regressor batch",
     "seed": "seeds the folds, the initialisation and the batch order",
 }
+
+
+#: Fold counts: passed to train() only when given (see model.folds.fit_folds).
+_FOLDS = ("outer_folds", "inner_folds")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -61,7 +66,12 @@ def add_parser(subparsers: Any) -> None:
     _add_gene_options(parser)
     for name, text in _SETTINGS.items():
         flag = "--" + name.replace("_", "-")
-        add_field_option(parser, flag, TrainingSettings, name, f"{text} (%(default)s)")
+        if name in _FOLDS:  # not given: train() fits the default to few patients or sections
+            default = field_default(TrainingSettings, name)
+            text = f"{text} ({default}, fewer when the patients or sections cannot fill them)"
+            add_field_option(parser, flag, TrainingSettings, name, text, default=None)
+        else:
+            add_field_option(parser, flag, TrainingSettings, name, f"{text} (%(default)s)")
     add_overwrite_quiet(parser)
     parser.set_defaults(func=cmd_train)
 
@@ -238,7 +248,7 @@ def _train(args: argparse.Namespace, manifest: Any, expression: Any) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         **feature_keywords(args),
-        **{name: getattr(args, name) for name in _SETTINGS},
+        **{name: getattr(args, name) for name in _SETTINGS if getattr(args, name) is not None},
     )
     s = result.summary
     scope = s.get("r_scope", "pooled")

@@ -9,6 +9,7 @@ refused without pixels is refused here, cheapest first.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "TrainingInputs",
     "apply_transform",
     "is_spot_table",
+    "open_spot_slides",
     "read_inputs",
     "select_genes",
 ]
@@ -106,7 +108,7 @@ def read_inputs(
     spots: bool,
     selection: dict[str, Any],
     transform: str,
-    explicit_folds: bool = False,
+    asked: Any = (),
 ) -> TrainingInputs:
     """Every check that needs no pixels, cheapest first: table, slides, folds, expression.
 
@@ -125,9 +127,9 @@ def read_inputs(
         :func:`select_genes` keywords.
     transform
         One of :data:`TRANSFORMS`.
-    explicit_folds
-        Whether the user gave the fold counts (kept, or refused) rather than the defaults
-        (shrunk to fit few groups).
+    asked
+        The names of the settings the user gave: fold counts given are kept (or refused),
+        default ones shrink to fit few groups.
 
     Returns
     -------
@@ -140,7 +142,7 @@ def read_inputs(
     if spots:
         source = "the spot table" if given else manifest
         table = check_spot_table(manifest, source) if given else read_spots(manifest)
-        groups, slides = _open_spot_slides(table, source)
+        groups, slides = open_spot_slides(table, source)
         ids, ids_name = list(table["spot_id"]), "spot"
     else:
         source = "the manifest" if given else manifest
@@ -149,7 +151,10 @@ def read_inputs(
         groups, slides = table["patient_id"].to_numpy(), {}
         ids, ids_name = list(table["sample_id"]), "manifest sample"
     noun = "sections" if spots else "patients"
-    settings, note = fit_folds(len(set(groups)), options, explicit_folds, noun, source)
+    explicit = bool({"outer_folds", "inner_folds"} & set(asked))
+    settings, note = fit_folds(len(set(groups)), options, explicit, noun, source)
+    if note:
+        warnings.warn(note, stacklevel=3)
     expr = read_expression(expression, ids, ids_name)
     chosen = select_genes(expr, **selection)
     values = apply_transform(expr[chosen].to_numpy(), transform, describe_source(expression))
@@ -264,7 +269,7 @@ def _section_labels(keys: list[str]) -> dict[str, str]:
     return {k: (stem if unique else k) for k, stem in zip(keys, stems, strict=True)}
 
 
-def _open_spot_slides(table: Any, source: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def open_spot_slides(table: Any, source: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """Open each slide of a spot table once; refuse slides without a pixel size and spots
     whose centre is off their slide, before any feature work.
 

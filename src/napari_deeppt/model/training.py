@@ -20,7 +20,6 @@ bundle and its tables are written together.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +74,7 @@ class TrainingResult:
 
 def train(
     manifest: str | Path | Any,
-    expression: str | Path,
+    expression: Any,
     out: str | Path,
     *,
     extractor: str = FeatureParams.extractor,
@@ -110,24 +109,22 @@ def train(
         samples × genes or genes × samples; for spots, the counts (spots × genes or genes ×
         spots).
     out
-        Bundle file to write (``.deeppt``); ``<out>.genes.csv`` and ``<out>.heldout.csv``
-        (and for spots ``<out>.sections.csv``, genes × sections R) are written beside it.
-        Never overwritten unless ``overwrite``.
+        Bundle file to write (``.deeppt``), with ``<out>.genes.csv``, ``<out>.heldout.csv``
+        (and ``<out>.sections.csv`` for spots) beside it; never overwritten unless ``overwrite``.
     extractor, weights, tile_px, tile_mpp, min_tissue, stain, device, cache_dir
         Feature settings (see :func:`~napari_deeppt.features.extract_features`); ``tile_px``
         defaults to 512 (DeepPT) for slides and 224 for spots (112 µm at 0.5 µm/px).
     roi_class
-        With a ``roi`` column in the manifest: only its regions of this class (``"Tumor"``).
+        With a ``roi`` column in the manifest, only its regions of this class (``"Tumor"``).
     transform
         ``"log2p1"`` (log2(x + 1), default) or ``"none"``; stored in the bundle.
     genes, min_mean, top_n, rank_by
         Gene selection: an explicit list, or a minimum mean then the top N by variance/mean.
-    demo
-        Mark the bundle as a demo model (synthetic data).
-    progress, cancel
-        See :mod:`napari_deeppt.progress`.
+    demo, progress, cancel
+        Mark the bundle as a demo model (synthetic data); see :mod:`napari_deeppt.progress`.
     **settings
-        :class:`~.settings.TrainingSettings` fields (``outer_folds``, ``lr``, ``seed``, …).
+        :class:`~.settings.TrainingSettings` fields (``outer_folds``, ``lr``, ``seed``, …);
+        default fold counts shrink to fit few groups (:func:`~.folds.fit_folds`).
 
     Returns
     -------
@@ -137,32 +134,22 @@ def train(
     Raises
     ------
     DeepPTError
-        Before any feature work, for inputs that cannot give a right answer: unreadable or
-        unmatched tables, missing slides, spots off their slide, fold settings the
-        patients or sections cannot fill (:func:`~.folds.check_folds`).
+        Before any feature work, for inputs that cannot give a right answer (tables,
+        slides, spots off their slide, fold counts the groups cannot fill).
     """
     out, options, spots = Path(out), TrainingSettings(**settings), is_spot_table(manifest)
     refuse_existing(_outputs(out, spots), overwrite)  # before any work
     selection = {"genes": genes, "min_mean": min_mean, "top_n": top_n, "rank_by": rank_by}
-    explicit = bool({"outer_folds", "inner_folds"} & settings.keys())
-    inputs = read_inputs(manifest, expression, options, spots, selection, transform, explicit)
-    options = inputs.settings or options
-    if inputs.folds_note:
-        warnings.warn(inputs.folds_note, stacklevel=2)
+    inputs = read_inputs(manifest, expression, options, spots, selection, transform, settings)
+    options = inputs.settings or options  # folds that fit the groups
     tiles = TileSettings(tile_px or (224 if spots else 512), tile_mpp, min_tissue, roi_class)
     extract = _feature_options(extractor, weights, device, stain, cache_dir, options.seed)
     features, first = sample_features(inputs, tiles, extract, progress, cancel)
     cv = cross_validate(
         features, inputs.targets, inputs.groups, inputs.genes, options, progress, cancel, spots
     )
-    if inputs.folds_note:
-        cv.summary["folds_note"] = inputs.folds_note
-    record = {
-        "expression": describe_source(expression),
-        "selection": selection,
-        "transform": transform,
-    }
-    bundle = _bundle(inputs, tiles, extractor, first, cv, options, record, demo)
+    record = {"expression": describe_source(expression), "selection": selection}
+    bundle = _bundle(inputs, tiles, extractor, first, cv, options, record, transform, demo)
     return _write_outputs(out, bundle, inputs, cv, overwrite)
 
 
@@ -189,13 +176,18 @@ def _bundle(
     cv: CrossValidation,
     options: TrainingSettings,
     record: dict[str, Any],
+    transform: str,
     demo: bool,
 ) -> Any:
     """The bundle: the final model, what its features must be and how it was trained.
 
-    ``record`` holds the ``expression`` path, the gene ``selection`` and the ``transform``.
+    ``record`` holds what the ``expression`` was and the gene ``selection``.
+    Folds changed to fit the groups are said in the summary (``folds_note``).
     """
     from .bundle import ModelBundle
+
+    if inputs.folds_note:
+        cv.summary["folds_note"] = inputs.folds_note
 
     selection = record["selection"]
     feature = {
@@ -217,7 +209,7 @@ def _bundle(
     }
     return ModelBundle(
         genes=inputs.genes,
-        transform=record["transform"],
+        transform=transform,
         feature=feature,
         autoencoder={k: v.detach().clone() for k, v in cv.autoencoder.state_dict().items()},
         ensemble=cv.states,
