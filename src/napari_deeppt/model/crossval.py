@@ -39,13 +39,37 @@ def _fit_autoencoder(tiles: Any, settings: TrainingSettings, seed: int, cancel: 
     return model.eval()
 
 
-def _slide_predictions(model: Any, latents: list[Any], indices: np.ndarray) -> Any:
+class Latents(NamedTuple):
+    """Every sample's latent tiles, and the mean latent of each sample.
+
+    The regressor is affine in evaluation (Linear, Dropout off, Linear), so a sample's mean
+    tile prediction is the prediction of its mean latent tile: validation and held-out
+    predictions are one forward pass over ``means`` rather than one per sample
+    (``tests/test_training_speed.py`` holds the two equal).
+    """
+
+    tiles: list[Any]
+    means: Any  # (n_samples, latent_dim)
+    single: bool  # one tile per sample (spots): a batch is a row selection
+
+
+def _slide_predictions(model: Any, latents: Latents, indices: np.ndarray) -> Any:
     with torch.no_grad():
-        return torch.stack([model(latents[i]).mean(dim=0) for i in indices])
+        return model(latents.means[torch.as_tensor(indices)])
+
+
+def _batch_tiles(latents: Latents, batch: np.ndarray) -> tuple[Any, Any, Any]:
+    """The batch's tiles, the sample of each tile, and each sample's tile count."""
+    if latents.single:
+        rows = torch.as_tensor(batch)
+        return latents.means[rows], torch.arange(len(batch)), torch.ones(len(batch))
+    counts = torch.tensor([latents.tiles[i].shape[0] for i in batch])
+    x = torch.cat([latents.tiles[i] for i in batch])
+    return x, torch.repeat_interleave(torch.arange(len(batch)), counts), counts
 
 
 def _fit_regressor(
-    latents: list[Any],
+    latents: Latents,
     targets: Any,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
@@ -60,7 +84,7 @@ def _fit_regressor(
     model = MLPRegression(
         targets.shape[1], in_dim=settings.latent_dim, output_bias=targets[train_idx].mean(dim=0)
     )
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, foreach=True)
     truth_val = targets[val_idx].numpy()
     best_r, best_state, best_epoch, waited = -np.inf, None, 0, 0
     for epoch in range(settings.max_epochs):
@@ -69,12 +93,12 @@ def _fit_regressor(
         order = rng.permutation(train_idx)
         for start in range(0, len(order), settings.batch_slides):
             batch = order[start : start + settings.batch_slides]
-            counts = torch.tensor([latents[i].shape[0] for i in batch])
-            x = torch.cat([latents[i] for i in batch])
-            segment = torch.repeat_interleave(torch.arange(len(batch)), counts)
+            x, segment, counts = _batch_tiles(latents, batch)
             tile_pred = model(x)
             slide_pred = (
-                torch.zeros(len(batch), tile_pred.shape[1]).index_add_(0, segment, tile_pred)
+                tile_pred
+                if latents.single
+                else torch.zeros(len(batch), tile_pred.shape[1]).index_add_(0, segment, tile_pred)
                 / counts[:, None]
             )
             loss = torch.nn.functional.mse_loss(slide_pred, targets[batch])
@@ -101,7 +125,7 @@ def _fit_regressor(
 
 
 def _ensemble(
-    latents: list[Any],
+    latents: Latents,
     targets: Any,
     pool: np.ndarray,
     groups: np.ndarray,
@@ -132,13 +156,25 @@ def _ensemble(
     return states
 
 
-def _encode(autoencoder: Any, features: list[Any]) -> list[Any]:
+def _encode(autoencoder: Any, features: list[Any], chunk_tiles: int = 65536) -> Latents:
+    """Every sample's latent tiles and their means, encoded in chunks of samples."""
+    tiles: list[Any] = []
     with torch.no_grad():
-        return [autoencoder.encode(f) for f in features]
+        start = 0
+        while start < len(features):
+            stop, size = start, 0
+            while stop < len(features) and (size == 0 or size + len(features[stop]) <= chunk_tiles):
+                size += len(features[stop])
+                stop += 1
+            encoded = autoencoder.encode(torch.cat(features[start:stop]))
+            tiles.extend(encoded.split([len(f) for f in features[start:stop]]))
+            start = stop
+    means = torch.stack([t.mean(dim=0) for t in tiles])
+    return Latents(tiles, means, all(len(t) == 1 for t in tiles))
 
 
 def _ensemble_predict(
-    states: list[dict], latents: list[Any], indices: np.ndarray, n_genes: int, latent_dim: int
+    states: list[dict], latents: Latents, indices: np.ndarray, n_genes: int, latent_dim: int
 ) -> np.ndarray:
     preds = []
     for state in states:
@@ -233,7 +269,7 @@ def _fit_fold(
     options: TrainingSettings,
     cancel: CancelLike,
     within: bool,
-) -> tuple[Any, list[Any], list[dict]]:
+) -> tuple[Any, Latents, list[dict]]:
     """The autoencoder (fitted on ``train_idx`` only), every sample's latents, the ensemble."""
     autoencoder_seed, ensemble_seed = seeds
     tiles = torch.cat([features[i] for i in train_idx])

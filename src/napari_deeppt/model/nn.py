@@ -43,6 +43,10 @@ class AutoEncoder(nn.Module):
 class MLPRegression(nn.Module):
     """DeepPT's regressor: Linear(512→512), Dropout(0.2), Linear(512→n_genes).
 
+    It has no non-linearity, so in evaluation it is affine: the mean of a slide's tile
+    predictions is the prediction of its mean tile, which cross-validation uses to score
+    validation samples in one pass (adding an activation would need that path changed).
+
     Parameters
     ----------
     n_genes
