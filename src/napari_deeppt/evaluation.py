@@ -4,7 +4,8 @@
 spot training does); :func:`evaluate` compares a model's predictions with measured
 expression on data it was not trained on — per section for spots (within-section R,
 averaged), pooled over slides for bulk — with DeepPT's per-gene Pearson R, p values and
-Holm–Šidák significance.
+Holm–Šidák significance; :func:`measured_vs_predicted` reads a slide's predicted tile map
+at its measured spots (what napari's "Measured spots" shows).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleMismatchError
+from .errors import BundleMismatchError, ExpressionTableError
 from .progress import CancelLike, ProgressLike, check_cancelled, make_progress
 
-__all__ = ["evaluate", "predict_spots"]
+__all__ = ["evaluate", "measured_vs_predicted", "predict_spots"]
 
 
 def _spot_table(spots: Any) -> tuple[Any, Any]:
@@ -203,3 +204,66 @@ def _predict_slides(samples: Any, model: Any, options: dict[str, Any]) -> np.nda
             rows.append(predict(slide, model, progress=False, **options).slide_expression)
             bar.update()
     return np.stack([row.to_numpy(np.float64) for row in rows])
+
+
+def measured_vs_predicted(prediction: Any, measured: Any, gene: str) -> Any:
+    """A gene's measured counts at the spots of a slide against its predicted tile map.
+
+    Parameters
+    ----------
+    prediction
+        A :class:`~napari_deeppt.prediction.Prediction` of the slide.
+    measured
+        :class:`~napari_deeppt.spatial.SpatialData` (e.g. from
+        :func:`~napari_deeppt.spatial.compare.read_measured`); only its spots on the
+        prediction's slide are compared.
+    gene
+        A gene both predicted and measured.
+
+    Returns
+    -------
+    SpotComparison
+        Per spot the value of the kept tile whose square contains its centre (NaN where no
+        kept tile does), the measured log2(count + 1), and Pearson R over the covered spots
+        (see :func:`~napari_deeppt.spatial.compare.compare_at_spots`).
+
+    Raises
+    ------
+    BundleMismatchError
+        The gene is not predicted.
+    ExpressionTableError
+        No spot of ``measured`` is on the prediction's slide, or the gene is not measured
+        (the message names the predicted genes that are).
+    """
+    from .spatial.compare import compare_at_spots
+
+    column = prediction.gene_index(gene)
+    grid = prediction.grid
+    if not grid.slide_path:
+        raise ExpressionTableError("the prediction does not record its slide; predict again")
+    slide = Path(grid.slide_path).resolve()
+    spots = measured.spots
+    rows = np.flatnonzero([Path(str(s)).resolve() == slide for s in spots["slide"]])
+    if len(rows) == 0:
+        raise ExpressionTableError(
+            f"{measured.source}: no spot is on {slide.name}, the predicted slide (its spots "
+            f"are on {sorted({Path(str(s)).name for s in spots['slide']})[:3]}); compare a "
+            "slide's own spots with its prediction"
+        )
+    if gene not in measured.counts.columns:
+        both = [g for g in prediction.genes if g in measured.counts.columns]
+        hint = f"of the predicted genes it measures {both[:8]}" if both else "none is predicted"
+        raise ExpressionTableError(
+            f"{measured.source}: gene {gene!r} is not measured ({measured.counts.shape[1]} "
+            f"genes; {hint}); pick a gene both measured and predicted"
+        )
+    return compare_at_spots(
+        grid.xy,
+        grid.size_level0,
+        prediction.tile_expression[:, column],
+        spots["x"].to_numpy(float)[rows],
+        spots["y"].to_numpy(float)[rows],
+        measured.counts[gene].to_numpy()[rows],
+        gene,
+        list(spots["spot_id"].astype(str).iloc[rows]),
+    )
