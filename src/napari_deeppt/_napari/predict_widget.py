@@ -20,6 +20,7 @@ from ._jobs import Job, JobWidget, StatusLine
 from .console import slide_of
 from .fields import choice_widget, slide_picker
 from .layers import robust_limits, show_expression, show_map, signature_layer_data
+from .spots_section import MeasuredSpots
 
 __all__ = ["PredictWidget"]
 
@@ -99,6 +100,8 @@ class PredictWidget(JobWidget):
             ]
         )
         self._make_gene_box_searchable()
+        self.spots = MeasuredSpots(self)  # measured spots beside the map, with their R
+        self._fold("Measured spots", self.spots.widgets(), before=self.top_n)
         rows = self.table.native.verticalHeader().defaultSectionSize()
         self.table.native.setMinimumHeight(9 * rows)  # the dock scrolls, the table stays readable
         self.bundle.changed.connect(self._describe_bundle)
@@ -195,6 +198,7 @@ class PredictWidget(JobWidget):
     def _busy(self, busy: bool) -> None:
         super()._busy(busy)
         done = not busy and self.prediction is not None
+        self.spots.show_button.enabled = not busy
         self.export_csv_button.enabled = done
         self.export_h5ad_button.enabled = done
         self.export_geojson_button.enabled = done
@@ -289,6 +293,7 @@ class PredictWidget(JobWidget):
             f"{gene}: {self.prediction.slide_expression[gene]:.3f} {unit} "
             f"(slide mean), tiles {low:.2f}–{high:.2f}"
         )
+        self.spots.refresh()  # the measured spots follow the gene (the status then gives R)
         return layer
 
     def show_signature(self, genes: list[str] | str | None = None) -> Any:
