@@ -105,3 +105,26 @@ def test_evaluate_held_out_slides_pools_over_them(cohort, tmp_path):
     genes = list(metrics.index)
     expected = gene_metrics(predicted, np.log2(truth[genes].to_numpy() + 1), genes)
     np.testing.assert_allclose(metrics["pearson_r"], expected["pearson_r"], atol=1e-9)
+
+
+def test_evaluate_predicts_each_slide_inside_its_manifest_regions(cohort, tmp_path, monkeypatch):
+    """A manifest's roi column (the regions a model was trained on) is used for evaluation
+    too: scoring a tumour-region model on whole tissue would be a silently different number."""
+    import napari_deeppt.prediction as prediction
+    from napari_deeppt.samples import demo_bundle
+
+    manifest = pd.read_csv(cohort.manifest).iloc[:4]
+    manifest["slide"] = [str(cohort.manifest.parent / s) for s in manifest["slide"]]
+    manifest["roi"] = ["a.geojson", "", "b.geojson", ""]
+    seen = []
+    real = prediction.predict
+
+    def spy(slide, bundle, **options):
+        seen.append((options.get("roi"), options.get("roi_class")))
+        return real(slide, bundle, **{**options, "roi": None, "roi_class": None})
+
+    monkeypatch.setattr(prediction, "predict", spy)
+    evaluate(
+        manifest, cohort.expression, demo_bundle(progress=False), roi_class="Tumor", progress=False
+    )
+    assert seen == [("a.geojson", "Tumor"), (None, None), ("b.geojson", "Tumor"), (None, None)]

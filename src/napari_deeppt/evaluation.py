@@ -122,7 +122,8 @@ def evaluate(
         Significance level after Holm–Šidák correction.
     progress, cancel, **feature_options
         As for :func:`~napari_deeppt.prediction.predict` (``weights``, ``device``,
-        ``cache_dir``).
+        ``cache_dir``; for a manifest with a ``roi`` column, ``roi_class``: each slide is
+        predicted inside its regions, as training used them).
 
     Returns
     -------
@@ -197,11 +198,17 @@ def _predict_slides(samples: Any, model: Any, options: dict[str, Any]) -> np.nda
     from .prediction import predict
 
     table = samples if isinstance(samples, pd.DataFrame) else read_manifest(samples, False)
-    progress = options.pop("progress")
+    options = dict(options)
+    progress, roi_class = options.pop("progress"), options.pop("roi_class", None)
+    rois = table["roi"] if "roi" in table.columns else [None] * len(table)
     rows = []
     with make_progress(progress, len(table), "predictions per slide", unit="slide") as bar:
-        for slide in table["slide"]:
-            rows.append(predict(slide, model, progress=False, **options).slide_expression)
+        for slide, roi in zip(table["slide"], rois, strict=True):
+            roi = roi if isinstance(roi, str) and roi.strip() else None  # empty: whole tissue
+            regions = {"roi": roi, "roi_class": roi_class if roi else None}
+            rows.append(
+                predict(slide, model, progress=False, **regions, **options).slide_expression
+            )
             bar.update()
     return np.stack([row.to_numpy(np.float64) for row in rows])
 
