@@ -330,8 +330,10 @@ def test_option_defaults_are_the_cores():
     for name in ("transform", "rank_by", "tile_mpp"):
         assert getattr(trained, name) == keyword(train, name), name
     settings = TrainingSettings()
-    for name in ("max_epochs", "patience", "lr", "batch_slides"):
+    for name in ("max_epochs", "patience", "lr", "batch_slides", "ae_tiles", "regressor_tiles"):
         assert getattr(trained, name) == getattr(settings, name), name
+    every = parser.parse_args(["train", "m.csv", "e.csv", "--out", "m", "--ae-tiles", "all"])
+    assert every.ae_tiles is None and every.regressor_tiles == settings.regressor_tiles
     # fold counts not given are left to train(), which fits its defaults to the groups
     assert (trained.outer_folds, trained.inner_folds) == (None, None)
     scores = parser.parse_args(["response", "x.csv", "p.csv", "--out", "s.csv"])

@@ -55,6 +55,19 @@ def test_serial_run_reports_the_corrupt_slide(serial):
     assert (serial.out / "cohort_expression.csv").exists()
 
 
+def test_the_run_report_names_each_slides_feature_store(serial):
+    """A cohort run's report is a training manifest's ``features`` column: each ok row
+    names the store holding that slide's features (issue 13, item 1)."""
+    from napari_deeppt.features.store import open_features
+
+    report = serial.report.set_index("sample_id")
+    assert pd.isna(report.loc["BAD", "features"]) or not report.loc["BAD", "features"]
+    for sample, row in report.drop("BAD").iterrows():
+        features, provenance, _ = open_features(row["features"])
+        assert features.shape[0] == row["n_tiles"], sample
+        assert provenance["slide_path"].endswith(os.path.basename(row["slide"]))
+
+
 def test_local_cluster_equals_serial_and_resumes(manifest, bundle, serial, tmp_path):
     result = run_cohort(manifest, bundle, tmp_path, n_workers=2, progress=False)
     pd.testing.assert_frame_equal(result.expression, serial.expression, rtol=1e-6)

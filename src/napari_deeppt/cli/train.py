@@ -30,12 +30,29 @@ _SETTINGS = {
     "patience": "epochs without a better validation R before stopping",
     "lr": "Adam's learning rate",
     "batch_slides": "samples per regressor batch",
+    "ae_tiles": "tiles per sample (at most) the autoencoder fits on; 'all' for every tile",
+    "regressor_tiles": "latent tiles per sample (at most) the regressors train on; 'all'",
     "seed": "seeds the folds, the initialisation and the batch order",
 }
 
 
 #: Fold counts: passed to train() only when given (see model.folds.fit_folds).
 _FOLDS = ("outer_folds", "inner_folds")
+#: Tile samples: a count, or ``all`` (None) for every tile.
+_TILE_SAMPLES = ("ae_tiles", "regressor_tiles")
+
+
+def _count_or_all(text: str) -> int | None:
+    """``all`` → None (every tile), else a count ≥ 1."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count ≥ 1 or 'all', got {text!r}")
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -70,6 +87,10 @@ def add_parser(subparsers: Any) -> None:
             default = field_default(TrainingSettings, name)
             text = f"{text} ({default}, fewer when the patients or sections cannot fill them)"
             add_field_option(parser, flag, TrainingSettings, name, text, default=None)
+        elif name in _TILE_SAMPLES:
+            add_field_option(
+                parser, flag, TrainingSettings, name, f"{text} (%(default)s)", type=_count_or_all
+            )
         else:
             add_field_option(parser, flag, TrainingSettings, name, f"{text} (%(default)s)")
     add_overwrite_quiet(parser)
@@ -248,7 +269,11 @@ def _train(args: argparse.Namespace, manifest: Any, expression: Any) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         **feature_keywords(args),
-        **{name: getattr(args, name) for name in _SETTINGS if getattr(args, name) is not None},
+        **{
+            name: getattr(args, name)
+            for name in _SETTINGS
+            if getattr(args, name) is not None or name in _TILE_SAMPLES  # None: every tile
+        },
     )
     s = result.summary
     scope = s.get("r_scope", "pooled")

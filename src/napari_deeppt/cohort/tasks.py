@@ -18,6 +18,14 @@ def result_path(out: Path, sample_id: str) -> Path:
     return out / "slides" / f"{sample_id}.expression.csv"
 
 
+def _feature_store(prediction: Any, cache_dir: str | None) -> str:
+    """Where the slide's features lie (its cache entry): a training manifest's ``features``."""
+    from ..features.store import cache_entry
+
+    key = prediction.provenance.get("features", {}).get("cache_key")
+    return str(cache_entry(cache_dir, key)) if key else ""
+
+
 def _device_for_worker(device: str) -> str:
     if device != "auto":
         return device
@@ -79,6 +87,7 @@ def process_slide(
             progress=False,
         )
         row["n_tiles"] = len(prediction.grid)
+        row["features"] = _feature_store(prediction, cache_dir)
         row["seconds"] = round(time.perf_counter() - started, 3)
         target = result_path(Path(out), sample_id)
         written = {

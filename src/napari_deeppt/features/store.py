@@ -32,6 +32,7 @@ __all__ = [
     "create_store",
     "finish_store",
     "load_cached",
+    "open_features",
 ]
 
 FEATURE_FORMAT_VERSION = 1
@@ -212,6 +213,44 @@ def create_store(
     group.attrs["provenance"] = json.loads(json.dumps(provenance, default=str))
     group.attrs["complete"] = False
     return group
+
+
+def open_features(path: str | Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """A complete feature store's features, read lazily, with its provenance and tiles.
+
+    Parameters
+    ----------
+    path
+        A zarr store written by :meth:`FeatureSet.save`, the cache or a cohort run.
+
+    Returns
+    -------
+    features : zarr.Array
+        ``(n_tiles, feature_dim)``; slicing it reads only the chunks asked for.
+    provenance, grid
+        The store's provenance and its tile grid's metadata (``params``: tile size, µm/px).
+
+    Raises
+    ------
+    DeepPTError
+        Not a feature store, or an incomplete one (an interrupted run).
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+        if not attrs.get("complete"):
+            raise ValueError("the store is incomplete (an interrupted run)")
+        features, grid, provenance = group["features"], attrs["grid"], attrs["provenance"]
+        if features.ndim != 2 or features.shape[0] != group["xy"].shape[0]:
+            raise ValueError(f"features of shape {features.shape} do not match its tiles")
+    except Exception as exc:
+        raise DeepPTError(
+            f"{path}: not a complete napari-deeppt feature store ({exc}); extract it again "
+            "with `deeppt features --formats zarr`"
+        ) from exc
+    return features, provenance, grid
 
 
 def _grid_from_group(group: Any, meta: dict[str, Any]) -> TileGrid:

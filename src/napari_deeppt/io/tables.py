@@ -40,7 +40,8 @@ def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
     pandas.DataFrame
         One row per sample, slide paths resolved. An optional ``roi`` column names a
         GeoJSON of regions of interest per slide (QuPath annotations; empty = the whole
-        tissue), resolved the same way.
+        tissue), resolved the same way, as is an optional ``features`` column naming each
+        slide's feature store (zarr) made before.
 
     Raises
     ------
@@ -80,6 +81,8 @@ def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
         raise ExpressionTableError(f"{path}: duplicated sample_id(s) {duplicated[:5]}")
     table["slide"] = _relative_to(path, table["slide"])
     _require_slides(path, table)
+    if "features" in table.columns:  # feature stores made before; checked by training
+        table["features"] = _relative_to(path, table["features"])
     if "roi" in table.columns:
         table["roi"] = _relative_to(path, table["roi"])
         absent = [p for p in table["roi"] if p is not None and not Path(p).is_file()]

@@ -76,6 +76,12 @@ class TrainingInputs:
     settings: TrainingSettings | None = None
     folds_note: str | None = None
 
+    def precomputed(self) -> int:
+        """How many samples come with features made before (a manifest ``features`` column)."""
+        if self.spots or "features" not in self.table.columns:
+            return 0
+        return int(sum(store is not None for store in self.table["features"]))
+
     def describe(self, roi_class: str | None = None) -> dict[str, Any]:
         """What the bundle's training metadata records about these samples."""
         if self.spots:
@@ -244,21 +250,55 @@ def apply_transform(values: np.ndarray, transform: str, where: str = "the expres
 
 
 def _require_slide_files(table: Any, source: Any) -> None:
-    """Every manifest slide exists, and no slide is listed for two samples."""
-    missing = [p for p in table["slide"] if not Path(p).exists()]
+    """Every manifest slide exists (or its ``features`` store does), and no slide or store
+    is listed for two samples."""
+    if "features" in table.columns:
+        _require_feature_stores(table, source)
+        stores = list(table["features"])
+    else:
+        stores = [None] * len(table)
+    missing = [
+        p for p, f in zip(table["slide"], stores, strict=True) if f is None and not Path(p).exists()
+    ]
     if missing:
         raise SlideNotFoundError(
             f"{source}: {len(missing)} slide(s) not found: {few(missing)}; fix the paths "
             "(relative ones are read from the manifest's folder)"
         )
     owners: dict[Path, str] = {}
-    for slide, sample in zip(table["slide"], table["sample_id"], strict=True):
-        first = owners.setdefault(Path(slide).resolve(), sample)
+    for slide, store, sample in zip(table["slide"], stores, table["sample_id"], strict=True):
+        first = owners.setdefault(Path(store or slide).resolve(), sample)
         if first != sample:
             raise ExpressionTableError(
                 f"{source}: slide {slide} is listed for samples {first} and {sample}; one "
                 "image would be trained on twice and could sit in a training and a test fold "
                 "at once. List each slide once."
+            )
+
+
+def _require_feature_stores(table: Any, source: Any) -> None:
+    """``features`` cells: empty (extract from the slide) or an existing store; with a roi,
+    refused (a store holds the whole tissue)."""
+    table["features"] = [
+        None if not isinstance(p, str) or not p.strip() else p for p in table["features"]
+    ]
+    missing = [p for p in table["features"] if p is not None and not Path(p).is_dir()]
+    if missing:
+        raise SlideNotFoundError(
+            f"{source}: {len(missing)} feature store(s) not found: {few(missing)}; the "
+            "features column names zarr folders written by `deeppt features --formats zarr`"
+        )
+    if "roi" in table.columns:
+        both = [
+            s
+            for s, f, r in zip(table["sample_id"], table["features"], table["roi"], strict=True)
+            if f and r
+        ]
+        if both:
+            raise ExpressionTableError(
+                f"{source}: sample(s) {few(both)} name both a features store and a roi; a "
+                "store holds the whole tissue's tiles — leave features empty to extract "
+                "inside the roi"
             )
 
 

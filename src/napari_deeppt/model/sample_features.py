@@ -1,8 +1,8 @@
 """Features per training sample, one loop for both kinds of sample.
 
-A bulk sample is a slide: its tissue tiles (inside its regions of interest, if any) form a
-``(n_tiles, D)`` tensor. A spot is one tile centred on it (:func:`spot_grid`), so each
-section's slide is read once and its tiles are dealt out to its spots as ``(1, D)`` tensors.
+A bulk sample is a slide: its tissue tiles (inside its regions of interest, if any) are the
+rows of its feature store. A spot is one tile centred on it (:func:`spot_grid`), so each
+section's slide is read once and each spot is one row of the section's store.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import DeepPTError
 from ..progress import CancelLike, ProgressLike, check_cancelled, make_progress
+from .feature_source import FeatureSource
 from .inputs import TrainingInputs
 
 __all__ = ["TileSettings", "sample_features", "spot_grid"]
@@ -77,8 +78,13 @@ def sample_features(
     feature_options: dict[str, Any],
     progress: ProgressLike,
     cancel: CancelLike,
-) -> tuple[list[Any], Any]:
-    """The features of every sample, slide by slide.
+) -> tuple[FeatureSource, dict[str, Any]]:
+    """Where the features of every sample are, slide by slide (extracted when needed).
+
+    Features are extracted into the feature cache (or read from it) and stay there: the
+    result names rows of the stores, never holds them. A manifest row with a ``features``
+    column names a store made before (``deeppt features --formats zarr``, a cohort run);
+    its slide is not read.
 
     Parameters
     ----------
@@ -93,32 +99,91 @@ def sample_features(
 
     Returns
     -------
-    features : list of torch.Tensor
-        ``features[i]``: the ``(n_tiles, D)`` float32 tensor of sample ``i`` (``(1, D)`` for
-        a spot).
-    first : FeatureSet
-        The first slide's features, whose provenance names the extractor and stain.
+    source : FeatureSource
+        Sample ``i``'s ``(n_tiles, D)`` features (one row for a spot).
+    provenance : dict
+        The first store's provenance: the extractor, its weights and the stain.
+
+    Raises
+    ------
+    DeepPTError
+        A slide without tissue tiles, or stores made another way than each other or than
+        asked (extractor, weights, tile size, stain).
     """
-    import torch
-
     from ..features import extract_features
+    from ..features.store import cache_entry, open_features
 
-    features: list[Any] = [None] * len(inputs.ids)
-    first = None
+    arrays: list[Any] = []
+    parts: list[tuple[int, int, int]] = [(0, 0, 0)] * len(inputs.ids)
+    first: dict[str, Any] | None = None
     jobs = _spot_jobs(inputs, tiles) if inputs.spots else _slide_jobs(inputs, tiles)
     total = len(inputs.slides) if inputs.spots else len(inputs.table)
     label = "spot features per slide" if inputs.spots else "features per slide"
     with make_progress(progress, total, label, unit="slide") as bar:
         check_cancelled(cancel, "training")
         for slide, grid, rows in jobs:
-            fs = extract_features(slide, grid, **feature_options, cancel=cancel)
-            first = fs if first is None else first
-            starts = np.flatnonzero(np.diff(rows, prepend=-1))  # rows ascend, one run each
-            for row, chunk in zip(rows[starts], np.split(fs.features, starts[1:]), strict=True):
-                features[row] = torch.tensor(chunk, dtype=torch.float32)
+            if grid is None:  # precomputed: `slide` is the store
+                store = slide
+            else:
+                fs = extract_features(slide, grid, **feature_options, cancel=cancel)
+                store = cache_entry(feature_options["cache_dir"], fs.provenance["cache_key"])
+            array, provenance, grid_meta = open_features(store)
+            if grid is None:
+                rows = _whole_store(store, array, rows[0])
+            first = first or provenance
+            _require_same_features(store, provenance, grid_meta, first, tiles, feature_options)
+            arrays.append(array)
+            for row, start, stop in _row_runs(rows):
+                parts[row] = (len(arrays) - 1, start, stop)
             bar.update()
             check_cancelled(cancel, "training")
-    return features, first
+    return FeatureSource.from_parts(arrays, parts), first or {}
+
+
+def _whole_store(store: Any, array: Any, row: int) -> np.ndarray:
+    """Every row of a precomputed store belongs to manifest row ``row``; refuse an empty one."""
+    if array.shape[0] == 0:
+        raise DeepPTError(f"{store}: the feature store has no tiles; remove its manifest row")
+    return np.full(array.shape[0], row)
+
+
+def _row_runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """Each sample of a store and its rows ``start:stop`` (rows ascend, one run each)."""
+    starts = np.flatnonzero(np.diff(rows, prepend=-1))
+    stops = np.append(starts[1:], len(rows))
+    for start, stop in zip(starts, stops, strict=True):
+        yield int(rows[start]), int(start), int(stop)
+
+
+def _require_same_features(
+    store: Any,
+    provenance: dict[str, Any],
+    grid: dict[str, Any],
+    first: dict[str, Any],
+    tiles: TileSettings,
+    feature_options: dict[str, Any],
+) -> None:
+    """Refuse a store whose features were made another way than asked or than the first's."""
+    params = grid.get("params", {})
+    asked = {
+        "extractor": feature_options["extractor"],
+        "tile_px": tiles.tile_px,
+        "tile_mpp": tiles.tile_mpp,
+    }
+    found = {
+        "extractor": provenance.get("extractor"),
+        "tile_px": params.get("tile_px"),
+        "tile_mpp": params.get("mpp"),
+    }
+    for key in ("weights_hash", "stain", "input_size", "mean", "std"):
+        asked[key], found[key] = first.get(key), provenance.get(key)
+    differ = [k for k in asked if asked[k] != found[k]]
+    if differ:
+        said = ", ".join(f"{k}={found[k]!r} (training: {asked[k]!r})" for k in differ)
+        raise DeepPTError(
+            f"{store}: its features were made with {said}; one model needs every sample's "
+            "features made the same way — extract them again, or train with those settings"
+        )
 
 
 def _slide_jobs(inputs: TrainingInputs, tiles: TileSettings) -> Iterator[tuple[Any, Any, Any]]:
@@ -127,7 +192,11 @@ def _slide_jobs(inputs: TrainingInputs, tiles: TileSettings) -> Iterator[tuple[A
 
     table = inputs.table
     rois = table["roi"] if "roi" in table.columns else [None] * len(table)
-    for i, (path, roi) in enumerate(zip(table["slide"], rois, strict=True)):
+    stores = table["features"] if "features" in table.columns else [None] * len(table)
+    for i, (path, roi, store) in enumerate(zip(table["slide"], rois, stores, strict=True)):
+        if store is not None:
+            yield store, None, np.full(1, i)  # rows of a precomputed store: all of it
+            continue
         _, grid = detect_and_tile(
             path,
             tile_px=tiles.tile_px,

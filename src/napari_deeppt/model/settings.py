@@ -25,6 +25,13 @@ class TrainingSettings:
         Samples (slides or spots) per regressor batch.
     ae_epochs, ae_batch
         Autoencoder epochs (0: untrained) and tiles per batch.
+    ae_tiles
+        Tiles per sample (at most) that fit the autoencoder, drawn once per run (seeded)
+        and streamed from disk every epoch; None: every tile. Bounds the time an epoch
+        takes on cohorts of thousands of tiles per slide.
+    regressor_tiles
+        Latent tiles per sample (at most, drawn once per run) the regressors train on;
+        None: every tile. Validation and held-out predictions always use every tile.
     latent_dim
         The autoencoder's latent dimension.
     seed
@@ -44,6 +51,8 @@ class TrainingSettings:
     batch_slides: int = 16
     ae_epochs: int = 30
     ae_batch: int = 256
+    ae_tiles: int | None = 256
+    regressor_tiles: int | None = 128
     latent_dim: int = 512
     seed: int = 0
 
@@ -55,5 +64,9 @@ class TrainingSettings:
         for name, minimum in least.items():
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be ≥ {minimum}, got {getattr(self, name)}")
+        for name in ("ae_tiles", "regressor_tiles"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be ≥ 1 or None (every tile), got {value}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")

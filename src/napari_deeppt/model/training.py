@@ -144,12 +144,13 @@ def train(
     options = inputs.settings or options  # folds that fit the groups
     tiles = TileSettings(tile_px or (224 if spots else 512), tile_mpp, min_tissue, roi_class)
     extract = _feature_options(extractor, weights, device, stain, cache_dir, options.seed)
-    features, first = sample_features(inputs, tiles, extract, progress, cancel)
+    source, provenance = sample_features(inputs, tiles, extract, progress, cancel)
     cv = cross_validate(
-        features, inputs.targets, inputs.groups, inputs.genes, options, progress, cancel, spots
+        source, inputs.targets, inputs.groups, inputs.genes, options, progress, cancel, spots
     )
     record = {"expression": describe_source(expression), "selection": selection}
-    bundle = _bundle(inputs, tiles, extractor, first, cv, options, record, transform, demo)
+    record["feature_dim"] = source.dim
+    bundle = _bundle(inputs, tiles, extractor, provenance, cv, options, record, transform, demo)
     return _write_outputs(out, bundle, inputs, cv, overwrite)
 
 
@@ -172,7 +173,7 @@ def _bundle(
     inputs: TrainingInputs,
     tiles: TileSettings,
     extractor: str,
-    first: Any,
+    provenance: dict[str, Any],
     cv: CrossValidation,
     options: TrainingSettings,
     record: dict[str, Any],
@@ -181,7 +182,8 @@ def _bundle(
 ) -> Any:
     """The bundle: the final model, what its features must be and how it was trained.
 
-    ``record`` holds what the ``expression`` was and the gene ``selection``.
+    ``record`` holds what the ``expression`` was, the gene ``selection`` and the
+    ``feature_dim``; ``provenance`` is the first feature store's.
     Folds changed to fit the groups are said in the summary (``folds_note``).
     """
     from .bundle import ModelBundle
@@ -192,12 +194,12 @@ def _bundle(
     selection = record["selection"]
     feature = {
         "extractor": extractor,
-        "weights_hash": first.provenance["weights_hash"],
-        "feature_dim": first.feature_dim,
+        "weights_hash": provenance["weights_hash"],
+        "feature_dim": record["feature_dim"],
         "tile_px": tiles.tile_px,
         "tile_mpp": tiles.tile_mpp,
         "min_tissue": tiles.min_tissue,
-        "stain": first.provenance["stain"],
+        "stain": provenance["stain"],
         **({"mode": "spots"} if inputs.spots else {}),
     }
     training = {
@@ -205,6 +207,7 @@ def _bundle(
         **inputs.describe(tiles.roi_class),
         "n_samples": len(inputs.ids),
         "expression": record["expression"],
+        "precomputed_features": inputs.precomputed(),
         "gene_selection": {**selection, "genes": selection["genes"] is not None},
     }
     return ModelBundle(

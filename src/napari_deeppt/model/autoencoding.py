@@ -1,0 +1,213 @@
+"""The autoencoder's side of training, streamed: fit on minibatches read from the feature
+stores, then one pass that encodes every tile into each sample's mean latent and the
+regressors' tile sample.
+
+Memory depends on block and buffer sizes, never on the cohort: an epoch visits the training
+samples' blocks in a random order and shuffles them through a buffer of
+``_BUFFER_ROWS`` tiles. With ``TrainingSettings.ae_tiles`` a per-sample sample of tiles
+(drawn once, seeded) is written to a scratch store first, so an epoch reads only it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..progress import CancelLike, check_cancelled
+from .feature_source import FeatureSource
+from .latents import Latents
+from .nn import AutoEncoder
+from .settings import TrainingSettings
+
+__all__ = ["autoencoder_tiles", "encode", "fit_autoencoder", "tile_sample"]
+
+_BLOCK_ROWS = 4096  # tiles read at a time (16 MB of float16 × 2048, 32 MB as float32)
+_BUFFER_ROWS = 16384  # tiles shuffled together in an autoencoder epoch (as stored)
+
+
+def tile_sample(counts: np.ndarray, most: int | None, seed: int) -> list[np.ndarray]:
+    """Each sample's chosen tile offsets: all of them, or ``most`` drawn without replacement.
+
+    Parameters
+    ----------
+    counts
+        Tiles per sample.
+    most
+        Tiles per sample at most; None for all.
+    seed
+        Seeds the draw (the same for every fit of a run).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Sorted offsets into each sample's rows.
+    """
+    rng = np.random.default_rng(seed)
+    return [
+        np.arange(n) if most is None or n <= most else np.sort(rng.choice(n, most, replace=False))
+        for n in np.asarray(counts, np.int64)
+    ]
+
+
+@contextlib.contextmanager
+def autoencoder_tiles(source: FeatureSource, settings: TrainingSettings) -> Iterator[FeatureSource]:
+    """The tiles the autoencoder fits on: ``source`` itself, or its ``ae_tiles`` sample per
+    sample written to a scratch store (removed on exit) when any sample has more tiles."""
+    if settings.ae_tiles is None or int(source.counts.max(initial=0)) <= settings.ae_tiles:
+        yield source
+        return
+    import zarr
+
+    chosen = tile_sample(source.counts, settings.ae_tiles, settings.seed + 1)
+    sizes = np.array([len(c) for c in chosen], np.int64)
+    stops = np.cumsum(sizes)
+    with tempfile.TemporaryDirectory(prefix="deeppt-ae-tiles-") as scratch:
+        array = zarr.create_array(
+            str(Path(scratch) / "tiles.zarr"),
+            shape=(int(stops[-1]), source.dim),
+            chunks=(4096, source.dim),
+            dtype=source.arrays[0].dtype,
+            zarr_format=2,
+        )
+        for block in source.blocks(np.arange(len(source)), _BLOCK_ROWS):
+            rows = source.read(block, dtype=None)
+            for i, mine in _by_sample(block):
+                keep = np.isin(block.offsets[mine], chosen[i])
+                if keep.any():
+                    at = stops[i] - sizes[i] + np.searchsorted(chosen[i], block.offsets[mine][keep])
+                    array[int(at[0]) : int(at[-1]) + 1] = rows[mine][keep].astype(array.dtype)
+        yield FeatureSource.from_parts([array], [(0, b - n, b) for b, n in zip(stops, sizes)])
+
+
+def _by_sample(block: Any) -> Iterator[tuple[int, np.ndarray]]:
+    """Each sample of a block, and the mask of its rows."""
+    for i in np.unique(block.samples):
+        yield int(i), block.samples == i
+
+
+def fit_autoencoder(
+    tiles: FeatureSource,
+    train_idx: np.ndarray,
+    settings: TrainingSettings,
+    seed: int,
+    cancel: CancelLike,
+) -> AutoEncoder:
+    """DeepPT's autoencoder fitted (MSE, Adam) on the tiles of the ``train_idx`` samples.
+
+    Parameters
+    ----------
+    tiles
+        The tiles to fit on (:func:`autoencoder_tiles`).
+    train_idx
+        The samples whose tiles it sees.
+    settings
+        ``ae_epochs``, ``ae_batch``, ``lr`` and ``latent_dim``.
+    seed
+        Seeds the initialisation and the order of blocks and tiles.
+    cancel
+        Checked once per block.
+
+    Returns
+    -------
+    AutoEncoder
+        In evaluation mode.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = AutoEncoder(tiles.dim, settings.latent_dim)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    blocks = list(tiles.blocks(train_idx, _BLOCK_ROWS // 4))
+    for _ in range(settings.ae_epochs):
+        for x in _shuffled_batches(tiles, blocks, settings.ae_batch, rng, generator, cancel):
+            loss = torch.nn.functional.mse_loss(model(x), x)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return model.eval()
+
+
+def _shuffled_batches(
+    tiles: FeatureSource,
+    blocks: list[Any],
+    batch: int,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    cancel: CancelLike,
+) -> Iterator[torch.Tensor]:
+    """One epoch's minibatches (float32): blocks in a random order, shuffled through a
+    buffer of tiles as stored; a batch is copied out of it, never the whole buffer."""
+    buffer: list[torch.Tensor] = []
+    held = 0
+    for k in rng.permutation(len(blocks)):
+        check_cancelled(cancel, "training")
+        buffer.append(torch.from_numpy(tiles.read(blocks[k], dtype=None)))
+        held += len(buffer[-1])
+        if held >= _BUFFER_ROWS:
+            pool, buffer = torch.cat(buffer), []
+            order = torch.randperm(len(pool), generator=generator)
+            full = len(pool) // batch * batch
+            for start in range(0, full, batch):
+                yield pool[order[start : start + batch]].float()
+            buffer, held = [pool[order[full:]]], len(pool) - full
+            del pool
+    if held:
+        pool = torch.cat(buffer)
+        order = torch.randperm(len(pool), generator=generator)
+        for start in range(0, len(pool), batch):
+            yield pool[order[start : start + batch]].float()
+
+
+def encode(
+    autoencoder: AutoEncoder,
+    source: FeatureSource,
+    kept: list[np.ndarray],
+    cancel: CancelLike = None,
+    dtype: torch.dtype = torch.float16,
+) -> Latents:
+    """Every sample's mean latent over all its tiles, and its ``kept`` latent tiles.
+
+    Parameters
+    ----------
+    autoencoder
+        The fitted autoencoder.
+    source
+        Every sample's features, read block by block.
+    kept
+        Each sample's tile offsets the regressors train on (:func:`tile_sample`).
+    cancel
+        Checked once per block.
+    dtype
+        Storage of the kept latent tiles (the means are float32).
+
+    Returns
+    -------
+    Latents
+    """
+    n, width = len(source), autoencoder.latent_dim
+    sums = torch.zeros(n, width, dtype=torch.float64)
+    if bool((source.counts == 1).all()):
+        kept = []  # spots: the tiles are the means
+    slots = max((len(k) for k in kept), default=1)
+    tiles = torch.zeros(n if kept else 0, slots, width, dtype=dtype)
+    with torch.no_grad():
+        for block in source.blocks(np.arange(n), _BLOCK_ROWS):
+            check_cancelled(cancel, "training")
+            latent = autoencoder.encode(torch.from_numpy(source.read(block)))
+            sums.index_add_(0, torch.from_numpy(block.samples), latent.double())
+            for i, mine in _by_sample(block) if kept else ():
+                rows = np.flatnonzero(mine)[np.isin(block.offsets[mine], kept[i])]
+                if len(rows):
+                    first = int(np.searchsorted(kept[i], block.offsets[rows[0]]))
+                    tiles[i, first : first + len(rows)] = latent[rows].to(dtype)
+    means = (sums / torch.from_numpy(source.counts)[:, None]).float()
+    if not kept:
+        return Latents.from_means(means)
+    counts = torch.tensor([len(k) for k in kept], dtype=torch.int64)
+    return Latents(tiles, counts, means, False)
