@@ -12,7 +12,8 @@ from .errors import (
     SlideReadError,
 )
 from .evaluation import evaluate, predict_spots
-from .features import FeatureSet, extract_features, load_extractor
+from .extractor_benchmark import ExtractorBenchmark, benchmark_extractors
+from .features import FeatureSet, extract_features, list_extractors, load_extractor
 from .model.bundle import ModelBundle
 from .model.training import TrainingResult, train
 from .prediction import Prediction, predict

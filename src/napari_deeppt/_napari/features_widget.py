@@ -7,7 +7,7 @@ from typing import Any
 from magicgui.widgets import CheckBox, FileEdit
 
 from ..devices import Device
-from ..features.extractors import EXTRACTORS
+from ..features.extractors import list_extractors
 from ..features.params import FeatureParams
 from ..stain import StainMethod
 from ._jobs import Job, JobWidget
@@ -36,14 +36,15 @@ class FeaturesWidget(JobWidget):
             prefer="deeppt_grid",
             tooltip="the '<slide> tiles' layer (from Tissue & tiles)",
         )
-        self.extractor = choice_widget(FeatureParams, "extractor", "extractor", sorted(EXTRACTORS))
+        self.extractor = choice_widget(FeatureParams, "extractor", "extractor", list_extractors())
         self.weights = FileEdit(
             label="weights file",
             mode="r",
             value="",
-            filter="*.pth *.pt *.safetensors",
-            tooltip="the extractor's weights file (e.g. ResNet50 ImageNet weights) when "
-            "torchvision's cache does not hold it; nothing is downloaded",
+            filter="*.pth *.pt *.bin *.safetensors",
+            tooltip="the extractor's weights file (ResNet50's ImageNet weights, or a "
+            "foundation model's downloaded state dict) when torchvision's or Hugging Face's "
+            "local cache does not hold it; nothing is downloaded",
         )
         self.random_weights = CheckBox(
             label="random weights (testing only)",

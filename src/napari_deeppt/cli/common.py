@@ -213,13 +213,16 @@ def add_feature_options(
         parser.add_argument(
             "--extractor",
             default=field_default(FeatureParams, "extractor"),
-            help="resnet50 (DeepPT), resnet18, resnet34, timm:<name>",
+            help="resnet50 (DeepPT), resnet18, resnet34, a pathology foundation model (uni, "
+            "uni2-h, virchow2, h-optimus-0, h-optimus-1, prov-gigapath, phikon-v2, "
+            "conch-v1.5), timm:<name>",
         )
     parser.add_argument(
         "--weights",
         default=None,
-        help="extractor weights file (.pth/.pt/.safetensors); "
-        "default: torchvision's cache; 'random' for tests only",
+        help="extractor weights: a .pth/.pt/.bin/.safetensors file or a Hugging Face "
+        "snapshot folder; default: torchvision's or Hugging Face's local cache; 'random' for "
+        "tests only",
     )
     parser.add_argument(
         "--device",

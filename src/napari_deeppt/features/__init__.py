@@ -1,7 +1,10 @@
 """Tile features.
 
 - :mod:`.params`: :class:`FeatureParams`, how features are made (the defaults);
-- :mod:`.extractors`: the registry of backbones, their weights, a model ready on a device;
+- :mod:`.specs` and :mod:`.presets`: the registry of backbones (DeepPT's ResNet50, the
+  pathology foundation models) and :mod:`.vit`, the presets' transformers;
+- :mod:`.weights`: weights files and Hugging Face snapshots, read and checked;
+- :mod:`.extractors`: a model with its weights, ``embed``, a model ready on a device;
 - :mod:`.preprocess`: tiles → model input (stain normalisation, resize, normalisation);
 - :mod:`.batches`: tiles into device batches, read ahead in threads;
 - :mod:`.store`: :class:`FeatureSet`, its zarr store and exports, the cache key and lookup;
@@ -12,7 +15,13 @@
 from __future__ import annotations
 
 from .engine import extract_features
-from .extractors import EXTRACTORS, ExtractorSpec, load_extractor, register_extractor
+from .extractors import (
+    EXTRACTORS,
+    ExtractorSpec,
+    list_extractors,
+    load_extractor,
+    register_extractor,
+)
 from .params import FeatureDtype, FeatureParams
 from .store import FeatureSet
 
@@ -23,6 +32,7 @@ __all__ = [
     "FeatureParams",
     "FeatureSet",
     "extract_features",
+    "list_extractors",
     "load_extractor",
     "register_extractor",
 ]

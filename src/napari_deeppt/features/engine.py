@@ -28,7 +28,7 @@ from ..progress import CancelLike, Progress, ProgressLike, check_cancelled, make
 from ..slide import Slide, as_slide
 from ..tiles import TileGrid, detect_and_tile
 from .batches import device_batches
-from .extractors import LoadedExtractor, load_extractor, prepare_model
+from .extractors import LoadedExtractor, load_extractor, prepare_model, warn_cpu_time
 from .gpu.readback import Readback
 from .params import FeatureParams
 from .preprocess import preprocess_batch, stain_config
@@ -90,6 +90,7 @@ def extract_features(
     batch, workers = _batch_and_workers(p.batch_size, p.workers, dev)
     if len(grid) == 0:
         return FeatureSet(np.zeros((0, loaded.spec.feature_dim), p.dtype), grid, provenance)
+    warn_cpu_time(loaded.spec, dev, len(grid))
     model_key = (p.extractor, loaded.weights_hash)
     model = prepare_model(loaded.model, dev, p.compile, len(grid), model_key)
     run = _Run(slide, grid, reader, model, loaded, stain_dict, dev, batch, workers, p.dtype)

@@ -1,12 +1,16 @@
-"""Feature extractors: a small registry of backbones, how their weights are found, and the
-model made ready on a device (kept for the next slide of the process).
+"""Feature extractors made ready: the model with its weights, and the model on a device
+(kept for the next slide of the process).
 
-Weights are resolved in this order:
+The registry is :mod:`.specs` (DeepPT's ResNet50 and friends) and :mod:`.presets` (the
+pathology foundation models); ``timm:<model>`` builds any timm model. Weights are resolved
+in this order:
 
-1. an explicit file (``.pth``/``.pt`` state dict, or ``.safetensors``);
-2. torchvision's hub cache (``$TORCH_HOME/hub/checkpoints/<file>``, what torchvision's
-   downloader writes);
-3. torchvision's download, when online;
+1. ``weights``: a state-dict file (``.pth``/``.pt``/``.bin`` or ``.safetensors``) or a
+   Hugging Face snapshot folder or cache (:mod:`.weights`);
+2. a preset's Hugging Face repository in the local hub cache; a torchvision model's file in
+   torchvision's cache (``$TORCH_HOME/hub/checkpoints/<file>``);
+3. a download, only for torchvision's weights when online, or a preset's when asked
+   (``download=True``: gated models need the user's Hugging Face token);
 4. otherwise a :class:`~napari_deeppt.errors.WeightsNotFoundError` saying which file to put
    where. Random initialisation happens only with ``weights="random"`` (tests, demos) and is
    recorded in the provenance.
@@ -16,16 +20,21 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import (
-    BundleMismatchError,
-    DeepPTError,
-    WeightsMismatchError,
-    WeightsNotFoundError,
+import numpy as np
+
+from ..errors import BundleMismatchError, DeepPTError, WeightsNotFoundError
+from .presets import available, require_package
+from .specs import EXTRACTORS, IMAGENET_MEAN, IMAGENET_STD, ExtractorSpec, register_extractor
+from .weights import (
+    apply_state,
+    find_in_hub_cache,
+    read_state_dict,
+    resolve_weights_path,
+    weights_file_hash,
 )
 
 __all__ = [
@@ -33,124 +42,58 @@ __all__ = [
     "ExtractorSpec",
     "LoadedExtractor",
     "check_weights",
+    "list_extractors",
     "load_extractor",
     "prepare_model",
     "register_extractor",
+    "warn_cpu_time",
     "weights_file_hash",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Multiply-accumulates a CPU thread does per second in a forward pass (measured: ResNet50
+#: and UNI's ViT-L on this project's 2-core machine), for the time a CPU run will take.
+CPU_GMACS_PER_THREAD = 20.0
+#: Above this a CPU run is announced with its expected time.
+_SLOW_GMACS = 20.0
 
 
-@dataclass(frozen=True)
-class ExtractorSpec:
-    """How to build one backbone that maps ``(N, 3, S, S)`` images to ``(N, D)`` features.
+class SlowOnCPUWarning(UserWarning):
+    """A large model on the CPU: the expected time, said before starting."""
 
-    Attributes
-    ----------
-    name
-        Registry key.
-    build
-        ``build() -> torch.nn.Module`` with random weights and the classifier removed.
-    feature_dim
-        D.
-    input_size
-        S (images are resized to S×S).
-    weights_name
-        torchvision weight enum, e.g. ``"ResNet50_Weights.IMAGENET1K_V2"`` (None: no
-        pretrained weights known to torchvision).
-    mean, std
-        Input normalisation.
+
+def cpu_seconds_per_tile(spec: ExtractorSpec, threads: int | None = None) -> float:
+    """The expected seconds per tile of ``spec`` on this CPU (``threads``: torch's)."""
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    return spec.gmacs / (CPU_GMACS_PER_THREAD * max(threads, 1))
+
+
+def warn_cpu_time(spec: ExtractorSpec, device: Any, n_tiles: int) -> None:
+    """Say the expected time before a large model (a foundation model) runs on the CPU."""
+    if getattr(device, "type", str(device)) != "cpu" or spec.gmacs < _SLOW_GMACS or not n_tiles:
+        return
+    import torch
+
+    per_tile = cpu_seconds_per_tile(spec)
+    minutes = per_tile * n_tiles / 60
+    warnings.warn(
+        f"{spec.name} on the CPU: about {per_tile:.1f} s a tile with "
+        f"{torch.get_num_threads()} threads, so about {minutes:,.0f} min for {n_tiles:,} "
+        "tiles; a CUDA GPU (bfloat16) takes a small fraction of that",
+        SlowOnCPUWarning,
+        stacklevel=3,
+    )
+
+
+def list_extractors() -> list[str]:
+    """The name of every extractor that can be built here (its packages installed).
+
+    ``resnet50`` (DeepPT's) first; the pathology foundation models need timm (Phikon-v2 and
+    CONCH v1.5: transformers) and their weights files; ``timm:<model>`` names any timm
+    model besides.
     """
-
-    name: str
-    build: Callable[[], Any]
-    feature_dim: int
-    input_size: int = 224
-    weights_name: str | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    extra: dict[str, Any] = field(default_factory=dict)
-    needs_weights: bool = True
-
-
-EXTRACTORS: dict[str, ExtractorSpec] = {}
-
-
-def register_extractor(spec: ExtractorSpec) -> None:
-    """Add (or replace) an extractor in the registry."""
-    EXTRACTORS[spec.name] = spec
-
-
-def _torchvision_backbone(arch: str) -> Callable[[], Any]:
-    def build() -> Any:
-        import torch
-        import torchvision
-
-        model = getattr(torchvision.models, arch)(weights=None)
-        model.fc = torch.nn.Identity()  # global average pool after layer4 → features
-        return model
-
-    return build
-
-
-register_extractor(
-    ExtractorSpec(
-        "resnet50",
-        _torchvision_backbone("resnet50"),
-        2048,
-        weights_name="ResNet50_Weights.IMAGENET1K_V2",
-    )
-)
-register_extractor(
-    ExtractorSpec(
-        "resnet18",
-        _torchvision_backbone("resnet18"),
-        512,
-        weights_name="ResNet18_Weights.IMAGENET1K_V1",
-    )
-)
-register_extractor(
-    ExtractorSpec(
-        "resnet34",
-        _torchvision_backbone("resnet34"),
-        512,
-        weights_name="ResNet34_Weights.IMAGENET1K_V1",
-    )
-)
-
-
-class _ColourStats:
-    """Fixed colour/texture statistics of a tile (no weights): for tests, demos and baselines.
-
-    Per channel: mean, standard deviation, 10th/50th/90th percentile of the normalised input
-    and the mean absolute horizontal/vertical gradient → 21 features.
-    """
-
-    def __new__(cls) -> Any:
-        import torch
-
-        class ColourStats(torch.nn.Module):
-            def forward(self, x: Any) -> Any:
-                flat = x.flatten(2)
-                q = (
-                    torch.quantile(
-                        flat.float(), torch.tensor([0.1, 0.5, 0.9], device=x.device), dim=2
-                    )
-                    .permute(1, 2, 0)
-                    .flatten(1)
-                )
-                gx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(2, 3))
-                gy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(2, 3))
-                return torch.cat([flat.mean(2), flat.std(2), q, gx, gy], dim=1)
-
-        return ColourStats()
-
-
-register_extractor(
-    ExtractorSpec("colour-stats", _ColourStats, 21, input_size=64, needs_weights=False)
-)
+    return available()
 
 
 def _timm_spec(name: str) -> ExtractorSpec:
@@ -159,7 +102,10 @@ def _timm_spec(name: str) -> ExtractorSpec:
     except ImportError as exc:
         raise DeepPTError(f"extractor {name!r} needs timm (pip install timm)") from exc
     model_name = name.split(":", 1)[1]
-    probe = timm.create_model(model_name, pretrained=False, num_classes=0)
+    try:
+        probe = timm.create_model(model_name, pretrained=False, num_classes=0)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise DeepPTError(f"extractor {name!r}: timm has no model {model_name!r}") from exc
     config = probe.pretrained_cfg
     size = int(config.get("input_size", (3, 224, 224))[-1])
     return ExtractorSpec(
@@ -171,142 +117,91 @@ def _timm_spec(name: str) -> ExtractorSpec:
         tuple(config.get("mean", IMAGENET_MEAN)),
         tuple(config.get("std", IMAGENET_STD)),
         {"timm": model_name},
+        package="timm",
     )
 
 
 def get_spec(name: str) -> ExtractorSpec:
-    """The registered extractor ``name`` (``timm:<model>`` works when timm is installed)."""
+    """The registered extractor ``name`` (``timm:<model>`` works when timm is installed).
+
+    Raises
+    ------
+    DeepPTError
+        An unknown name, or one whose package is not installed (saying which).
+    """
     if name in EXTRACTORS:
+        require_package(EXTRACTORS[name])
         return EXTRACTORS[name]
     if name.startswith("timm:"):
         return _timm_spec(name)
     raise DeepPTError(
         f"unknown feature extractor {name!r}; available: "
-        f"{', '.join(sorted(EXTRACTORS))} (or timm:<model> with timm installed)"
+        f"{', '.join(list_extractors())} (or timm:<model> with timm installed)"
     )
 
 
 @dataclass
 class LoadedExtractor:
-    """A ready model and where its weights came from."""
+    """A ready model and where its weights came from.
+
+    Attributes
+    ----------
+    spec
+        What the extractor is (input size, normalisation, width).
+    model
+        The ``torch.nn.Module``: normalised ``(N, 3, S, S)`` images → ``(N, D)`` features,
+        the preset's pooling included.
+    weights_source, weights_hash
+        Where its weights came from, and the hash features and bundles record.
+    """
 
     spec: ExtractorSpec
     model: Any
     weights_source: str
     weights_hash: str
 
+    def embed(
+        self, tiles: Any, *, batch_size: int = 32, stain: Any = None, device: Any = "cpu"
+    ) -> np.ndarray:
+        """Features of uint8 RGB tiles, as the feature engine makes them.
 
-def weights_file_hash(path: str | os.PathLike[str]) -> str:
-    """The hash a weights file is recorded under (first 16 hex digits of its sha256).
+        Parameters
+        ----------
+        tiles
+            ``(N, H, W, 3)`` uint8 array (any tile size: resized to the preset's input).
+        batch_size
+            Tiles per forward pass.
+        stain
+            Stain normalisation (a :class:`~napari_deeppt.params.StainMethod` or target;
+            None: none), applied as extraction applies it.
+        device
+            Where the model runs (``"auto"``: CUDA when present).
 
-    It is the ``weights_hash`` of :func:`load_extractor`, of features' provenance and of a
-    model bundle's ``feature``, so that a file can be checked against them without loading it.
-    """
-    from ..io import file_sha256
+        Returns
+        -------
+        numpy.ndarray
+            ``(N, feature_dim)`` float32.
+        """
+        import torch
 
-    return file_sha256(path)[:16]
+        from ..devices import resolve_device
+        from .preprocess import preprocess_batch, stain_config
 
-
-_file_hash = weights_file_hash
-
-_STATE_DICT_FIX = (
-    "pass a state dict saved with torch.save(model.state_dict(), path), or a .safetensors file"
-)
-
-
-def _load_file(path: Path) -> Any:
-    """``torch.load``/safetensors, every failure turned into one line naming the file."""
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        from ..io.torchfile import load_weights_only
-
-        return load_weights_only(path)
-    except Exception as exc:
-        if path.suffix == ".safetensors":
-            first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-            reason = f"not a valid .safetensors file: {first}"
-        else:
-            from ..io.torchfile import why_unreadable
-
-            reason = why_unreadable(path, exc) or "corrupt, or not a torch file"
-        fix = _STATE_DICT_FIX if "pickled" in reason else "download or copy it again"
-        raise WeightsNotFoundError(
-            f"{path}: not a readable weights file ({reason}); {fix}"
-        ) from exc
-
-
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    import torch
-
-    if not path.exists():
-        raise WeightsNotFoundError(f"{path}: weights file not found")
-    if path.is_dir():
-        raise WeightsNotFoundError(f"{path}: is a directory, not a weights file")
-    state = _load_file(path)
-    for key in ("state_dict", "model"):  # training checkpoints wrap the weights
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise WeightsNotFoundError(
-            f"{path}: expected a state dict (names → tensors), got a {type(state).__name__}; "
-            + _STATE_DICT_FIX
-        )
-    odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if odd:
-        raise WeightsNotFoundError(
-            f"{path}: expected a state dict (names → tensors), but {odd[0]!r} is a "
-            f"{type(state[odd[0]]).__name__}; " + _STATE_DICT_FIX
-        )
-    return state
-
-
-def _fit_problems(model: Any, state: dict[str, Any], name: str) -> list[str]:
-    """What does not fit, naming a few tensors: shapes first, then missing, then unexpected."""
-    own = model.state_dict()
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    # BatchNorm fills num_batches_tracked itself when an (older) state dict lacks it
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    problems = []
-    if wrong:
-        key = wrong[0]
-        more = f" (and {len(wrong) - 1} more of another shape)" if len(wrong) > 1 else ""
-        problems.append(
-            f"{key} is {list(state[key].shape)} in the file but {list(own[key].shape)} "
-            f"in {name}{more}"
-        )
-    if missing:
-        problems.append(
-            f"{len(missing)} tensors {name} needs are missing (e.g. {', '.join(missing[:3])})"
-        )
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
-    return problems
-
-
-def _apply_state(model: Any, state: dict[str, Any], source: str, spec: ExtractorSpec) -> None:
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    problems = _fit_problems(model, state, spec.name)
-    if not problems:
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # what our check does not foresee: torch's first line
-            problems = [(str(exc).splitlines() or ["load_state_dict failed"])[0][:200]]
-        else:
-            if missing or unexpected:
-                problems = [f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"]
-    if problems:
-        expected = f" ({spec.weights_name})" if spec.weights_name else ""
-        raise WeightsMismatchError(
-            f"{source}: these weights do not fit {spec.name}: "
-            + "; ".join(problems)
-            + f". Pass weights made for {spec.name}{expected}, or choose the extractor "
-            "these were made for"
-        )
+        tiles = np.asarray(tiles)
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+            raise DeepPTError(
+                f"embed takes (N, H, W, 3) uint8 RGB tiles, got {tiles.dtype} {tiles.shape}"
+            )
+        dev = resolve_device(device)
+        model = self.model.to(dev).eval()
+        config = stain_config(stain, None)
+        out = np.empty((len(tiles), self.spec.feature_dim), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(tiles), batch_size):
+                batch = torch.from_numpy(tiles[start : start + batch_size]).to(dev)
+                feats = model(preprocess_batch(batch, self.spec, config))
+                out[start : start + len(batch)] = feats.float().cpu().numpy()
+        return out
 
 
 def _torchvision_weights(spec: ExtractorSpec) -> Any:
@@ -328,14 +223,28 @@ def load_extractor(
     Parameters
     ----------
     name
-        Registry key (``"resnet50"`` for DeepPT).
+        A name of :func:`list_extractors` (``"resnet50"`` for DeepPT) or ``timm:<model>``.
     weights
-        A weights file, ``"random"`` (seeded random initialisation, for tests), or None to use
-        the torchvision cache or download.
+        A weights file or Hugging Face snapshot folder or cache, ``"random"`` (seeded random
+        initialisation, for tests), or None to use the local caches.
     download
-        Allow torchvision's download; default: unless ``$NAPARI_DEEPPT_OFFLINE`` is set.
+        Allow a download: torchvision's by default unless ``$NAPARI_DEEPPT_OFFLINE`` is set;
+        a foundation model's only when True (its Hugging Face token and accepted terms).
     seed
         Seed of the random initialisation.
+
+    Returns
+    -------
+    LoadedExtractor
+        ``.model`` and ``.embed(tiles)``.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        No weights, or a file that is unreadable or made for another model
+        (:class:`~napari_deeppt.errors.WeightsMismatchError`, naming what does not fit).
+    DeepPTError
+        An unknown name, or a missing package.
     """
     import torch
 
@@ -343,49 +252,112 @@ def load_extractor(
     # not torch.manual_seed: its dynamo guard imports triton, which can crash a process that
     # already loaded Mesa's LLVM (napari on software GL); the CPU generator is what init uses
     torch.default_generator.manual_seed(seed)
-    model = spec.build()
-    model.eval()
     if not spec.needs_weights:
         if weights is not None and str(weights) != "random":
             raise WeightsNotFoundError(
                 f"{weights}: extractor {name} uses no weights (a fixed function); leave the "
                 "weights out (--weights)"
             )
-        return LoadedExtractor(spec, model, "none (a fixed function)", "none")
+        return LoadedExtractor(spec, spec.build().eval(), "none (a fixed function)", "none")
     if weights is not None and str(weights) == "random":
+        model = spec.build().eval()
         return LoadedExtractor(
             spec, model, f"random initialisation (seed {seed})", f"random-{seed}"
         )
+    path = _weights_file(spec, weights, download)
+    if "from_folder" in spec.extra:  # built by its own package from the snapshot folder
+        return LoadedExtractor(
+            spec, spec.extra["from_folder"](path.parent), str(path), weights_file_hash(path)
+        )
+    model = spec.build().eval()
+    if path is None:  # torchvision's download
+        return _downloaded(spec, model)
+    apply_state(model, read_state_dict(path), str(path), spec)
+    return LoadedExtractor(spec, model, str(path), weights_file_hash(path))
+
+
+def _weights_file(spec: ExtractorSpec, weights: Any, download: bool | None) -> Path | None:
+    """The weights file to load: given, in a local cache, or downloaded from the hub when
+    asked; None for a torchvision download still to do."""
     if weights is not None:
-        path = Path(weights).expanduser()
-        _apply_state(model, _read_state_dict(path), str(path), spec)
-        return LoadedExtractor(spec, model, str(path), _file_hash(path))
+        return resolve_weights_path(weights, spec.hf_repo)
+    if spec.hf_repo is not None:
+        found = find_in_hub_cache(spec.hf_repo)
+        if found is None and download:
+            found = _hub_download(spec)
+        if found is None:
+            raise WeightsNotFoundError(
+                f"no weights for {spec.name}: they come from the Hugging Face repository "
+                f"{spec.hf_repo} ({spec.licence}). Download them there, then pass the file or "
+                "the snapshot folder (weights=PATH; on the command line --weights PATH), or "
+                "allow the download with download=True and your Hugging Face token"
+            )
+        return found
     if spec.weights_name is None:
         raise WeightsNotFoundError(
-            f"extractor {name!r} has no known pretrained weights; pass weights=PATH"
+            f"extractor {spec.name!r} has no known pretrained weights; pass weights=PATH"
         )
+    return _torchvision_cached(spec, download)
+
+
+def _hub_download(spec: ExtractorSpec) -> Path | None:
+    """The repository's snapshot downloaded into the hub cache (needs huggingface_hub, a
+    token for gated models and the network); None when that fails."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.safetensors", "*.bin"]
+        folder = snapshot_download(spec.hf_repo, allow_patterns=patterns)
+        return resolve_weights_path(folder)
+    except Exception as exc:  # offline, gated, no package: the message says what to do
+        warnings.warn(f"{spec.hf_repo}: download failed ({exc})", stacklevel=4)
+        return None
+
+
+def _torchvision_cached(spec: ExtractorSpec, download: bool | None) -> Path | None:
+    """torchvision's cached file; None to download it; an error when it cannot be had."""
+    import torch
+
     enum = _torchvision_weights(spec)
     filename = enum.url.rsplit("/", 1)[-1]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if cached.exists():
-        _apply_state(model, _read_state_dict(cached), str(cached), spec)
-        return LoadedExtractor(spec, model, str(cached), _file_hash(cached))
+        return cached
     if download is None:
         download = not os.environ.get("NAPARI_DEEPPT_OFFLINE")
     if download:
-        try:
-            state = enum.get_state_dict(progress=True, check_hash=True)
-        except Exception:  # offline, proxy, server error: say what to do instead
-            state = None
-        if state is not None and cached.exists():
-            _apply_state(model, state, enum.url, spec)
-            return LoadedExtractor(spec, model, str(cached), _file_hash(cached))
-    raise WeightsNotFoundError(
-        f"no weights for {name} ({spec.weights_name}) and they could not be downloaded. "
+        return None
+    raise _no_torchvision_weights(spec)
+
+
+def _no_torchvision_weights(spec: ExtractorSpec) -> WeightsNotFoundError:
+    import torch
+
+    enum = _torchvision_weights(spec)
+    filename = enum.url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return WeightsNotFoundError(
+        f"no weights for {spec.name} ({spec.weights_name}) and they could not be downloaded. "
         f"Put {filename} (from {enum.url}) at {cached}, or pass weights=PATH (a .pth/.pt or "
         ".safetensors state dict; on the command line --weights PATH). weights='random' "
         "runs with random weights, for tests only."
     )
+
+
+def _downloaded(spec: ExtractorSpec, model: Any) -> LoadedExtractor:
+    """torchvision's download of the weights, applied; an error saying what to do instead."""
+    import torch
+
+    enum = _torchvision_weights(spec)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
+    try:
+        state = enum.get_state_dict(progress=True, check_hash=True)
+    except Exception:  # offline, proxy, server error: say what to do instead
+        state = None
+    if state is None or not cached.exists():
+        raise _no_torchvision_weights(spec)
+    apply_state(model, state, enum.url, spec)
+    return LoadedExtractor(spec, model, str(cached), weights_file_hash(cached))
 
 
 def check_weights(
