@@ -131,6 +131,9 @@ def test_cross_validation_reads_the_store_a_block_at_a_time(monkeypatch):
     assert max(counting.reads) <= 256
     assert sum(counting.reads) < 12 * n * 200  # a few passes, not one per epoch per sample
     assert (cv.metrics["pearson_r"] > 0.8).all(), cv.metrics
+    # HEST's PCA + ridge probe on the same samples' mean features and folds (issue 14)
+    assert (cv.metrics["baseline_r"] > 0.8).all(), cv.metrics
+    assert cv.summary["baseline_median_r"] == pytest.approx(cv.metrics["baseline_r"].median())
 
 
 FEATURES = {"extractor": "colour-stats", "tile_px": 64, "tile_mpp": 1.0, "stain": None}

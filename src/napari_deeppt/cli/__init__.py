@@ -1,10 +1,10 @@
 """The ``deeppt`` command line: one module per command, each thin over the core functions.
 
 Each command module (:mod:`.info`, :mod:`.tiles`, :mod:`.features`, :mod:`.train`,
-:mod:`.predict`, :mod:`.run`, :mod:`.response`, :mod:`.demo`) has an ``add_parser`` and its
-``cmd_*`` function; options shared by several commands are declared once in :mod:`.common`,
-and the PNG writers live in :mod:`.render`. Heavy libraries (torch, dask, Pillow) are
-imported inside the commands, so ``deeppt --help`` answers at once.
+:mod:`.predict`, :mod:`.run`, :mod:`.response`, :mod:`.benchmark`, :mod:`.demo`) has an
+``add_parser`` and its ``cmd_*`` function; options shared by several commands are declared
+once in :mod:`.common`, and the PNG writers live in :mod:`.render`. Heavy libraries (torch,
+dask, Pillow) are imported inside the commands, so ``deeppt --help`` answers at once.
 
 Every command prints a one-line ``error: ...`` (exit status 2) for a user mistake instead of
 a traceback; ``--debug`` shows the traceback. Warnings print as ``warning: ...`` lines.
@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._version import __version__
-from . import demo, features, info, predict, response, run, tiles, train
+from . import benchmark, demo, features, info, predict, response, run, tiles, train
 from .common import USER_ERRORS, describe
 
 __all__ = ["build_parser", "main"]
 
 #: The commands, in the order ``deeppt --help`` lists them.
-COMMANDS = (info, tiles, features, train, predict, run, response, demo)
+COMMANDS = (info, tiles, features, train, predict, run, response, benchmark, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -282,6 +282,11 @@ def _train(args: argparse.Namespace, manifest: Any, expression: Any) -> int:
         f"{s['r_above_0.4']} with R > 0.4, median R of the top 1000 "
         f"{s['median_r_top_1000']:.3f} (held-out Pearson R, {scope})"
     )
+    if "baseline_median_r" in s:
+        print(
+            f"  median R {s['median_r']:.3f}; {s['baseline']}: median R "
+            f"{s['baseline_median_r']:.3f} (per gene: baseline_r in the .genes.csv)"
+        )
     suffixes = ["", ".genes.csv", ".heldout.csv"]
     if scope != "pooled":
         suffixes.append(".sections.csv")

@@ -20,7 +20,9 @@ import torch
 
 from ..errors import DeepPTError
 from ..progress import CancelLike, ProgressLike, make_progress
+from . import autoencoding
 from .autoencoding import autoencoder_tiles, encode, fit_autoencoder, tile_sample
+from .baseline import PCA_COMPONENTS, pca_ridge_heldout, sample_means
 from .feature_source import FeatureSource
 from .folds import group_folds
 from .latents import Latents
@@ -151,6 +153,7 @@ def cross_validate(
                 pending = []
     final = fits[-1]
     metrics, per_section, summary = _heldout_metrics(heldout, targets, genes, groups, within)
+    _add_baseline(metrics, summary, source, targets, outer, groups, within, options.seed)
     for state in [final.autoencoder.state_dict(), *final.states]:
         weights = np.concatenate([v.numpy().ravel() for v in state.values()])
         _require_finite(weights, options, "the final model")
@@ -207,6 +210,32 @@ def _heldout_metrics(
         return metrics, per_section, summarise(metrics, "within-section mean")
     metrics = gene_metrics(heldout, targets.numpy(), genes)
     return metrics, None, summarise(metrics, "pooled")
+
+
+def _add_baseline(
+    metrics: Any,
+    summary: dict[str, Any],
+    source: FeatureSource,
+    targets: Any,
+    outer: list[np.ndarray],
+    groups: np.ndarray,
+    within: bool,
+    seed: int,
+) -> None:
+    """HEST's PCA + ridge probe on the same samples' mean features and the same outer
+    folds, as ``metrics["baseline_r"]`` and ``summary["baseline_median_r"]``."""
+    truth = targets.numpy()
+    means = sample_means(source, autoencoding._BLOCK_ROWS)  # read as encoding reads
+    heldout = pca_ridge_heldout(means, truth, outer, seed=seed)
+    genes = list(metrics.index)
+    if within:
+        baseline, _ = section_metrics(heldout, truth, genes, groups)
+    else:
+        baseline = gene_metrics(heldout, truth, genes)
+    metrics["baseline_r"] = baseline["pearson_r"].to_numpy()
+    r = metrics["baseline_r"].dropna()
+    summary["baseline_median_r"] = float(r.median()) if len(r) else float("nan")
+    summary["baseline"] = f"PCA-{PCA_COMPONENTS} + ridge (HEST) on the same features and folds"
 
 
 def _require_finite(values: np.ndarray, options: TrainingSettings, where: str) -> None:
