@@ -86,3 +86,27 @@ def test_deferred_readback_on_cuda():
     assert [start for start, _ in collected] == [0, 4, 8]
     for k, (_, block) in enumerate(collected):
         np.testing.assert_array_equal(block, np.full((4, 3), float(k)))
+
+
+def test_a_foundation_preset_embeds_on_cuda_in_bfloat16_as_on_the_cpu():
+    """``embed`` on CUDA runs under the extraction's autocast; its features agree with the
+    CPU's (a two-block copy of UNI, random weights)."""
+    import dataclasses
+
+    pytest.importorskip("timm")
+    from napari_deeppt.features import extractors, presets
+    from napari_deeppt.features.extractors import get_spec, load_extractor
+
+    build = get_spec("uni").build
+    shallow = presets._vit(build.arch, build.pooling, **{**build.options, "depth": 2})
+    extractors.EXTRACTORS["uni"] = dataclasses.replace(get_spec("uni"), build=shallow)
+    try:
+        tiles = np.random.default_rng(0).integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
+        on_cpu = load_extractor("uni", "random").embed(tiles, device="cpu")
+        on_gpu = load_extractor("uni", "random").embed(tiles, device="cuda")
+    finally:
+        extractors.EXTRACTORS["uni"] = dataclasses.replace(get_spec("uni"), build=build)
+    cosine = (
+        (on_cpu * on_gpu).sum(1) / np.linalg.norm(on_cpu, axis=1) / np.linalg.norm(on_gpu, axis=1)
+    )
+    assert cosine.min() > 0.99

@@ -28,7 +28,13 @@ from ..progress import CancelLike, Progress, ProgressLike, check_cancelled, make
 from ..slide import Slide, as_slide
 from ..tiles import TileGrid, detect_and_tile
 from .batches import device_batches
-from .extractors import LoadedExtractor, load_extractor, prepare_model, warn_cpu_time
+from .extractors import (
+    LoadedExtractor,
+    inference_autocast,
+    load_extractor,
+    prepare_model,
+    warn_cpu_time,
+)
 from .gpu.readback import Readback
 from .params import FeatureParams
 from .preprocess import preprocess_batch, stain_config
@@ -192,7 +198,7 @@ def _stream(
         with (
             make_progress(progress, len(run.grid), "extracting features", unit="tile") as bar,
             torch.inference_mode(),
-            _autocast(run.dev),
+            inference_autocast(run.dev),
         ):
             sink = _Sink(out, store, bar)
             compiled = hasattr(run.model, "_orig_mod")
@@ -211,17 +217,6 @@ def _stream(
         if store is not None:
             finish_store(store, provenance)
     return out
-
-
-def _autocast(dev: Any) -> Any:
-    """bfloat16 (else float16) autocast on CUDA; nothing elsewhere."""
-    import torch
-
-    if dev.type != "cuda":
-        return nullcontext()
-    return torch.autocast(
-        "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    )
 
 
 @dataclass

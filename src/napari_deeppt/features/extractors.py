@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "ExtractorSpec",
     "LoadedExtractor",
     "check_weights",
+    "inference_autocast",
     "list_extractors",
     "load_extractor",
     "prepare_model",
@@ -175,7 +177,8 @@ class LoadedExtractor:
             Stain normalisation (a :class:`~napari_deeppt.params.StainMethod` or target;
             None: none), applied as extraction applies it.
         device
-            Where the model runs (``"auto"``: CUDA when present).
+            Where the model runs (``"auto"``: CUDA when present, under bfloat16 autocast as
+            in extraction).
 
         Returns
         -------
@@ -196,12 +199,23 @@ class LoadedExtractor:
         model = self.model.to(dev).eval()
         config = stain_config(stain, None)
         out = np.empty((len(tiles), self.spec.feature_dim), np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), inference_autocast(dev):
             for start in range(0, len(tiles), batch_size):
                 batch = torch.from_numpy(tiles[start : start + batch_size]).to(dev)
                 feats = model(preprocess_batch(batch, self.spec, config))
                 out[start : start + len(batch)] = feats.float().cpu().numpy()
         return out
+
+
+def inference_autocast(dev: Any) -> Any:
+    """bfloat16 (else float16) autocast on CUDA, where big models need it; nothing elsewhere."""
+    import torch
+
+    if dev.type != "cuda":
+        return nullcontext()
+    return torch.autocast(
+        "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    )
 
 
 def _torchvision_weights(spec: ExtractorSpec) -> Any:
