@@ -47,20 +47,20 @@ def test_every_preset_builds_its_published_architecture_and_width(name):
     assert spec.hf_repo and spec.licence
 
 
-def test_list_extractors_names_what_can_be_built_here():
+def test_list_extractors_names_what_can_be_built_here(monkeypatch):
     names = list_extractors()
     assert names[0] == "resnet50"
     assert set(PUBLISHED) <= set(names)
     has_transformers = importlib.util.find_spec("transformers") is not None
     assert ("phikon-v2" in names) == has_transformers
-    assert ("conch-v1.5" in names) == has_transformers
+    monkeypatch.setattr(presets, "_installed", lambda package: package != "transformers")
+    names = list_extractors()
+    assert "phikon-v2" not in names and "conch-v1.5" not in names and "uni" in names
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("transformers") is not None, reason="transformers is installed"
-)
 @pytest.mark.parametrize("name", ["phikon-v2", "conch-v1.5"])
-def test_presets_of_a_missing_package_are_refused_saying_what_to_install(name):
+def test_presets_of_a_missing_package_are_refused_saying_what_to_install(name, monkeypatch):
+    monkeypatch.setattr(presets, "_installed", lambda package: package != "transformers")
     with pytest.raises(DeepPTError, match=rf"{name}.*needs the transformers package.*pip install"):
         load_extractor(name, "random")
 
@@ -194,3 +194,101 @@ def test_embed_refuses_what_is_not_uint8_rgb_tiles():
     with pytest.raises(DeepPTError, match=r"\(N, H, W, 3\) uint8"):
         loaded.embed(np.zeros((2, 64, 64, 3), np.float32))
     assert loaded.embed(_tiles(2, 64)).shape == (2, 512)
+
+
+def test_phikon_v2_is_built_by_transformers_from_its_snapshot_folder(tmp_path, monkeypatch):
+    """A snapshot folder as Hugging Face lays it out (config.json, model.safetensors) of a
+    small DINOv2: the preset's embedding is that model's class token on the normalised
+    tiles, from the folder and from the hub cache."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        patch_size=16, image_size=224,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path / "hub" / "models--owkin--phikon-v2" / "snapshots" / "rev1"
+    transformers.Dinov2Model(config).eval().save_pretrained(folder)
+    spec = dataclasses.replace(get_spec("phikon-v2"), feature_dim=32)
+    monkeypatch.setitem(extractors.EXTRACTORS, "phikon-v2", spec)
+    tiles = _tiles(2, 224)
+    loaded = load_extractor("phikon-v2", folder)
+    reference = transformers.Dinov2Model.from_pretrained(folder).eval()
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
+    with torch.no_grad():
+        want = reference(pixel_values=(x - mean) / std).last_hidden_state[:, 0].numpy()
+    np.testing.assert_allclose(loaded.embed(tiles), want, rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert load_extractor("phikon-v2").weights_hash == loaded.weights_hash
+    with pytest.raises(DeepPTError, match="snapshot folder"):
+        load_extractor("phikon-v2", "random")
+
+
+_TITAN_CONFIG = """
+from transformers import PretrainedConfig
+
+
+class TitanConfig(PretrainedConfig):
+    model_type = "fake_titan"
+
+    def __init__(self, width=768, **kwargs):
+        self.width = width
+        super().__init__(**kwargs)
+"""
+_TITAN_MODEL = """
+import torch
+from transformers import PreTrainedModel
+
+from .configuration_titan import TitanConfig
+
+
+class Conch(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, width)
+
+    def forward(self, x):
+        return self.proj(x.mean(dim=(2, 3)))
+
+
+class Titan(PreTrainedModel):
+    config_class = TitanConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.conch = Conch(config.width)
+        self.post_init()
+
+    def _init_weights(self, module):
+        pass
+
+    def return_conch(self):
+        return self.conch, None
+"""
+
+
+def test_conch_v15_comes_from_the_titan_snapshot_folder_and_its_own_code(tmp_path):
+    """CONCH v1.5 ships inside TITAN's repository, built by its remote code: a snapshot
+    folder laid out the same way (config.json naming its code, the code, the weights), with
+    a stand-in CONCH, is loaded from the folder alone and embeds 448 px tiles."""
+    import json
+
+    pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "TITAN"
+    folder.mkdir()
+    (folder / "configuration_titan.py").write_text(_TITAN_CONFIG)
+    (folder / "modeling_titan.py").write_text(_TITAN_MODEL)
+    auto = {"AutoConfig": "configuration_titan.TitanConfig", "AutoModel": "modeling_titan.Titan"}
+    config = {"model_type": "fake_titan", "width": 768, "auto_map": auto}
+    (folder / "config.json").write_text(json.dumps(config))
+    weight, bias = torch.randn(768, 3), torch.randn(768)
+    save_file({"conch.proj.weight": weight, "conch.proj.bias": bias}, folder / "model.safetensors")
+    loaded = load_extractor("conch-v1.5", folder)
+    assert loaded.spec.input_size == 448
+    tiles = _tiles(2, 448)
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (loaded.spec.mean, loaded.spec.std))
+    want = (((x - mean) / std).mean(dim=(2, 3)) @ weight.T + bias).numpy()
+    np.testing.assert_allclose(loaded.embed(tiles), want, rtol=1e-4, atol=1e-4)

@@ -52,9 +52,10 @@ __all__ = [
     "weights_file_hash",
 ]
 
-#: Multiply-accumulates a CPU thread does per second in a forward pass (measured: ResNet50
-#: and UNI's ViT-L on this project's 2-core machine), for the time a CPU run will take.
-CPU_GMACS_PER_THREAD = 20.0
+#: Billions of multiply-accumulates a CPU thread does per second in a transformer's forward
+#: pass (UNI's ViT-L, fp32, on this project's 2-core AVX2 machine), for the time a CPU run
+#: of a foundation model will take.
+CPU_GMACS_PER_THREAD = 30.0
 #: Above this a CPU run is announced with its expected time.
 _SLOW_GMACS = 20.0
 

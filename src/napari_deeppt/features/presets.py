@@ -158,7 +158,7 @@ def _phikon_v2(folder: Path) -> Any:
     class ClassToken(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.trunk = AutoModel.from_pretrained(str(folder))
+            self.trunk = AutoModel.from_pretrained(str(folder), local_files_only=True)
 
         def forward(self, x: Any) -> Any:
             return self.trunk(pixel_values=x).last_hidden_state[:, 0]
