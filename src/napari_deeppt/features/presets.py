@@ -103,29 +103,23 @@ _PRESETS = [
         package="timm",
         extra={"architecture": "ViT-H/14, 4 registers", "pooling": "class token + patch mean"},
     ),
-    ExtractorSpec(
-        "h-optimus-0",
-        _vit("vit_giant_patch14_reg4_dinov2", **_VIT_G, dynamic_img_size=False),
-        1536,
-        mean=H_OPTIMUS_MEAN,
-        std=H_OPTIMUS_STD,
-        hf_repo="bioptimus/H-optimus-0",
-        licence="Apache-2.0; accept the terms on its Hugging Face page",
-        gmacs=295.0,
-        package="timm",
-        extra={"architecture": "ViT-g/14, 4 registers", "pooling": "class token"},
-    ),
-    ExtractorSpec(
-        "h-optimus-1",
-        _vit("vit_giant_patch14_reg4_dinov2", **_VIT_G, dynamic_img_size=False),
-        1536,
-        mean=H_OPTIMUS_MEAN,
-        std=H_OPTIMUS_STD,
-        hf_repo="bioptimus/H-optimus-1",
-        licence="non-commercial; gated: accept the terms on its Hugging Face page",
-        gmacs=295.0,
-        package="timm",
-        extra={"architecture": "ViT-g/14, 4 registers", "pooling": "class token"},
+    *(
+        ExtractorSpec(
+            f"h-optimus-{version}",  # Bioptimus' two releases share one architecture
+            _vit("vit_giant_patch14_reg4_dinov2", **_VIT_G, dynamic_img_size=False),
+            1536,
+            mean=H_OPTIMUS_MEAN,
+            std=H_OPTIMUS_STD,
+            hf_repo=f"bioptimus/H-optimus-{version}",
+            licence=licence,
+            gmacs=295.0,
+            package="timm",
+            extra={"architecture": "ViT-g/14, 4 registers", "pooling": "class token"},
+        )
+        for version, licence in (
+            (0, "Apache-2.0; accept the terms on its Hugging Face page"),
+            (1, "non-commercial; gated: accept the terms on its Hugging Face page"),
+        )
     ),
     ExtractorSpec(
         "prov-gigapath",
