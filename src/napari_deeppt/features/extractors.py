@@ -53,8 +53,9 @@ __all__ = [
 ]
 
 #: Billions of multiply-accumulates a CPU thread does per second in a transformer's forward
-#: pass (UNI's ViT-L, fp32, on this project's 2-core AVX2 machine), for the time a CPU run
-#: of a foundation model will take.
+#: pass, for the time a CPU run of a foundation model will take (UNI's ViT-L, fp32, on this
+#: project's 2-core AVX2 machine: 2.1 s a tile, 30 GMAC/s for two threads while another
+#: two-thread job ran, so about 30 per thread alone). An estimate, said as one.
 CPU_GMACS_PER_THREAD = 30.0
 #: Above this a CPU run is announced with its expected time.
 _SLOW_GMACS = 20.0
