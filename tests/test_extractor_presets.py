@@ -292,3 +292,31 @@ def test_conch_v15_comes_from_the_titan_snapshot_folder_and_its_own_code(tmp_pat
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (loaded.spec.mean, loaded.spec.std))
     want = (((x - mean) / std).mean(dim=(2, 3)) @ weight.T + bias).numpy()
     np.testing.assert_allclose(loaded.embed(tiles), want, rtol=1e-4, atol=1e-4)
+
+
+def test_an_extractor_is_built_once_for_a_cohort_and_again_when_its_file_changes(
+    tmp_path, monkeypatch
+):
+    """extract_features loads the extractor for every slide: a foundation model must not be
+    rebuilt and re-read per slide, yet a rewritten weights file or another spec is new."""
+    import os
+
+    builds = []
+    spec = get_spec("resnet18")
+
+    def counted():
+        builds.append(1)
+        return spec.build()
+
+    monkeypatch.setitem(extractors.EXTRACTORS, "resnet18", dataclasses.replace(spec, build=counted))
+    path = tmp_path / "r18.pth"
+    torch.save(load_extractor("resnet18", "random", seed=1).model.state_dict(), path)
+    first = load_extractor("resnet18", path)
+    assert load_extractor("resnet18", path) is first and len(builds) == 2  # random, then path
+    assert load_extractor("resnet18", "random", seed=2) is not first
+    torch.save(load_extractor("resnet18", "random", seed=3).model.state_dict(), path)
+    os.utime(path, ns=(1, 10**18))  # another mtime, whatever the clock's resolution
+    again = load_extractor("resnet18", path)
+    assert again is not first and again.weights_hash != first.weights_hash
+    monkeypatch.setitem(extractors.EXTRACTORS, "resnet18", dataclasses.replace(spec))
+    assert load_extractor("resnet18", path) is not again  # another spec: built anew

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleMismatchError, DeepPTError, WeightsNotFoundError
-from .presets import available, require_package
+from .presets import SlowOnCPUWarning, available, require_package, warn_cpu_time
 from .specs import EXTRACTORS, IMAGENET_MEAN, IMAGENET_STD, ExtractorSpec, register_extractor
 from .weights import (
     apply_state,
@@ -42,6 +42,7 @@ __all__ = [
     "EXTRACTORS",
     "ExtractorSpec",
     "LoadedExtractor",
+    "SlowOnCPUWarning",
     "check_weights",
     "inference_autocast",
     "list_extractors",
@@ -51,43 +52,6 @@ __all__ = [
     "warn_cpu_time",
     "weights_file_hash",
 ]
-
-#: Billions of multiply-accumulates a CPU thread does per second in a transformer's forward
-#: pass, for the time a CPU run of a foundation model will take (UNI's ViT-L, fp32, on this
-#: project's 2-core AVX2 machine: 2.1 s a tile, 30 GMAC/s for two threads while another
-#: two-thread job ran, so about 30 per thread alone). An estimate, said as one.
-CPU_GMACS_PER_THREAD = 30.0
-#: Above this a CPU run is announced with its expected time.
-_SLOW_GMACS = 20.0
-
-
-class SlowOnCPUWarning(UserWarning):
-    """A large model on the CPU: the expected time, said before starting."""
-
-
-def cpu_seconds_per_tile(spec: ExtractorSpec, threads: int | None = None) -> float:
-    """The expected seconds per tile of ``spec`` on this CPU (``threads``: torch's)."""
-    import torch
-
-    threads = threads or torch.get_num_threads()
-    return spec.gmacs / (CPU_GMACS_PER_THREAD * max(threads, 1))
-
-
-def warn_cpu_time(spec: ExtractorSpec, device: Any, n_tiles: int) -> None:
-    """Say the expected time before a large model (a foundation model) runs on the CPU."""
-    if getattr(device, "type", str(device)) != "cpu" or spec.gmacs < _SLOW_GMACS or not n_tiles:
-        return
-    import torch
-
-    per_tile = cpu_seconds_per_tile(spec)
-    minutes = per_tile * n_tiles / 60
-    warnings.warn(
-        f"{spec.name} on the CPU: about {per_tile:.1f} s a tile with "
-        f"{torch.get_num_threads()} threads, so about {minutes:,.0f} min for {n_tiles:,} "
-        "tiles; a CUDA GPU (bfloat16) takes a small fraction of that",
-        SlowOnCPUWarning,
-        stacklevel=3,
-    )
 
 
 def list_extractors() -> list[str]:
@@ -252,7 +216,9 @@ def load_extractor(
     Returns
     -------
     LoadedExtractor
-        ``.model`` and ``.embed(tiles)``.
+        ``.model`` and ``.embed(tiles)``. The last one loaded is kept and handed out again
+        for the same spec and weights file (unchanged) or seed, so that a cohort's slides
+        and a checked-then-used extractor build a foundation model once.
 
     Raises
     ------
@@ -262,12 +228,7 @@ def load_extractor(
     DeepPTError
         An unknown name, or a missing package.
     """
-    import torch
-
     spec = get_spec(name)
-    # not torch.manual_seed: its dynamo guard imports triton, which can crash a process that
-    # already loaded Mesa's LLVM (napari on software GL); the CPU generator is what init uses
-    torch.default_generator.manual_seed(seed)
     if not spec.needs_weights:
         if weights is not None and str(weights) != "random":
             raise WeightsNotFoundError(
@@ -275,13 +236,51 @@ def load_extractor(
                 "weights out (--weights)"
             )
         return LoadedExtractor(spec, spec.build().eval(), "none (a fixed function)", "none")
-    if weights is not None and str(weights) == "random":
+    random = weights is not None and str(weights) == "random"
+    path = None if random else _weights_file(spec, weights, download)
+    key = _loaded_key(spec, random, path, seed)
+    if key is not None and key in _LOADED:
+        return _LOADED[key][1]
+    loaded = _build(spec, random, path, seed)
+    if key is not None:  # keep the last one: a cohort's slides reuse it; models are large
+        _LOADED.clear()
+        _LOADED[key] = (spec, loaded)
+    return loaded
+
+
+#: The last loaded extractor, by what determines it (see :func:`_loaded_key`), with its spec
+#: (kept so that the spec's id in the key stays its own).
+_LOADED: dict[tuple[Any, ...], tuple[ExtractorSpec, LoadedExtractor]] = {}
+
+
+def _loaded_key(
+    spec: ExtractorSpec, random: bool, path: Path | None, seed: int
+) -> tuple[Any, ...] | None:
+    """What a loaded extractor is made of: the spec object itself, and its seed (random
+    weights) or its weights file's identity, size and modification time (a rewritten file
+    is loaded again). None (never kept) for a download still to do."""
+    if random:
+        return (id(spec), "random", seed)
+    if path is None:
+        return None
+    stat = path.stat()
+    return (id(spec), str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _build(spec: ExtractorSpec, random: bool, path: Path | None, seed: int) -> LoadedExtractor:
+    """The model of ``spec`` with random weights (seeded) or those of ``path``."""
+    import torch
+
+    # not torch.manual_seed: its dynamo guard imports triton, which can crash a process that
+    # already loaded Mesa's LLVM (napari on software GL); the CPU generator is what init uses
+    torch.default_generator.manual_seed(seed)
+    if random:
         model = spec.build().eval()
         return LoadedExtractor(
             spec, model, f"random initialisation (seed {seed})", f"random-{seed}"
         )
-    path = _weights_file(spec, weights, download)
     if "from_folder" in spec.extra:  # built by its own package from the snapshot folder
+        assert path is not None
         return LoadedExtractor(
             spec, spec.extra["from_folder"](path.parent), str(path), weights_file_hash(path)
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,12 @@ __all__ = [
     "H_OPTIMUS_MEAN",
     "H_OPTIMUS_STD",
     "PRESETS",
+    "SlowOnCPUWarning",
     "available",
+    "cpu_seconds_per_tile",
     "missing_package",
     "require_package",
+    "warn_cpu_time",
 ]
 
 #: H-optimus-0 and -1 (Bioptimus) normalise with their own training set's statistics.
@@ -238,3 +242,41 @@ def require_package(spec: ExtractorSpec) -> None:
             f"extractor {spec.name!r} needs the {package} package, which is not installed: "
             f"pip install {package}"
         )
+
+
+#: Billions of multiply-accumulates a CPU thread does per second in a transformer's forward
+#: pass, for the time a CPU run of a foundation model will take (UNI's ViT-L, fp32, on this
+#: project's 2-core AVX2 machine: 2.1 s a tile, 30 GMAC/s for two threads while another
+#: two-thread job ran, so about 30 per thread alone). An estimate, said as one.
+CPU_GMACS_PER_THREAD = 30.0
+#: Above this a CPU run is announced with its expected time.
+_SLOW_GMACS = 20.0
+
+
+class SlowOnCPUWarning(UserWarning):
+    """A large model on the CPU: the expected time, said before starting."""
+
+
+def cpu_seconds_per_tile(spec: ExtractorSpec, threads: int | None = None) -> float:
+    """The expected seconds per tile of ``spec`` on this CPU (``threads``: torch's)."""
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    return spec.gmacs / (CPU_GMACS_PER_THREAD * max(threads, 1))
+
+
+def warn_cpu_time(spec: ExtractorSpec, device: Any, n_tiles: int) -> None:
+    """Say the expected time before a large model (a foundation model) runs on the CPU."""
+    if getattr(device, "type", str(device)) != "cpu" or spec.gmacs < _SLOW_GMACS or not n_tiles:
+        return
+    import torch
+
+    per_tile = cpu_seconds_per_tile(spec)
+    minutes = per_tile * n_tiles / 60
+    warnings.warn(
+        f"{spec.name} on the CPU: about {per_tile:.1f} s a tile with "
+        f"{torch.get_num_threads()} threads, so about {minutes:,.0f} min for {n_tiles:,} "
+        "tiles; a CUDA GPU (bfloat16) takes a small fraction of that",
+        SlowOnCPUWarning,
+        stacklevel=3,
+    )
