@@ -146,23 +146,21 @@ def benchmark_extractors(
         fewer than two groups, or outputs that exist.
     """
     from .features.extractors import check_weights, get_spec
+    from .model.folds import group_folds
 
     names = _names(extractors)
     weights = dict(weights or {})
     unknown = sorted(set(weights) - set(names))
     if unknown:
         raise DeepPTError(f"weights given for {unknown}, which are not benchmarked ({names})")
-    table, targets, gene_names, groups = _inputs(spots, expression, genes, group_by)
-    rng = np.random.default_rng(seed)
-    from .model.folds import group_folds
-
+    spot_data, targets, gene_names, groups = _inputs(spots, expression, genes, group_by)
     n_groups = len(set(groups))
     if n_groups < 2:
         raise ExpressionTableError(
             f"the spots form {n_groups} {group_by} group: held-out scoring needs at least "
             "two (several sections, or a group_by column with several values)"
         )
-    held = group_folds(groups, min(folds, n_groups), rng)
+    held = group_folds(groups, min(folds, n_groups), np.random.default_rng(seed))
     if out is not None and not overwrite:
         existing = [str(Path(out) / n) for n in OUTPUT_NAMES if (Path(out) / n).exists()]
         if existing:
@@ -176,7 +174,7 @@ def benchmark_extractors(
         for name in names:
             started = time.perf_counter()
             features, source = _spot_features(
-                table, name, weights.get(name), tile_px, tile_mpp, options
+                spot_data, name, weights.get(name), tile_px, tile_mpp, options
             )
             seconds = time.perf_counter() - started
             per_gene[name] = _probe_r(features, targets, held, components, seed)
@@ -201,7 +199,8 @@ def _names(extractors: Any) -> list[str]:
 def _inputs(
     spots: Any, expression: Any, genes: int | list[str], group_by: str
 ) -> tuple[Any, np.ndarray, list[str], np.ndarray]:
-    """The spot table, log1p expression of the chosen genes, their names, each spot's group."""
+    """The spot table with each spot's section and the opened slides, log1p expression of
+    the chosen genes, their names, each spot's group."""
     import pandas as pd
 
     from .io.tables import check_spot_table, few, read_expression, read_spots
@@ -217,7 +216,7 @@ def _inputs(
     table = (
         check_spot_table(spots, source) if isinstance(spots, pd.DataFrame) else read_spots(spots)
     )
-    sections, _ = open_spot_slides(table, source)
+    sections, slides = open_spot_slides(table, source)
     if group_by == "section":
         groups = np.asarray(sections, dtype=str)
     elif group_by in table.columns:
@@ -239,19 +238,24 @@ def _inputs(
             raise ExpressionTableError(f"gene(s) not in the counts: {few(missing)}")
         chosen = list(genes)
     index = [counts.columns.get_loc(g) for g in chosen]
-    return table, values[:, index].astype(np.float32), chosen, groups
+    spot_data = (table, sections, slides)
+    return spot_data, values[:, index].astype(np.float32), chosen, groups
 
 
 def _spot_features(
-    table: Any, name: str, weights: Any, tile_px: int, tile_mpp: float, options: dict[str, Any]
+    spot_data: tuple[Any, np.ndarray, dict[str, Any]],
+    name: str,
+    weights: Any,
+    tile_px: int,
+    tile_mpp: float,
+    options: dict[str, Any],
 ) -> tuple[np.ndarray, str]:
     """Every spot's feature (one tile centred on it), section by section, and the weights'
     source."""
     from .features import extract_features
-    from .model.inputs import open_spot_slides
     from .model.sample_features import spot_grid
 
-    sections, slides = open_spot_slides(table, "the spot table")
+    table, sections, slides = spot_data  # the slides opened and checked once, by _inputs
     x, y = table["x"].to_numpy(float), table["y"].to_numpy(float)
     features: np.ndarray | None = None
     source = ""
