@@ -120,7 +120,8 @@ def _spots(args: argparse.Namespace, work: Path) -> dict:
         arrays.append(open_features(store)[0])
         parts += [(s, j, j + 1) for j in range(len(spots))]
         targets += [genes for _, genes in spots]
-    settings, _ = fit_folds(5, TrainingSettings(), False, "sections")
+    chosen = {"batch_slides": args.batch} if args.batch else {}
+    settings, _ = fit_folds(5, TrainingSettings(**chosen), False, "sections")
     start = time.perf_counter()
     cv = cross_validate(
         FeatureSource.from_parts(arrays, parts),
@@ -141,6 +142,8 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=1000)
     parser.add_argument("--spots", type=int, default=0, help="one-tile samples in 5 sections")
     parser.add_argument("--genes", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="samples per regressor batch (spots only)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

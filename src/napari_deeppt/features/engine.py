@@ -28,11 +28,11 @@ from ..progress import CancelLike, Progress, ProgressLike, check_cancelled, make
 from ..slide import Slide, as_slide
 from ..tiles import TileGrid, detect_and_tile
 from .batches import device_batches
+from .compiled import needs_fixed_batch, prepare_model
 from .extractors import (
     LoadedExtractor,
     inference_autocast,
     load_extractor,
-    prepare_model,
     warn_cpu_time,
 )
 from .gpu.readback import Readback
@@ -98,7 +98,10 @@ def extract_features(
         return FeatureSet(np.zeros((0, loaded.spec.feature_dim), p.dtype), grid, provenance)
     warn_cpu_time(loaded.spec, dev, len(grid))
     model_key = (p.extractor, loaded.weights_hash)
-    model = prepare_model(loaded.model, dev, p.compile, len(grid), model_key)
+    model = prepare_model(
+        loaded.model, dev, p.compile, len(grid), model_key,
+        batch=batch, input_size=loaded.spec.input_size,
+    )  # fmt: skip
     run = _Run(slide, grid, reader, model, loaded, stain_dict, dev, batch, workers, p.dtype)
     features = _stream(run, entry if p.use_cache else None, provenance, progress, cancel, started)
     return FeatureSet(features, grid, provenance)
@@ -201,7 +204,7 @@ def _stream(
             inference_autocast(run.dev),
         ):
             sink = _Sink(out, store, bar)
-            compiled = hasattr(run.model, "_orig_mod")
+            compiled = needs_fixed_batch(run.model)
             batches = device_batches(
                 run.slide, run.grid, run.reader, run.batch, run.dev, compiled, run.workers
             )

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleMismatchError, DeepPTError, WeightsNotFoundError
+from .compiled import prepare_model
 from .presets import SlowOnCPUWarning, available, require_package, warn_cpu_time
 from .specs import EXTRACTORS, IMAGENET_MEAN, IMAGENET_STD, ExtractorSpec, register_extractor
 from .weights import (
@@ -416,53 +417,3 @@ def check_weights(
             "was trained with (--weights PATH)"
         )
     return loaded.weights_hash
-
-
-_PREPARED: dict[tuple[Any, ...], Any] = {}
-
-
-def prepare_model(
-    model: Any, device: Any, compile_mode: Any, n_tiles: int, key: tuple[Any, ...] | None = None
-) -> Any:
-    """Move to the device in channels-last, optionally ``torch.compile`` (freezing on CPU).
-
-    Parameters
-    ----------
-    model
-        The extractor's ``torch.nn.Module``.
-    device
-        The ``torch.device``.
-    compile_mode
-        ``True``, ``False`` or ``"auto"`` (compile for ≥ 2048 tiles, where it pays).
-    n_tiles
-        How many tiles the model will see.
-    key
-        What identifies the model (extractor, weights hash): the last prepared model is kept
-        per key, device and compile choice, so a cohort pays for loading and compiling once
-        per process. None: nothing kept.
-
-    Returns
-    -------
-    torch.nn.Module
-        Compiled when ``compile`` was chosen and available (it has ``_orig_mod``).
-    """
-    import torch
-
-    want = compile_mode is True or (compile_mode == "auto" and n_tiles >= 2048)
-    full_key = None if key is None else (*key, str(device), want)
-    if full_key is not None and full_key in _PREPARED:
-        return _PREPARED[full_key]
-    model = model.to(device).to(memory_format=torch.channels_last).eval()
-    if want:
-        try:
-            import torch._inductor.config as inductor_config
-
-            if device.type == "cpu":
-                inductor_config.freezing = True
-            model = torch.compile(model)
-        except Exception as exc:  # compile is an optimisation: never a reason to fail
-            warnings.warn(f"torch.compile unavailable ({exc}); running eagerly", stacklevel=3)
-    if full_key is not None:
-        _PREPARED.clear()  # keep one model: they are large
-        _PREPARED[full_key] = model
-    return model

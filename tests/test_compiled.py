@@ -1,0 +1,147 @@
+"""Compiled models kept on disk (issue 15): built once, loaded by later processes, keyed on
+what the compiled code depends on, never another model's or a stale one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from napari_deeppt.features import compiled
+from napari_deeppt.features.compiled import (
+    CompiledPackage,
+    compiled_dir,
+    needs_fixed_batch,
+    prepare_model,
+)
+
+SIZE, BATCH = 16, 2
+CPU = torch.device("cpu")
+
+
+def _tiny(seed: int = 0, width: int = 4) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    with torch.no_grad():  # a BatchNorm that does something: freezing folds it into the conv
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _x() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(BATCH, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.fixture(autouse=True)
+def _fresh(tmp_path, monkeypatch):
+    """Each test starts with an empty package folder and no model kept in memory."""
+    monkeypatch.setenv("NAPARI_DEEPPT_CACHE", str(tmp_path / "cache"))
+    compiled._PREPARED.clear()
+    yield
+    compiled._PREPARED.clear()
+
+
+def _prepare(model: nn.Module, key: tuple, mode: object = True, n_tiles: int = 10) -> object:
+    return prepare_model(model, CPU, mode, n_tiles, key, batch=BATCH, input_size=SIZE)
+
+
+def _no_build(*args, **kwargs):
+    raise AssertionError("a package was built although one was on disk")
+
+
+def test_package_built_once_then_loaded_by_a_fresh_process(monkeypatch) -> None:
+    model = _tiny()
+    first = _prepare(model, ("tiny", "w0"))
+    assert isinstance(first, CompiledPackage) and needs_fixed_batch(first)
+    with torch.inference_mode():
+        expected = model(_x())
+        torch.testing.assert_close(first(_x()), expected, rtol=1e-4, atol=1e-5)
+    assert [p.suffix for p in sorted(compiled_dir().iterdir())] == [".json", ".pt2"]
+    # a fresh process: nothing in memory; "auto" for a few tiles loads it, never builds
+    compiled._PREPARED.clear()
+    monkeypatch.setattr(compiled, "_build", _no_build)
+    again = _prepare(_tiny(), ("tiny", "w0"), mode="auto", n_tiles=3)
+    assert isinstance(again, CompiledPackage) and again.path == first.path
+    with torch.inference_mode():
+        torch.testing.assert_close(again(_x()), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_without_a_package_runs_eagerly_and_builds_nothing() -> None:
+    model = _tiny()
+    prepared = _prepare(model, ("tiny", "w0"), mode="auto", n_tiles=300)
+    assert prepared is model and not needs_fixed_batch(prepared)
+    assert not compiled_dir().exists() or not any(compiled_dir().iterdir())
+
+
+def test_compile_false_never_touches_the_packages(monkeypatch) -> None:
+    monkeypatch.setattr(compiled, "_load", _no_build)
+    model = _tiny()
+    assert _prepare(model, ("tiny", "w0"), mode=False) is model
+
+
+def test_other_weights_structure_or_shape_get_their_own_package() -> None:
+    base = _prepare(_tiny(), ("tiny", "w0"))
+    other_weights = _prepare(_tiny(seed=5), ("tiny", "w1"))
+    other_structure = _prepare(_tiny(width=6), ("tiny", "w0"))
+    paths = {base.path, other_weights.path, other_structure.path}
+    assert len(paths) == 3
+    with torch.inference_mode():  # each computes its own model, not the first one's
+        assert other_weights(_x()).shape == (BATCH, 4)
+        assert other_structure(_x()).shape == (BATCH, 6)
+        torch.testing.assert_close(other_weights(_x()), _tiny(seed=5)(_x()), rtol=1e-4, atol=1e-5)
+
+
+def test_fields_name_torch_cpu_and_model() -> None:
+    fields = compiled.package_fields(_tiny(), ("tiny", "w0"), (BATCH, 3, SIZE, SIZE))
+    assert fields["torch"] == torch.__version__
+    assert fields["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert fields["model"] == ["tiny", "w0"] and fields["input"]["shape"] == [2, 3, 16, 16]
+    changed = dict(fields, torch="0.0.0")
+    assert compiled._key(changed) != compiled._key(fields)
+
+
+def test_a_package_recorded_for_other_fields_is_not_used(monkeypatch) -> None:
+    first = _prepare(_tiny(), ("tiny", "w0"))
+    record = first.path.with_suffix(".json")
+    fields = json.loads(record.read_text())
+    record.write_text(json.dumps(dict(fields, cpu_capability="AVX512")))  # built elsewhere
+    compiled._PREPARED.clear()
+    built = []
+    real_build = compiled._build
+    monkeypatch.setattr(compiled, "_build", lambda *a: built.append(1) or real_build(*a))
+    _prepare(_tiny(), ("tiny", "w0"))
+    assert built == [1] and json.loads(record.read_text()) == fields
+
+
+def test_a_damaged_package_is_rebuilt_with_a_warning() -> None:
+    first = _prepare(_tiny(), ("tiny", "w0"))
+    first.path.write_bytes(b"not a package")
+    compiled._PREPARED.clear()
+    with pytest.warns(UserWarning, match="does not load"):
+        again = _prepare(_tiny(), ("tiny", "w0"))
+    with torch.inference_mode():
+        torch.testing.assert_close(again(_x()), _tiny()(_x()), rtol=1e-4, atol=1e-5)
+
+
+def test_a_failed_compile_runs_eagerly_with_a_warning(monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(compiled, "_build", broken)
+    model = _tiny()
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler found.*running eagerly"):
+        assert _prepare(model, ("tiny", "w0")) is model
+
+
+def test_compile_must_be_a_known_choice() -> None:
+    with pytest.raises(ValueError, match="compile must be"):
+        _prepare(_tiny(), ("tiny", "w0"), mode="always")
