@@ -145,3 +145,38 @@ def test_a_failed_compile_runs_eagerly_with_a_warning(monkeypatch) -> None:
 def test_compile_must_be_a_known_choice() -> None:
     with pytest.raises(ValueError, match="compile must be"):
         _prepare(_tiny(), ("tiny", "w0"), mode="always")
+
+
+def test_extraction_with_the_package_equals_eager_and_a_later_run_loads_it(
+    svs_slide, monkeypatch
+) -> None:
+    """extract_features compiled (a short last batch padded) gives the eager features; a
+    later process's small run (compile="auto") uses the package instead of running eagerly."""
+    import numpy as np
+
+    from napari_deeppt import extract_features, open_slide
+    from napari_deeppt.features import ExtractorSpec, register_extractor
+    from napari_deeppt.tiles import make_tile_grid
+
+    register_extractor(ExtractorSpec("tiny-compiled", _tiny, 4, input_size=32))
+    slide = open_slide(svs_slide.path)
+    grid = make_tile_grid(slide, tile_px=128, mpp=0.5, min_tissue=0.0).subset(np.arange(11))
+    run = {"extractor": "tiny-compiled", "weights": "random", "batch_size": 4,
+           "use_cache": False, "progress": False, "dtype": "float32", "device": "cpu"}  # fmt: skip
+    eager = extract_features(slide, grid, compile=False, **run).features
+    built = extract_features(slide, grid, compile=True, **run).features
+    np.testing.assert_allclose(built, eager, rtol=1e-4, atol=1e-5)
+    assert len(list(compiled_dir().glob("*.pt2"))) == 1
+
+    compiled._PREPARED.clear()  # a fresh process
+    monkeypatch.setattr(compiled, "_build", _no_build)
+    calls = []
+    real_load = compiled._load
+    monkeypatch.setattr(compiled, "_load", lambda *a: calls.append(1) or real_load(*a))
+    later = extract_features(slide, grid.subset(np.arange(3)), compile="auto", **run).features
+    assert (
+        calls
+        and compiled._PREPARED
+        and isinstance(next(iter(compiled._PREPARED.values())), CompiledPackage)
+    )
+    np.testing.assert_allclose(later, eager[:3], rtol=1e-4, atol=1e-5)

@@ -123,7 +123,7 @@ def preprocess_batch(batch: Any, spec: Any, stain: dict[str, Any]) -> Any:
     x = resized.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)  # in place
 
 
 def preview_mosaic(
