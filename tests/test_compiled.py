@@ -180,3 +180,29 @@ def test_extraction_with_the_package_equals_eager_and_a_later_run_loads_it(
         and isinstance(next(iter(compiled._PREPARED.values())), CompiledPackage)
     )
     np.testing.assert_allclose(later, eager[:3], rtol=1e-4, atol=1e-5)
+
+
+def _plain_net() -> type:
+    class Net(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x)
+
+    return Net
+
+
+def _doubling_net() -> type:
+    class Net(nn.Sequential):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    return Net
+
+
+def test_a_changed_forward_is_another_package() -> None:
+    """Same structure (repr) and weights, other forward code: another key."""
+    plain, doubled = _plain_net()(*_tiny()), _doubling_net()(*_tiny())
+    shape = (BATCH, 3, SIZE, SIZE)
+    fields = [compiled.package_fields(m, ("tiny", "w0"), shape) for m in (plain, doubled)]
+    assert fields[0]["structure"] == fields[1]["structure"]
+    assert compiled._key(fields[0]) != compiled._key(fields[1])
+    assert fields[0]["code"]["packages"]["torchvision"]

@@ -9,8 +9,9 @@ built once and loaded by later processes in about a second:
 ``<cache_root>/compiled/<key>.pt2`` and ``<key>.json``, where the key is the SHA-256 of
 everything the compiled code depends on — torch's version, the CPU (instruction set and
 model name: a package built for AVX-512 must never run on an AVX2 machine sharing the
-cache), the extractor and its weights hash, the module's structure, the input shape and
-layout, and this package's version. The JSON holds those fields and must match them
+cache), the extractor and its weights hash, the module's structure and its class's source,
+the versions of torchvision/timm/transformers, the input shape and layout, and this
+package's version. The JSON holds those fields and must match them
 exactly before a package is loaded; a package that does not load is removed and rebuilt
 (with a warning). Packages are written under a temporary name and renamed, so a crashed
 or concurrent build never leaves a half-written one.
@@ -107,6 +108,7 @@ def package_fields(model: Any, key: tuple[Any, ...], shape: tuple[int, ...]) -> 
         "format": "aoti-package-1",
         "model": [str(part) for part in key],
         "structure": structure,
+        "code": _code_fields(model),
         "input": {"shape": list(shape), "dtype": "float32", "layout": "channels_last"},
         "torch": torch.__version__,
         "napari_deeppt": __version__,
@@ -115,6 +117,25 @@ def package_fields(model: Any, key: tuple[Any, ...], shape: tuple[int, ...]) -> 
         "cpu": _cpu_name(),
         "inductor": {"freezing": True},
     }
+
+
+def _code_fields(model: Any) -> dict[str, Any]:
+    """What the module's code depends on beyond its structure: its class's source (a changed
+    ``forward`` is another model) and the versions of the libraries models come from."""
+    import inspect
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        source = inspect.getsource(type(model))
+    except (OSError, TypeError):  # defined where no source is kept
+        source = f"{type(model).__module__}.{type(model).__qualname__}"
+    packages = {}
+    for package in ("torchvision", "timm", "transformers"):
+        try:
+            packages[package] = version(package)
+        except PackageNotFoundError:
+            packages[package] = None
+    return {"class": hashlib.sha256(source.encode()).hexdigest()[:16], "packages": packages}
 
 
 def _key(fields: dict[str, Any]) -> str:
