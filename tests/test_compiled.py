@@ -206,3 +206,16 @@ def test_a_changed_forward_is_another_package() -> None:
     assert fields[0]["structure"] == fields[1]["structure"]
     assert compiled._key(fields[0]) != compiled._key(fields[1])
     assert fields[0]["code"]["packages"]["torchvision"]
+
+
+def test_cached_loads_a_package_but_never_builds_one(monkeypatch) -> None:
+    model = _tiny()
+    monkeypatch.setattr(compiled, "_build", _no_build)
+    assert _prepare(model, ("tiny", "w0"), mode="cached", n_tiles=10_000) is model
+    monkeypatch.undo()
+    monkeypatch.setenv("NAPARI_DEEPPT_CACHE", str(compiled_dir().parent))
+    built = _prepare(_tiny(), ("tiny", "w0"))
+    compiled._PREPARED.clear()
+    monkeypatch.setattr(compiled, "_build", _no_build)
+    loaded = _prepare(_tiny(), ("tiny", "w0"), mode="cached")
+    assert isinstance(loaded, CompiledPackage) and loaded.path == built.path

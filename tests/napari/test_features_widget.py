@@ -96,3 +96,34 @@ def test_a_mistyped_weights_path_is_an_error_not_the_default_weights(make_napari
         assert "resnet50-typo.pth: no such file" in str(exc)
     else:
         raise AssertionError("a missing weights file was taken for 'no weights file'")
+
+
+def test_the_dock_uses_a_model_compiled_earlier_but_never_compiles(qtbot, viewer_with_tiles):
+    """A package built outside napari (CLI, console) is loaded by the dock; without one the
+    dock runs eagerly and builds nothing (compiling inside napari clashes with Mesa)."""
+    import shutil
+
+    import torch
+
+    from napari_deeppt.features import compiled
+    from napari_deeppt.features.extractors import load_extractor
+    from napari_deeppt.io import cache_root
+
+    viewer, _ = viewer_with_tiles
+    widget = _widget(viewer)
+    compiled._PREPARED.clear()
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=60_000)
+    assert not compiled.compiled_dir().exists()  # nothing built inside napari
+    loaded = load_extractor("resnet18", "random")
+    key = ("resnet18", loaded.weights_hash)
+    package = compiled.prepare_model(loaded.model, torch.device("cpu"), True, 0, key, batch=32)
+    assert isinstance(package, compiled.CompiledPackage)
+    compiled._PREPARED.clear()  # as in a new napari session
+    shutil.rmtree(cache_root() / "features")  # computed again, not read from the cache
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    assert "tiles × 512 features" in widget.status.value
+    used = list(compiled._PREPARED.values())
+    assert len(used) == 1 and isinstance(used[0], compiled.CompiledPackage)
+    compiled._PREPARED.clear()

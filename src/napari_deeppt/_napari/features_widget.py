@@ -118,9 +118,9 @@ class FeaturesWidget(JobWidget):
                 "device": self.device.value,
                 "batch_size": self.batch_size.value or None,
                 "stain": None if self.stain.value == "none" else self.stain.value,
-                # torch.compile loads triton, whose LLVM clashes with Mesa's (software GL)
-                # inside a napari process; eager inference only here
-                "compile": False,
+                # compiling loads triton, whose LLVM clashes with Mesa's (software GL) inside
+                # a napari process; a model compiled earlier (CLI, console) is only loaded
+                "compile": "cached",
             },
             on_result,
             status="loading the model…",

@@ -219,9 +219,11 @@ def prepare_model(
     device
         The ``torch.device``.
     compile_mode
-        ``True``, ``False`` or ``"auto"``: on the CPU, a compiled package already on disk is
-        always used; one is built for ≥ :data:`AUTO_COMPILE_TILES` tiles (where it pays the
-        first time). Elsewhere ``auto`` compiles in memory for that many tiles.
+        ``True``, ``False``, ``"auto"`` or ``"cached"``: on the CPU, a compiled package
+        already on disk is always used; ``auto`` builds one for ≥ :data:`AUTO_COMPILE_TILES`
+        tiles (where it pays the first time), ``cached`` never builds (the napari docks:
+        compiling inside napari clashes with its software OpenGL; loading does not).
+        Elsewhere ``auto`` compiles in memory for that many tiles, ``cached`` runs eagerly.
     n_tiles
         How many tiles the model will see.
     key
@@ -241,8 +243,8 @@ def prepare_model(
     """
     import torch
 
-    if compile_mode not in (True, False, "auto"):
-        raise ValueError(f"compile must be True, False or 'auto', got {compile_mode!r}")
+    if compile_mode not in (True, False, "auto", "cached"):
+        raise ValueError(f"compile must be True, False, 'auto' or 'cached', got {compile_mode!r}")
     want = compile_mode is True or (compile_mode == "auto" and n_tiles >= AUTO_COMPILE_TILES)
     full_key = None if key is None else (*key, str(device), compile_mode, want, batch)
     if full_key is not None and full_key in _PREPARED:

@@ -52,10 +52,11 @@ class FeatureParams:
     workers
         Threads reading tiles ahead of the model; None: from the number of cores.
     compile
-        Compile the model: True, False or ``auto``. On the CPU a compiled model is kept on
-        disk (:mod:`napari_deeppt.features.compiled`): ``auto`` uses one that is there and
-        builds one for 2048 tiles or more, where the first build pays; True builds it now.
-        On CUDA, ``auto`` compiles in memory for 2048 tiles or more.
+        Compile the model: True, False, ``auto`` or ``cached``. On the CPU a compiled model
+        is kept on disk (:mod:`napari_deeppt.features.compiled`): ``auto`` uses one that is
+        there and builds one for 2048 tiles or more, where the first build pays; ``cached``
+        only uses one that is there; True builds it now. On CUDA, ``auto`` compiles in
+        memory for 2048 tiles or more.
     use_cache
         Read and write the feature cache.
     seed
