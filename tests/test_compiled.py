@@ -219,3 +219,12 @@ def test_cached_loads_a_package_but_never_builds_one(monkeypatch) -> None:
     monkeypatch.setattr(compiled, "_build", _no_build)
     loaded = _prepare(_tiny(), ("tiny", "w0"), mode="cached")
     assert isinstance(loaded, CompiledPackage) and loaded.path == built.path
+
+
+def test_the_model_kept_in_memory_is_never_another_architectures() -> None:
+    """Two extractors registered under one name with the same weights hash (random weights
+    in one process) do not share the model kept between slides."""
+    small, wide = _tiny(width=4), _tiny(width=6)
+    assert _prepare(small, ("same", "random-0"), mode=False) is small
+    assert _prepare(wide, ("same", "random-0"), mode=False) is wide
+    assert _prepare(_tiny(width=6), ("same", "random-0"), mode=False) is wide  # kept

@@ -246,7 +246,8 @@ def prepare_model(
     if compile_mode not in (True, False, "auto", "cached"):
         raise ValueError(f"compile must be True, False, 'auto' or 'cached', got {compile_mode!r}")
     want = compile_mode is True or (compile_mode == "auto" and n_tiles >= AUTO_COMPILE_TILES)
-    full_key = None if key is None else (*key, str(device), compile_mode, want, batch)
+    structure = hashlib.sha256(repr(model).encode()).hexdigest()  # two models, one name
+    full_key = None if key is None else (*key, structure, str(device), compile_mode, want, batch)
     if full_key is not None and full_key in _PREPARED:
         return _PREPARED[full_key]
     model = model.to(device).to(memory_format=torch.channels_last).eval()
