@@ -142,9 +142,17 @@ def test_a_failed_compile_runs_eagerly_with_a_warning(monkeypatch) -> None:
         assert _prepare(model, ("tiny", "w0")) is model
 
 
-def test_compile_must_be_a_known_choice() -> None:
+def test_compile_must_be_a_known_choice(svs_slide) -> None:
+    """Refused by the parameters, before any slide is read or model built."""
+    from napari_deeppt import extract_features
+    from napari_deeppt.features.params import FeatureParams
+
     with pytest.raises(ValueError, match="compile must be"):
         _prepare(_tiny(), ("tiny", "w0"), mode="always")
+    with pytest.raises(ValueError, match="compile must be True, False, 'auto' or 'cached'"):
+        FeatureParams(compile="yes")
+    with pytest.raises(ValueError, match="compile must be"):
+        extract_features(svs_slide.path, compile="always", progress=False)
 
 
 def test_extraction_with_the_package_equals_eager_and_a_later_run_loads_it(

@@ -298,3 +298,19 @@ def test_tiled_rgb_levels_are_decoded_directly_with_zarrs_pixels(request, fixtur
     assert not isinstance(through_zarr._sources[0].array, tiff_backend.TiffTileArray)
     np.testing.assert_array_equal(direct[0], through_zarr.read_region(300, 200, 700, 500))
     np.testing.assert_array_equal(direct[1], through_zarr.read_region(0, 0, 512, 512, level=1))
+
+
+def test_direct_tile_reads_from_many_threads_equal_serial_reads(svs_slide):
+    """The direct TIFF decoder shares one file handle between reader threads: reads must be
+    serialised (seek + read), never interleaved into another tile's bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slide = open_slide(svs_slide.path)
+    rng = np.random.default_rng(0)
+    w, h = slide.dimensions
+    corners = [(int(rng.integers(0, w - 300)), int(rng.integers(0, h - 300))) for _ in range(48)]
+    serial = [slide.read_region(x, y, 300, 300) for x, y in corners]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda c: slide.read_region(c[0], c[1], 300, 300), corners))
+    for a, b in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(a, b)

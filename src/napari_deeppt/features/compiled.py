@@ -32,6 +32,7 @@ from typing import Any
 
 from .._version import __version__
 from ..io import atomic_outputs, cache_root
+from .params import COMPILE_MODES
 
 __all__ = [
     "CompiledPackage",
@@ -243,7 +244,7 @@ def prepare_model(
     """
     import torch
 
-    if compile_mode not in (True, False, "auto", "cached"):
+    if not (compile_mode is True or compile_mode is False or compile_mode in COMPILE_MODES):
         raise ValueError(f"compile must be True, False, 'auto' or 'cached', got {compile_mode!r}")
     want = compile_mode is True or (compile_mode == "auto" and n_tiles >= AUTO_COMPILE_TILES)
     structure = hashlib.sha256(repr(model).encode()).hexdigest()  # two models, one name

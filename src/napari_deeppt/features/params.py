@@ -14,7 +14,11 @@ from typing import Any
 from ..devices import Device
 from ..stain import StainMethod
 
-__all__ = ["FeatureDtype", "FeatureParams"]
+__all__ = ["COMPILE_MODES", "FeatureDtype", "FeatureParams"]
+
+
+#: The string choices of ``compile`` besides True and False (see :class:`FeatureParams`).
+COMPILE_MODES = ("auto", "cached")
 
 
 class FeatureDtype(str, Enum):
@@ -85,5 +89,9 @@ class FeatureParams:
         object.__setattr__(self, "dtype", dtype)
         if self.batch_size is not None and int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if not (self.compile is True or self.compile is False or self.compile in COMPILE_MODES):
+            raise ValueError(
+                f"compile must be True, False, 'auto' or 'cached', got {self.compile!r}"
+            )
         if self.workers is not None and int(self.workers) < 1:
             raise ValueError(f"workers must be ≥ 1, got {self.workers}")
