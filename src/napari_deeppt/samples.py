@@ -16,11 +16,10 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_path, cache_root, file_sha256
+from .io import atomic_path, bundled_slide_path, cache_root, file_sha256
 from .testing import GENERATOR_VERSION, SyntheticSlide, default_sample_spec
 
 __all__ = ["cmu1_small_region_path", "demo_bundle", "synthetic_sample"]
@@ -47,7 +46,7 @@ _DEMO_TRAINING = {
 
 def cmu1_small_region_path() -> Path:
     """Path of the bundled CMU-1-Small-Region.svs (Carnegie Mellon University, CC0 1.0)."""
-    return Path(str(resources.files("napari_deeppt") / "data" / "CMU-1-Small-Region.svs"))
+    return bundled_slide_path()
 
 
 def _key_digest(key: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@
 - :mod:`.batches`: tiles into device batches, read ahead in threads;
 - :mod:`.store`: :class:`FeatureSet`, its zarr store and exports, the cache key and lookup;
 - :mod:`.engine`: :func:`extract_features`, the streaming loop;
+- :mod:`.quantized`: the int8 form of the ResNets on the CPU, calibrated once and kept;
 - :mod:`.gpu`: JPEG decoding, Pillow-exact resizing and pinned readback on the device.
 """
 
@@ -22,7 +23,7 @@ from .extractors import (
     load_extractor,
     register_extractor,
 )
-from .params import FeatureDtype, FeatureParams
+from .params import FeatureDtype, FeatureParams, ModelPrecision
 from .store import FeatureSet
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "FeatureDtype",
     "FeatureParams",
     "FeatureSet",
+    "ModelPrecision",
     "extract_features",
     "list_extractors",
     "load_extractor",

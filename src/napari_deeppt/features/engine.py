@@ -36,7 +36,7 @@ from .extractors import (
     warn_cpu_time,
 )
 from .gpu.readback import Readback
-from .params import FeatureParams
+from .params import FeatureParams, ModelPrecision
 from .preprocess import preprocess_batch, stain_config
 from .store import FeatureSet, cache_entry, cache_key, create_store, finish_store, load_cached
 
@@ -70,7 +70,7 @@ def extract_features(
         :class:`~napari_deeppt.features.params.FeatureParams` (the defaults: DeepPT's ResNet50,
         Macenko, float16), with any of its fields given as keywords over it: ``extractor``,
         ``weights``, ``device``, ``batch_size``, ``stain``, ``fit_max_pixels``, ``dtype``,
-        ``workers``, ``compile``, ``use_cache``, ``seed``, ``gpu_decode``. With
+        ``workers``, ``compile``, ``use_cache``, ``seed``, ``gpu_decode``, ``precision``. With
         ``gpu_decode`` a few tiles are decoded both ways first, and a disagreeing decoder
         gives a warning and tifffile reads the slide: the same pixels either way.
 
@@ -86,9 +86,15 @@ def extract_features(
     dev = resolve_device(p.device)
     reader = _jpeg_reader(slide, grid, dev, p.gpu_decode)
     reader_name = "torchvision-jpeg" if reader is not None else "tiles"
+    int8 = p.precision == ModelPrecision.INT8
+    if int8:
+        from .quantized import require_int8
+
+        require_int8(p.extractor, dev)
     key, fields = cache_key(
-        slide, grid, p.extractor, loaded.weights_hash, loaded.spec, stain_dict, p.dtype, reader_name
-    )
+        slide, grid, p.extractor, loaded.weights_hash, loaded.spec, stain_dict, p.dtype,
+        reader_name, precision=p.precision,
+    )  # fmt: skip
     entry = cache_entry(cache_dir, key)
     if p.use_cache and (cached := load_cached(entry)) is not None:
         return cached
@@ -97,11 +103,15 @@ def extract_features(
     if len(grid) == 0:
         return FeatureSet(np.zeros((0, loaded.spec.feature_dim), p.dtype), grid, provenance)
     warn_cpu_time(loaded.spec, dev, len(grid))
-    model_key = (p.extractor, loaded.weights_hash)
-    model = prepare_model(
-        loaded.model, dev, p.compile, len(grid), model_key,
-        batch=batch, input_size=loaded.spec.input_size,
-    )  # fmt: skip
+    if int8:
+        from .quantized import int8_model
+
+        model = int8_model(loaded, dev)
+    else:
+        model = prepare_model(
+            loaded.model, dev, p.compile, len(grid), (p.extractor, loaded.weights_hash),
+            batch=batch, input_size=loaded.spec.input_size,
+        )  # fmt: skip
     run = _Run(slide, grid, reader, model, loaded, stain_dict, dev, batch, workers, p.dtype)
     features = _stream(run, entry if p.use_cache else None, provenance, progress, cancel, started)
     return FeatureSet(features, grid, provenance)
@@ -147,6 +157,7 @@ def _provenance(
         **fields,
         "slide_path": str(slide.path),
         "weights_source": loaded.weights_source,
+        "precision": fields.get("precision", "float32"),
         "device": str(dev),
         "versions": {
             "napari_deeppt": __version__,

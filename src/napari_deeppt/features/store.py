@@ -278,6 +278,7 @@ def cache_key(
     stain: dict[str, Any],
     dtype: str,
     reader: str = "tiles",
+    precision: str = "float32",
 ) -> tuple[str, dict[str, Any]]:
     """The cache key of a feature run and the fields it digests.
 
@@ -293,6 +294,9 @@ def cache_key(
         The storage dtype of the features.
     reader
         ``"tiles"`` (the slide's reader) or ``"torchvision-jpeg"`` (decoded on a device).
+    precision
+        The model's arithmetic; ``"int8"`` is a field of its own (float32 runs keep the keys
+        they had before the choice existed).
 
     Returns
     -------
@@ -323,6 +327,8 @@ def cache_key(
         "deeppt_major": __version__.split(".")[0],
         "reader": reader,
     }
+    if precision != "float32":
+        fields["precision"] = precision
     key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
     return key[:24], fields
 

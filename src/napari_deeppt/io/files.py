@@ -23,6 +23,7 @@ from pathlib import Path
 __all__ = [
     "atomic_outputs",
     "atomic_path",
+    "bundled_slide_path",
     "cache_root",
     "describe_os_error",
     "file_sha256",
@@ -48,6 +49,13 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "napari-deeppt"
+
+
+def bundled_slide_path() -> Path:
+    """Path of the bundled CMU-1-Small-Region.svs (Carnegie Mellon University, CC0 1.0)."""
+    from importlib import resources
+
+    return Path(str(resources.files("napari_deeppt") / "data" / "CMU-1-Small-Region.svs"))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

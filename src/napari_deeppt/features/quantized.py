@@ -1,0 +1,261 @@
+"""ResNet features in int8 on the CPU: post-training static quantization, calibrated once.
+
+On a CPU without a GPU the model is most of a tile's cost (ResNet50: 8.2 GFLOP per 224²
+tile), and fp32 cannot go faster than the cores' floating-point peak. ``precision="int8"``
+runs the convolutions in 8-bit integers (torch's ``x86`` quantized engine, fbgemm/oneDNN
+kernels): about twice the compiled fp32 model on an AVX2 CPU, for features that differ from
+fp32's by the quantization error (bounded in the tests; check it on your own weights with
+``benchmarks/bench_features.py --precision int8``). It is an opt-in: DeepPT's recipe, and
+every default, stays fp32.
+
+How the model is made, the same way every time for the same weights:
+
+- torchvision's quantizable ResNet of the same architecture gets the extractor's weights,
+  its convolutions, batch norms and ReLUs are fused, and per-channel weight and histogram
+  activation observers (``x86`` qconfig) are inserted;
+- it is calibrated on fixed inputs: every tile of the bundled CMU-1-Small-Region slide
+  (real H&E, CC0) with ≥ 50 % tissue at 512 px, 0.5 µm/px and a stride of 256 px,
+  Macenko-normalised with DeepPT's reference and resized as extraction does — so the
+  quantized model depends on the weights only, never on the slide being extracted;
+- layer4's output is dequantized before the global average pool, so the 2048 features are
+  means of 49 quantized values each rather than themselves rounded to 8 bits.
+
+Calibrating takes about 15 s on two cores, so the quantized weights are kept on disk,
+``<cache_root>/quantized/<key>.pt``, keyed on what makes them: a digest of the fp32 weights
+themselves, the architecture, the torch and torchvision versions, the quantized engine, the
+calibration recipe and the package version. The file records those fields and is used only
+when they match; one that does not load is removed and made again (with a warning). In a
+process the last one is also kept in memory. torch's eager-mode quantization API is
+deprecated in favour of torchao; its deprecation warnings are silenced here and the torch
+version is pinned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import DeepPTError
+
+__all__ = ["QUANTIZABLE", "int8_model", "require_int8"]
+
+#: Extractors with an int8 version: torchvision's quantizable architectures.
+QUANTIZABLE = ("resnet18", "resnet50")
+
+_CALIBRATION = {"tile_px": 512, "mpp": 0.5, "stride_px": 256, "min_tissue": 0.5}
+_RECIPE = 1  # bump when the calibration or the model's layout changes
+_KEPT: dict[tuple[Any, ...], Any] = {}  # the last int8 model, by what determines it
+
+
+def int8_model(loaded: Any, device: Any) -> Any:
+    """The int8 version of a loaded ResNet extractor, for the CPU.
+
+    Parameters
+    ----------
+    loaded
+        A :class:`~napari_deeppt.features.extractors.LoadedExtractor` of ``resnet18`` or
+        ``resnet50``.
+    device
+        The run's ``torch.device``: must be the CPU.
+
+    Returns
+    -------
+    torch.nn.Module
+        Normalised ``(N, 3, 224, 224)`` float images → ``(N, D)`` float32 features.
+
+    Raises
+    ------
+    DeepPTError
+        Another extractor, another device, or a torch without the ``x86`` quantized engine.
+    """
+    require_int8(loaded.spec.name, device)
+    fields = _fields(loaded, _engine())
+    key = json.dumps(fields, sort_keys=True)
+    if key not in _KEPT:
+        model = _stored(loaded, fields)
+        _KEPT.clear()  # one at a time: a cohort's slides reuse it
+        _KEPT[key] = model
+    return _KEPT[key]
+
+
+def require_int8(extractor: str, device: Any) -> None:
+    """Refuse int8 for an extractor or a device it is not made for.
+
+    Raises
+    ------
+    DeepPTError
+        ``extractor`` is not one of :data:`QUANTIZABLE`, ``device`` is not the CPU, or this
+        torch has no x86 quantized engine.
+    """
+    if extractor not in QUANTIZABLE:
+        raise DeepPTError(
+            f"precision 'int8' is available for {', '.join(QUANTIZABLE)}, not extractor "
+            f"{extractor!r}; use precision 'float32'"
+        )
+    if device.type != "cpu":
+        raise DeepPTError(
+            f"precision 'int8' runs on the CPU only, not on {device}; on a GPU use the "
+            "default precision (float32 weights under bfloat16 autocast)"
+        )
+    _engine()
+
+
+def quantized_dir() -> Path:
+    """Where int8 models are kept: ``<cache_root>/quantized``."""
+    from ..io import cache_root
+
+    return cache_root() / "quantized"
+
+
+def _fields(loaded: Any, engine: str) -> dict[str, Any]:
+    """What makes the int8 model: the fp32 weights' bytes, versions, engine and recipe."""
+    import torch
+    import torchvision
+
+    digest = hashlib.sha256()
+    for name, tensor in loaded.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {
+        "recipe": _RECIPE,
+        "extractor": loaded.spec.name,
+        "weights_digest": digest.hexdigest(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "engine": engine,
+        "calibration": _CALIBRATION,
+        "napari_deeppt": __version__,
+    }
+
+
+def _stored(loaded: Any, fields: dict[str, Any]) -> Any:
+    """The int8 model kept on disk for ``fields``, else quantized now and kept there."""
+    import torch
+
+    from ..io import atomic_path
+    from ..io.torchfile import load_weights_only
+
+    recorded = json.dumps(fields, sort_keys=True)  # plain text: loads with weights_only
+    path = quantized_dir() / f"{hashlib.sha256(recorded.encode()).hexdigest()[:32]}.pt"
+    if path.is_file():
+        try:
+            saved = load_weights_only(path)
+            if saved.get("fields") == recorded:
+                return _skeleton(loaded.spec.name, fields["engine"], saved["state"])
+        except Exception:  # a damaged file: made again, never trusted
+            warnings.warn(
+                f"{path}: the int8 model kept there does not load; making it again", stacklevel=4
+            )
+    model = _quantize(loaded, fields["engine"])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, overwrite=True) as tmp:
+            torch.save({"fields": recorded, "state": model.state_dict()}, tmp)
+    except OSError as exc:  # a read-only cache: the model is made again next time
+        warnings.warn(f"{path}: the int8 model could not be kept ({exc})", stacklevel=4)
+    return model
+
+
+def _engine() -> str:
+    import torch
+
+    engines = torch.backends.quantized.supported_engines
+    for engine in ("x86", "fbgemm"):
+        if engine in engines:
+            return engine
+    raise DeepPTError(
+        f"this torch has no x86 quantized engine (it has {', '.join(engines)}); "
+        "use precision 'float32'"
+    )
+
+
+def _observed(name: str, engine: str, state: dict[str, Any] | None) -> Any:
+    """torchvision's quantizable ``name`` with ``state`` (fp32), fused, with observers."""
+    import torch
+    import torchvision.models.quantization as tvq
+
+    torch.backends.quantized.engine = engine
+    model = getattr(tvq, name)(weights=None, quantize=False)
+    model.fc = torch.nn.Identity()
+    if state is not None:
+        model.load_state_dict(state)
+    model.eval().fuse_model(is_qat=False)
+    model.qconfig = torch.ao.quantization.get_default_qconfig(engine)
+    torch.ao.quantization.prepare(model, inplace=True)
+    return model
+
+
+def _quantize(loaded: Any, engine: str) -> Any:
+    """Fuse, observe, calibrate and convert a quantizable copy of ``loaded.model``."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices; see module notes
+        model = _observed(loaded.spec.name, engine, loaded.model.state_dict())
+        wrapped = _pooled(model)
+        with torch.inference_mode():
+            for batch in _calibration_batches(loaded.spec):
+                wrapped(batch)
+        torch.ao.quantization.convert(model, inplace=True)
+    return wrapped.eval()
+
+
+def _skeleton(name: str, engine: str, state: dict[str, Any]) -> Any:
+    """A converted model of ``name`` given a saved int8 ``state`` (no calibration)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _observed(name, engine, None)
+        torch.ao.quantization.convert(model, inplace=True)
+        wrapped = _pooled(model)
+        wrapped.load_state_dict(state)
+    return wrapped.eval()
+
+
+def _calibration_batches(spec: Any, batch: int = 16) -> Any:
+    """The fixed calibration inputs (see the module notes), a batch at a time."""
+    import torch
+
+    from ..io import bundled_slide_path
+    from ..slide import open_slide
+    from ..tiles import make_tile_grid
+    from .preprocess import preprocess_batch, stain_config
+
+    slide = open_slide(bundled_slide_path())
+    grid = make_tile_grid(slide, **_CALIBRATION, workers=1)
+    stain = stain_config("macenko", 8192)
+    order = np.arange(len(grid))
+    for start in range(0, len(order), batch):
+        tiles = np.stack([grid.read_tile(slide, int(i)) for i in order[start : start + batch]])
+        yield preprocess_batch(torch.from_numpy(tiles), spec, stain)
+
+
+def _pooled_in_float() -> type:
+    import torch
+
+    class PooledInFloat(torch.nn.Module):
+        """A quantizable ResNet up to layer4 in int8, then average pooling in float."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: Any) -> Any:
+            m = self.model
+            x = m.maxpool(m.relu(m.bn1(m.conv1(m.quant(x)))))
+            x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+            return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(m.dequant(x), 1), 1)
+
+    return PooledInFloat
+
+
+def _pooled(model: Any) -> Any:
+    """``model`` (quantizable, observed or converted) wrapped to pool layer4 in float."""
+    return _pooled_in_float()(model)

@@ -1,0 +1,151 @@
+"""int8 features on the CPU (issue 15): close to fp32's, made the same way every time, kept
+on disk keyed on the weights, refused where they do not apply, cached as their own entry."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from napari_deeppt import extract_features
+from napari_deeppt.errors import DeepPTError
+from napari_deeppt.features import FeatureSet, quantized
+from napari_deeppt.features.extractors import load_extractor
+from napari_deeppt.features.params import FeatureParams
+from napari_deeppt.features.quantized import int8_model, quantized_dir, require_int8
+from napari_deeppt.slide import open_slide
+from napari_deeppt.tiles import make_tile_grid
+
+CPU = torch.device("cpu")
+RUN = {"extractor": "resnet18", "weights": "random", "progress": False, "use_cache": False}
+
+
+@pytest.fixture(autouse=True)
+def _fresh(tmp_path, monkeypatch):
+    """Each test starts with an empty cache and no int8 model kept in memory."""
+    monkeypatch.setenv("NAPARI_DEEPPT_CACHE", str(tmp_path / "cache"))
+    quantized._KEPT.clear()
+    yield
+    quantized._KEPT.clear()
+
+
+@pytest.fixture(scope="module")
+def slide_and_grid(svs_slide):
+    slide = open_slide(svs_slide.path)
+    grid = make_tile_grid(slide, tile_px=224, mpp=0.5, min_tissue=0.5)
+    return slide, grid.subset(np.arange(min(len(grid), 24)))
+
+
+def _agreement(int8: np.ndarray, fp32: np.ndarray) -> tuple[float, float]:
+    a, b = fp32.astype(np.float64), int8.astype(np.float64)
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    r2 = 1 - ((ac - bc) ** 2).sum() / (ac**2).sum()
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return float(r2), float(cosine.min())
+
+
+def test_int8_features_keep_what_fp32s_say_about_the_tiles(slide_and_grid):
+    slide, grid = slide_and_grid
+    assert len(grid) >= 12
+    fp32 = extract_features(slide, grid, **RUN, compile=False).features
+    int8 = extract_features(slide, grid, **RUN, precision="int8")
+    assert int8.provenance["precision"] == "int8"
+    assert not np.array_equal(int8.features, fp32)  # int8 really ran
+    r2, cosine = _agreement(int8.features, fp32)
+    assert r2 >= 0.98, r2  # the variation across tiles that the maps and the model see
+    assert cosine >= 0.99, cosine
+    model = int8_model(load_extractor("resnet18", "random"), CPU)
+    kinds = {type(module).__module__ for module in model.modules()}
+    assert any("quantized" in kind for kind in kinds), kinds
+
+
+def test_the_int8_model_is_kept_on_disk_and_loaded_without_calibrating(slide_and_grid, monkeypatch):
+    slide, grid = slide_and_grid
+    first = extract_features(slide, grid, **RUN, precision="int8").features
+    assert len(list(quantized_dir().glob("*.pt"))) == 1
+    quantized._KEPT.clear()  # as a fresh process
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibrated again although the int8 model was on disk")
+
+    monkeypatch.setattr(quantized, "_quantize", no_calibration)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = extract_features(slide, grid, **RUN, precision="int8").features
+    np.testing.assert_array_equal(again, first)
+
+
+def test_other_weights_get_their_own_int8_model(slide_and_grid):
+    slide, grid = slide_and_grid
+    one = extract_features(slide, grid, **RUN, precision="int8").features
+    other = extract_features(slide, grid, **RUN, precision="int8", seed=1).features
+    assert len(list(quantized_dir().glob("*.pt"))) == 2
+    assert not np.allclose(one, other, atol=1e-2)
+    quantized._KEPT.clear()
+    np.testing.assert_array_equal(
+        extract_features(slide, grid, **RUN, precision="int8").features, one
+    )
+
+
+def test_a_damaged_int8_file_is_made_again_with_a_warning(slide_and_grid):
+    slide, grid = slide_and_grid
+    first = extract_features(slide, grid, **RUN, precision="int8").features
+    (path,) = quantized_dir().glob("*.pt")
+    path.write_bytes(path.read_bytes()[:1000])
+    quantized._KEPT.clear()
+    with pytest.warns(UserWarning, match="does not load; making it again") as caught:
+        again = extract_features(slide, grid, **RUN, precision="int8").features
+    assert not any("weights_only" in str(w.message) for w in caught)
+    np.testing.assert_array_equal(again, first)
+    quantized._KEPT.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the file was replaced by a good one
+        extract_features(slide, grid, **RUN, precision="int8")
+
+
+def test_int8_is_refused_where_it_does_not_apply(slide_and_grid):
+    slide, grid = slide_and_grid
+    with pytest.raises(DeepPTError, match="available for resnet18, resnet50, not extractor"):
+        extract_features(slide, grid, **{**RUN, "extractor": "resnet34"}, precision="int8")
+    with pytest.raises(DeepPTError, match="CPU only, not on cuda"):
+        require_int8("resnet50", torch.device("cuda"))
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'int8'"):
+        FeatureParams(precision="int4")
+    with pytest.raises(ValueError, match="compile=True does not apply"):
+        FeatureParams(precision="int8", compile=True)
+
+
+def test_int8_features_are_a_cache_entry_of_their_own(slide_and_grid, tmp_path):
+    slide, grid = slide_and_grid
+    cached = {**RUN, "use_cache": True, "cache_dir": tmp_path / "features"}
+    fp32 = extract_features(slide, grid, **cached, compile=False)
+    int8 = extract_features(slide, grid, **cached, precision="int8")
+    assert not int8.from_cache
+    assert int8.provenance["cache_key"] != fp32.provenance["cache_key"]
+    assert fp32.provenance["precision"] == "float32"
+    again = extract_features(slide, grid, **cached, precision="int8")
+    assert again.from_cache and again.provenance["precision"] == "int8"
+    np.testing.assert_array_equal(again.features, int8.features)
+
+
+def test_the_command_line_makes_int8_features_and_refuses_them_one_line(
+    tmp_path, capsys, svs_slide
+):
+    from napari_deeppt.cli import main
+
+    args = ["features", str(svs_slide.path), "--out", str(tmp_path / "out"), "--quiet"]
+    args += ["--extractor", "resnet18", "--weights", "random", "--formats", "zarr"]
+    assert main([*args, "--precision", "int8", "--no-cache"]) == 0
+    written = FeatureSet.load(tmp_path / "out" / f"{svs_slide.path.stem}.features.zarr")
+    assert written.provenance["precision"] == "int8"
+    capsys.readouterr()
+    other = ["--extractor", "colour-stats", "--weights", "random"]
+    assert main([*args[:5], *other, "--precision", "int8", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "error: precision 'int8' is available for resnet18, resnet50" in err
+    assert "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--precision", "int4"])
+    assert exit_.value.code == 2
