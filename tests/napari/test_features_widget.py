@@ -127,3 +127,26 @@ def test_the_dock_uses_a_model_compiled_earlier_but_never_compiles(qtbot, viewer
     used = list(compiled._PREPARED.values())
     assert len(used) == 1 and isinstance(used[0], compiled.CompiledPackage)
     compiled._PREPARED.clear()
+
+
+def test_the_precision_choice_reaches_the_extraction(qtbot, viewer_with_tiles):
+    """int8 picked in the dock runs the int8 model (its own cache entry), fp32 stays default."""
+    from napari_deeppt.features import quantized
+
+    viewer, _ = viewer_with_tiles
+    widget = _widget(viewer)
+    assert str(widget.precision.value) == "float32"
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=60_000)
+    fp32 = viewer.layers["small feature embedding"].metadata["deeppt_features"]
+    assert fp32.provenance["precision"] == "float32" and "int8" not in widget.status.value
+    quantized._KEPT.clear()
+    widget.precision.value = "int8"
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    assert widget.status.value.endswith("; int8"), widget.status.value
+    assert "from the cache" not in widget.status.value
+    int8 = viewer.layers["small feature embedding"].metadata["deeppt_features"]
+    assert int8.provenance["precision"] == "int8"
+    assert not np.array_equal(int8.features, fp32.features)
+    quantized._KEPT.clear()

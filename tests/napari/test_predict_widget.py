@@ -230,3 +230,18 @@ def test_a_file_that_is_not_a_bundle_says_so_in_the_dock(
     assert widget.status.value.startswith(f"error: {tmp_path / 'x.deeppt'}: not a napari-deeppt")
     assert error_notifications == [widget.status.value.removeprefix("error: ")]
     assert len(viewer.layers) == 1
+
+
+def test_int8_for_a_model_without_a_resnet_says_so_in_the_dock(
+    qtbot, viewer_with_slide, bundle_path
+):
+    """The precision choice reaches the core: the demo model's extractor has no int8 form."""
+    viewer, _ = viewer_with_slide
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
+    widget.bundle.value = bundle_path
+    widget.precision.value = "int8"
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    assert widget.prediction is None
+    assert "'int8' is available for resnet18, resnet50" in widget.status.value
+    assert "\n" not in widget.status.value.strip()

@@ -8,7 +8,7 @@ from magicgui.widgets import CheckBox, FileEdit
 
 from ..devices import Device
 from ..features.extractors import list_extractors
-from ..features.params import FeatureParams
+from ..features.params import FeatureParams, ModelPrecision
 from ..stain import StainMethod
 from ._jobs import Job, JobWidget
 from .console import slide_of
@@ -57,6 +57,7 @@ class FeaturesWidget(JobWidget):
             FeatureParams, "batch_size", "batch size (0 = auto)", value=0, min=0, max=4096
         )
         self.stain = choice_widget(FeatureParams, "stain", "stain", StainMethod)
+        self.precision = choice_widget(FeatureParams, "precision", "precision", ModelPrecision)
         self.extend(
             [
                 self.slide_layer,
@@ -67,6 +68,7 @@ class FeaturesWidget(JobWidget):
                 self.device,
                 self.batch_size,
                 self.stain,
+                self.precision,
                 *self._controls(),
             ]
         )
@@ -106,6 +108,7 @@ class FeaturesWidget(JobWidget):
             self.status.value = (
                 f"{len(features)} tiles × {features.feature_dim} features "
                 f"{where}; weights {features.provenance['weights_hash']}"
+                + ("; int8" if features.provenance.get("precision") == "int8" else "")
             )
 
         return self._start(
@@ -118,6 +121,7 @@ class FeaturesWidget(JobWidget):
                 "device": self.device.value,
                 "batch_size": self.batch_size.value or None,
                 "stain": None if self.stain.value == "none" else self.stain.value,
+                "precision": str(self.precision.value),
                 # compiling loads triton, whose LLVM clashes with Mesa's (software GL) inside
                 # a napari process; a model compiled earlier (CLI, console) is only loaded
                 "compile": "cached",

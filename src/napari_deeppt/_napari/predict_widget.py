@@ -15,7 +15,7 @@ from magicgui.widgets import (
 )
 
 from ..devices import Device
-from ..features.params import FeatureParams
+from ..features.params import FeatureParams, ModelPrecision
 from ._jobs import Job, JobWidget, StatusLine
 from .console import slide_of
 from .fields import choice_widget, slide_picker
@@ -52,6 +52,7 @@ class PredictWidget(JobWidget):
         self.roi_layer = self._regions_picker()
         self._model_fields()
         self.device = choice_widget(FeatureParams, "device", "device", Device)
+        self.precision = choice_widget(FeatureParams, "precision", "precision", ModelPrecision)
         # choices come from a callable: napari calls reset_choices() on docked widgets
         # whenever layers change, which must not forget the predicted genes
         self.gene = ComboBox(
@@ -88,6 +89,7 @@ class PredictWidget(JobWidget):
                 self.tiles_layer,
                 self.weights,
                 self.device,
+                self.precision,
                 *self._controls(),
                 self.gene,
                 self.signature_genes,
@@ -255,6 +257,7 @@ class PredictWidget(JobWidget):
                 "grid": grid,
                 "weights": weights,
                 "device": self.device.value,
+                "precision": str(self.precision.value),
             },
             on_result,
         )

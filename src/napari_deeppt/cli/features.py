@@ -13,6 +13,7 @@ from .common import (
     add_feature_options,
     add_mpp_options,
     add_overwrite_quiet,
+    add_precision_option,
     add_roi_options,
     add_slides_and_out,
     add_tile_options,
@@ -39,6 +40,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--tiles", default=None, help="a tile grid CSV from 'deeppt tiles'")
     add_tile_options(parser)
     add_feature_options(parser, batch_size=True)
+    add_precision_option(parser)
     parser.add_argument(
         "--dtype",
         default=field_default(FeatureParams, "dtype"),

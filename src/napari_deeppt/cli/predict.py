@@ -12,6 +12,7 @@ from .common import (
     add_model_option,
     add_mpp_options,
     add_overwrite_quiet,
+    add_precision_option,
     add_roi_options,
     add_slides_and_out,
     feature_keywords,
@@ -36,6 +37,7 @@ def add_parser(subparsers: Any) -> None:
     add_model_option(parser)
     parser.add_argument("--gene", default=None, help="gene shown in the PNG (default: the highest)")
     add_feature_options(parser, choose_extractor=False)
+    add_precision_option(parser)
     add_roi_options(parser)
     parser.add_argument(
         "--geojson",
