@@ -7,12 +7,19 @@
   as in the seed articles' scripts.
 
 With ``--compile`` on a CPU the bare model and the pipeline run the same compiled package
-(:mod:`napari_deeppt.features.compiled`; built on the first run, loaded afterwards).
+(:mod:`napari_deeppt.features.compiled`; built on the first run, loaded afterwards). With
+``--precision int8`` (CPU) both run the int8 model (:mod:`napari_deeppt.features.quantized`)
+and the features of the pipeline are compared with fp32's on the same tiles (``int8 R²``:
+the share of the features' variance across tiles that int8 keeps; ``cosine``: per tile);
+with ``--compile`` too, the compiled fp32 model is also timed in the same run.
+With ``--weights FILE`` it uses those ResNet50 weights instead of random ones: the way to
+check int8 on the weights you use.
 Goals (issue 15, 2-core CPU): pipeline ≥ 0.85 × the compiled bare model in every run,
 ≥ 3 × the seed-style loop.
 
     python benchmarks/bench_features.py [--tiles 320] [--device auto] [--compile]
                                         [--gpu-decode auto|on|off] [--size 18432]
+                                        [--precision float32|int8] [--weights FILE]
 
 It also times reading alone: tifffile + Pillow in threads against the file's JPEG tiles
 decoded on the device (torchvision/nvJPEG), same tiles.
@@ -45,6 +52,8 @@ def main() -> None:
         default="auto",
         help="decode the slide's JPEG tiles on the device (auto: on CUDA)",
     )
+    parser.add_argument("--precision", choices=["float32", "int8"], default="float32")
+    parser.add_argument("--weights", default="random", help="ResNet50 weights (default random)")
     args = parser.parse_args()
 
     import torch
@@ -77,44 +86,42 @@ def main() -> None:
     n = len(grid)
     print(f"device {device}, {torch.get_num_threads()} threads, {n} tiles, batch {batch}")
 
-    loaded = load_extractor("resnet50", "random")
-    model = prepare_model(  # the same key and shape as the pipeline's: the same package
-        loaded.model,
-        device,
-        args.compile,
-        n if args.compile else 0,
-        key=("resnet50", loaded.weights_hash),
-        batch=batch,
-    )
+    loaded = load_extractor("resnet50", args.weights)
     x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
-    with torch.inference_mode(), autocast:
-        model(x)  # warm-up (and compile)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        done = 0
-        while done < n:
-            model(x)
-            done += batch
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        bare = done / (time.perf_counter() - t)
+    fp32_bare = float("nan")
+    if args.precision == "int8":
+        from napari_deeppt.features.quantized import int8_model
+
+        bare = _bare_rate(int8_model(loaded, device), x, n, device)
+        if args.compile:  # the compiled fp32 model in the same run, for the ratio
+            fp32 = prepare_model(
+                loaded.model, device, True, n, ("resnet50", loaded.weights_hash), batch=batch
+            )
+            fp32_bare = _bare_rate(fp32, x, n, device)
+    else:
+        model = prepare_model(  # the same key and shape as the pipeline's: the same package
+            loaded.model,
+            device,
+            args.compile,
+            n if args.compile else 0,
+            key=("resnet50", loaded.weights_hash),
+            batch=batch,
+        )
+        bare = _bare_rate(model, x, n, device)
 
     run = {
         "extractor": "resnet50",
-        "weights": "random",
+        "weights": args.weights,
         "device": device,
         "batch_size": batch,
         "use_cache": False,
         "progress": False,
         "compile": args.compile,
         "gpu_decode": {"auto": "auto", "on": True, "off": False}[args.gpu_decode],
+        "precision": args.precision,
     }
+    if args.precision == "int8":
+        run["compile"] = "auto"
     extract_features(slide, grid.subset(np.arange(2)), **run)  # load (and compile) once
     t = time.perf_counter()
     result = extract_features(slide, grid, **run)
@@ -138,7 +145,7 @@ def main() -> None:
             torch.cuda.synchronize()
         read_device = n / (time.perf_counter() - t)
 
-    seed_model = load_extractor("resnet50", "random").model.eval().to(device)
+    seed_model = load_extractor("resnet50", args.weights).model.eval().to(device)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     t = time.perf_counter()
@@ -166,6 +173,47 @@ def main() -> None:
     print(
         f"seed-style loop:  {seed:8.1f} tiles/s  pipeline / seed {pipeline / seed:.2f} (goal ≥ 3)"
     )
+    if fp32_bare == fp32_bare:  # measured
+        print(
+            f"compiled fp32 bare model: {fp32_bare:8.1f} tiles/s  "
+            f"int8 pipeline / compiled fp32 bare {pipeline / fp32_bare:.2f}"
+        )
+    if args.precision == "int8":
+        r2, cosine = _agreement(result.features, extract_features(slide, grid, **{
+            **run, "precision": "float32", "compile": False}).features)  # fmt: skip
+        print(f"int8 against fp32: R² {r2:.4f} of the features' variance, cosine ≥ {cosine:.4f}")
+
+
+def _bare_rate(model, x, n: int, device) -> float:
+    """Tiles per second of ``model`` alone on a fixed batch, ``n`` tiles after a warm-up."""
+    import torch
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    with torch.inference_mode(), autocast:
+        model(x)  # warm-up (and compile)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        done = 0
+        while done < n:
+            model(x)
+            done += len(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return done / (time.perf_counter() - t)
+
+
+def _agreement(int8: np.ndarray, fp32: np.ndarray) -> tuple[float, float]:
+    """The share of fp32's variance across tiles int8 keeps, and the least tile cosine."""
+    a, b = fp32.astype(np.float64), int8.astype(np.float64)
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    r2 = 1 - ((ac - bc) ** 2).sum() / (ac**2).sum()
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return float(r2), float(cosine.min())
 
 
 if __name__ == "__main__":

@@ -149,3 +149,12 @@ def test_the_command_line_makes_int8_features_and_refuses_them_one_line(
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--precision", "int4"])
     assert exit_.value.code == 2
+
+
+def test_the_engine_is_onednn_on_x86_builds_and_refused_elsewhere():
+    from napari_deeppt.features.quantized import _engine
+
+    assert _engine(["qnnpack", "onednn", "x86", "fbgemm"]) == "onednn"  # this torch
+    assert _engine(["qnnpack", "fbgemm"]) == "fbgemm"
+    with pytest.raises(DeepPTError, match="no x86 quantized engine .* use precision 'float32'"):
+        _engine(["qnnpack", "onednn"])  # an ARM build
