@@ -140,7 +140,11 @@ def test_the_command_line_makes_int8_features_and_refuses_them_one_line(
     assert main([*args, "--precision", "int8", "--no-cache"]) == 0
     written = FeatureSet.load(tmp_path / "out" / f"{svs_slide.path.stem}.features.zarr")
     assert written.provenance["precision"] == "int8"
-    capsys.readouterr()
+    assert "(resnet18, weights random-0, int8)" in capsys.readouterr().out
+    unsupported = ["features", str(svs_slide.path), "--out", str(tmp_path / "uni")]
+    assert main([*unsupported, "--extractor", "uni", "--precision", "int8"]) == 2
+    err = capsys.readouterr().err  # refused before any weights are looked for
+    assert "precision 'int8' is available for" in err and "MahmoodLab" not in err
     other = ["--extractor", "colour-stats", "--weights", "random"]
     assert main([*args[:5], *other, "--precision", "int8", "--overwrite"]) == 2
     err = capsys.readouterr().err
@@ -156,5 +160,95 @@ def test_the_engine_is_onednn_on_x86_builds_and_refused_elsewhere():
 
     assert _engine(["qnnpack", "onednn", "x86", "fbgemm"]) == "onednn"  # this torch
     assert _engine(["qnnpack", "fbgemm"]) == "fbgemm"
-    with pytest.raises(DeepPTError, match="no x86 quantized engine .* use precision 'float32'"):
+    with pytest.raises(DeepPTError, match=r"no x86 quantized engine .* use precision 'float32'"):
         _engine(["qnnpack", "onednn"])  # an ARM build
+
+
+def test_int8_features_made_another_way_are_not_taken_from_the_cache(
+    slide_and_grid, tmp_path, monkeypatch
+):
+    """The feature cache key carries the int8 model's recipe, engine and versions."""
+    slide, grid = slide_and_grid
+    cached = {**RUN, "use_cache": True, "cache_dir": tmp_path / "features"}
+    first = extract_features(slide, grid, **cached, precision="int8")
+    assert first.provenance["int8"]["engine"] == quantized._engine()
+    assert extract_features(slide, grid, **cached, precision="int8").from_cache
+    monkeypatch.setattr(quantized, "_RECIPE", quantized._RECIPE + 1)  # a later release's
+    quantized._KEPT.clear()
+    later = extract_features(slide, grid, **cached, precision="int8")
+    assert not later.from_cache
+    assert later.provenance["cache_key"] != first.provenance["cache_key"]
+    monkeypatch.setattr(quantized, "_engine", lambda engines=None: "x86")  # another engine
+    quantized._KEPT.clear()
+    other = extract_features(slide, grid, **cached, precision="int8")
+    assert not other.from_cache and other.provenance["int8"]["engine"] == "x86"
+
+
+def test_an_int8_model_that_cannot_be_kept_warns_in_one_line(slide_and_grid, monkeypatch):
+    """torch.save fails with a C++ RuntimeError on a read-only folder or a full disk."""
+    slide, grid = slide_and_grid
+    expected = extract_features(slide, grid, **RUN, precision="int8").features
+    quantized._KEPT.clear()
+    for path in quantized_dir().glob("*.pt"):
+        path.unlink()
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2854784")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.warns(UserWarning, match="could not be kept") as caught:
+        got = extract_features(slide, grid, **RUN, precision="int8").features
+    assert not any("enforce" in str(w.message) for w in caught)
+    np.testing.assert_array_equal(got, expected)
+    assert not list(quantized_dir().glob("*.pt*"))  # no partial left behind
+
+
+@pytest.fixture(scope="module")
+def int8_cohort(tmp_path_factory):
+    """Six slides, each with int8 and float32 resnet18 feature stores, and a manifest."""
+    import pandas as pd
+
+    from napari_deeppt.testing import write_synthetic_cohort
+    from napari_deeppt.tiles import detect_and_tile
+
+    root = tmp_path_factory.mktemp("int8-cohort")
+    cohort = write_synthetic_cohort(root / "cohort", n_slides=6, seed=4, noise=0.05)
+    manifest = pd.read_csv(cohort.manifest)
+    stores: dict[str, list] = {"int8": [], "float32": []}
+    for slide in manifest["slide"]:
+        path = cohort.manifest.parent / slide
+        _, grid = detect_and_tile(path, tile_px=128, mpp=1.0)
+        for precision, kept in stores.items():
+            fs = extract_features(path, grid, **{**RUN, "stain": None}, precision=precision)
+            kept.append(fs.save(root / precision / f"{path.stem}.zarr"))
+    quantized._KEPT.clear()
+    return cohort, manifest, stores
+
+
+def test_training_refuses_int8_and_float32_stores_together_and_records_int8(int8_cohort, tmp_path):
+    from napari_deeppt import predict
+    from napari_deeppt.model.bundle import ModelBundle
+    from napari_deeppt.model.training import train
+
+    cohort, manifest, stores = int8_cohort
+    settings = {"extractor": "resnet18", "weights": "random", "tile_px": 128, "tile_mpp": 1.0,
+                "stain": None, "outer_folds": 2, "inner_folds": 2, "max_epochs": 5,
+                "patience": 5, "progress": False}  # fmt: skip
+    mixed = manifest.assign(features=[str(s) for s in stores["int8"]])
+    mixed.loc[3, "features"] = str(stores["float32"][3])
+    mixed.to_csv(tmp_path / "mixed.csv", index=False)
+    name = stores["float32"][3].name
+    with pytest.raises(DeepPTError, match=rf"{name}.*precision='float32' \(training: 'int8'\)"):
+        train(tmp_path / "mixed.csv", cohort.expression, tmp_path / "x.deeppt", **settings)
+    manifest.assign(features=[str(s) for s in stores["int8"]]).to_csv(tmp_path / "m.csv")
+    train(tmp_path / "m.csv", cohort.expression, tmp_path / "int8.deeppt", **settings)
+    feature = ModelBundle.load(tmp_path / "int8.deeppt").feature
+    assert feature["precision"] == "int8" and feature["int8"]["engine"] == quantized._engine()
+    slide = cohort.manifest.parent / manifest["slide"][0]
+    run = {"weights": "random", "progress": False, "cache_dir": tmp_path / "cache"}
+    by_default = predict(slide, tmp_path / "int8.deeppt", **run)  # the model's precision
+    assert by_default.provenance["features"]["precision"] == "int8"
+    asked = predict(slide, tmp_path / "int8.deeppt", **run, precision="float32")
+    assert asked.provenance["features"]["precision"] == "float32"
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'int8'"):
+        predict(slide, tmp_path / "int8.deeppt", **run, precision="fp16")

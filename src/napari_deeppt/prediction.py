@@ -262,6 +262,14 @@ def _check_weights_file(feature: dict[str, Any], weights: Any, bundle_path: str)
         )
 
 
+def _precision_for(feature: dict[str, Any], precision: str | None) -> str:
+    """``precision``, or the bundle's when None; a bad value is refused by FeatureParams."""
+    from .features.params import FeatureParams
+
+    chosen = feature.get("precision", "float32") if precision is None else precision
+    return str(FeatureParams(precision=chosen).precision)
+
+
 def _stain_for(config: dict[str, Any]) -> Any:
     from .stain import MacenkoTarget, ReinhardTarget, StainMethod
 
@@ -326,7 +334,7 @@ def predict(
     cache_dir: str | Path | None = None,
     progress: ProgressLike = True,
     cancel: CancelLike = None,
-    precision: str = "float32",
+    precision: str | None = None,
 ) -> Prediction:
     """Predict a slide's expression with a model bundle.
 
@@ -348,11 +356,13 @@ def predict(
         outlined. Ignored when ``grid`` is given.
     weights
         Weights file of the extractor, if not in torchvision's cache.
-    device, cache_dir, progress, cancel, precision
-        As for :func:`~napari_deeppt.features.extract_features` (``precision="int8"``: the
-        bundle's ResNet in int8 on the CPU, about twice as fast; its features differ from
-        the float32 ones the bundle was trained on by the quantization error, recorded in
-        the prediction's provenance).
+    device, cache_dir, progress, cancel
+        As for :func:`~napari_deeppt.features.extract_features`.
+    precision
+        The model's arithmetic for the features: None (default) for the one the bundle was
+        trained with (float32 unless it was trained on int8 features); ``"int8"`` runs the
+        bundle's ResNet in int8 on the CPU, about twice as fast, for features that differ
+        from float32 ones by the quantization error (recorded in the provenance).
     """
     from .features import extract_features
     from .tiles import detect_and_tile
@@ -360,6 +370,7 @@ def predict(
     slide = as_slide(slide)
     model, bundle_path = _load_bundle(bundle)
     feature = model.feature
+    precision = _precision_for(feature, precision)  # checked before any slide work
     if weights is None and feature.get("weights_hash") == "random-0":
         weights = "random"
     _check_weights_file(feature, weights, bundle_path)

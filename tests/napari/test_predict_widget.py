@@ -239,6 +239,7 @@ def test_int8_for_a_model_without_a_resnet_says_so_in_the_dock(
     viewer, _ = viewer_with_slide
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
     widget.bundle.value = bundle_path
+    assert widget.precision.value == "the model's"  # float32 for this bundle
     widget.precision.value = "int8"
     widget.run()
     qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)

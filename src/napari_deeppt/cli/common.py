@@ -242,14 +242,23 @@ def add_feature_options(
     parser.add_argument("--cache-dir", default=None, help="feature cache folder")
 
 
-def add_precision_option(parser: argparse.ArgumentParser) -> None:
-    """``--precision``: the model's arithmetic (:class:`FeatureParams`' ``precision``)."""
+def add_precision_option(parser: argparse.ArgumentParser, bundles: bool = False) -> None:
+    """``--precision``: the model's arithmetic (:class:`FeatureParams`' ``precision``).
+
+    With ``bundles`` (prediction) the default is the model bundle's own precision.
+    """
+    default = None if bundles else str(field_default(FeatureParams, "precision"))
+    said = (
+        "default: the model's, float32 unless trained on int8 features"
+        if bundles
+        else ("default %(default)s")
+    )
     parser.add_argument(
         "--precision",
-        default=str(field_default(FeatureParams, "precision")),
+        default=default,
         choices=[str(precision) for precision in ModelPrecision],
-        help="float32 (DeepPT's, %(default)s) or int8: about twice as fast on a CPU, "
-        "resnet18/resnet50 only, features within quantization error of float32's",
+        help=f"float32 (DeepPT's) or int8: about twice as fast on a CPU, resnet18/resnet50 "
+        f"only, features within quantization error of float32's ({said})",
     )
 
 

@@ -111,6 +111,7 @@ def _features_of(
     timing = " (from the cache)" if features.from_cache else f" in {seconds:.1f} s"
     print(
         f"{slide.path.name}: {len(features)} tiles × {features.feature_dim} features "
-        f"({args.extractor}, weights {features.provenance['weights_hash']}){timing}"
+        f"({args.extractor}, weights {features.provenance['weights_hash']}"
+        f"{', int8' if features.provenance.get('precision') == 'int8' else ''}){timing}"
     )
     print_written(targets)

@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
     add_model_option(parser)
     parser.add_argument("--gene", default=None, help="gene shown in the PNG (default: the highest)")
     add_feature_options(parser, choose_extractor=False)
-    add_precision_option(parser)
+    add_precision_option(parser, bundles=True)
     add_roi_options(parser)
     parser.add_argument(
         "--geojson",

@@ -82,18 +82,19 @@ def extract_features(
     p = replace(params or FeatureParams(), **options)
     slide, grid = _checked_inputs(slide, grid, progress, cancel)
     stain_dict = stain_config(p.stain, p.fit_max_pixels)
-    loaded = load_extractor(p.extractor, p.weights, seed=p.seed)
     dev = resolve_device(p.device)
-    reader = _jpeg_reader(slide, grid, dev, p.gpu_decode)
-    reader_name = "torchvision-jpeg" if reader is not None else "tiles"
-    int8 = p.precision == ModelPrecision.INT8
-    if int8:
-        from .quantized import require_int8
+    int8 = None
+    if p.precision == ModelPrecision.INT8:  # refused before any weights are looked for
+        from .quantized import int8_identity, require_int8
 
         require_int8(p.extractor, dev)
+        int8 = int8_identity()
+    loaded = load_extractor(p.extractor, p.weights, seed=p.seed)
+    reader = _jpeg_reader(slide, grid, dev, p.gpu_decode)
+    reader_name = "torchvision-jpeg" if reader is not None else "tiles"
     key, fields = cache_key(
         slide, grid, p.extractor, loaded.weights_hash, loaded.spec, stain_dict, p.dtype,
-        reader_name, precision=p.precision,
+        reader_name, int8=int8,
     )  # fmt: skip
     entry = cache_entry(cache_dir, key)
     if p.use_cache and (cached := load_cached(entry)) is not None:
@@ -103,7 +104,7 @@ def extract_features(
     if len(grid) == 0:
         return FeatureSet(np.zeros((0, loaded.spec.feature_dim), p.dtype), grid, provenance)
     warn_cpu_time(loaded.spec, dev, len(grid))
-    if int8:
+    if int8 is not None:
         from .quantized import int8_model
 
         model = int8_model(loaded, dev)

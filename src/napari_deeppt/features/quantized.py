@@ -45,7 +45,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import DeepPTError
 
-__all__ = ["QUANTIZABLE", "int8_model", "require_int8"]
+__all__ = ["QUANTIZABLE", "int8_identity", "int8_model", "require_int8"]
 
 #: Extractors with an int8 version: torchvision's quantizable architectures.
 QUANTIZABLE = ("resnet18", "resnet50")
@@ -77,7 +77,7 @@ def int8_model(loaded: Any, device: Any) -> Any:
         Another extractor, another device, or a torch without x86 quantized engines.
     """
     require_int8(loaded.spec.name, device)
-    fields = _fields(loaded, _engine())
+    fields = _fields(loaded)
     key = json.dumps(fields, sort_keys=True)
     if key not in _KEPT:
         model = _stored(loaded, fields)
@@ -102,8 +102,8 @@ def require_int8(extractor: str, device: Any) -> None:
         )
     if device.type != "cpu":
         raise DeepPTError(
-            f"precision 'int8' runs on the CPU only, not on {device}; on a GPU use the "
-            "default precision (float32 weights under bfloat16 autocast)"
+            f"precision 'int8' runs on the CPU only, not on {device}; on a GPU use "
+            "precision 'float32' (float32 weights under bfloat16 autocast)"
         )
     _engine()
 
@@ -115,23 +115,35 @@ def quantized_dir() -> Path:
     return cache_root() / "quantized"
 
 
-def _fields(loaded: Any, engine: str) -> dict[str, Any]:
-    """What makes the int8 model: the fp32 weights' bytes, versions, engine and recipe."""
+def int8_identity() -> dict[str, Any]:
+    """What makes an int8 model besides its fp32 weights.
+
+    The recipe number, the quantized engine, the calibration and the torch and torchvision
+    versions: features of int8 models that differ in any of these differ, so the feature
+    cache key and the provenance carry them.
+    """
     import torch
     import torchvision
 
+    return {
+        "recipe": _RECIPE,
+        "engine": _engine(),
+        "calibration": _CALIBRATION,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
+
+
+def _fields(loaded: Any) -> dict[str, Any]:
+    """What makes the int8 model: the fp32 weights' bytes, versions, engine and recipe."""
     digest = hashlib.sha256()
     for name, tensor in loaded.model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return {
-        "recipe": _RECIPE,
+        **int8_identity(),
         "extractor": loaded.spec.name,
         "weights_digest": digest.hexdigest(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "engine": engine,
-        "calibration": _CALIBRATION,
         "napari_deeppt": __version__,
     }
 
@@ -140,7 +152,7 @@ def _stored(loaded: Any, fields: dict[str, Any]) -> Any:
     """The int8 model kept on disk for ``fields``, else quantized now and kept there."""
     import torch
 
-    from ..io import atomic_path
+    from ..io import atomic_path, remove_stale_partials
     from ..io.torchfile import load_weights_only
 
     recorded = json.dumps(fields, sort_keys=True)  # plain text: loads with weights_only
@@ -157,10 +169,12 @@ def _stored(loaded: Any, fields: dict[str, Any]) -> Any:
     model = _quantize(loaded, fields["engine"])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(path.parent)  # of processes that died while saving
         with atomic_path(path, overwrite=True) as tmp:
             torch.save({"fields": recorded, "state": model.state_dict()}, tmp)
-    except OSError as exc:  # a read-only cache: the model is made again next time
-        warnings.warn(f"{path}: the int8 model could not be kept ({exc})", stacklevel=4)
+    except (OSError, RuntimeError) as exc:  # torch.save fails with a C++ RuntimeError
+        reason = getattr(exc, "strerror", None) or "its folder is not writable or the disk is full"
+        warnings.warn(f"{path}: the int8 model could not be kept ({reason})", stacklevel=4)
     return model
 
 

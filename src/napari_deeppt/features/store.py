@@ -278,7 +278,7 @@ def cache_key(
     stain: dict[str, Any],
     dtype: str,
     reader: str = "tiles",
-    precision: str = "float32",
+    int8: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The cache key of a feature run and the fields it digests.
 
@@ -294,9 +294,11 @@ def cache_key(
         The storage dtype of the features.
     reader
         ``"tiles"`` (the slide's reader) or ``"torchvision-jpeg"`` (decoded on a device).
-    precision
-        The model's arithmetic; ``"int8"`` is a field of its own (float32 runs keep the keys
-        they had before the choice existed).
+    int8
+        For an int8 model, what makes it besides the weights
+        (:func:`~napari_deeppt.features.quantized.int8_identity`: recipe, engine,
+        calibration, versions): digested with ``precision: "int8"``. float32 runs (None)
+        keep the keys they had before the choice existed.
 
     Returns
     -------
@@ -327,8 +329,9 @@ def cache_key(
         "deeppt_major": __version__.split(".")[0],
         "reader": reader,
     }
-    if precision != "float32":
-        fields["precision"] = precision
+    if int8 is not None:
+        fields["precision"] = "int8"
+        fields["int8"] = int8
     key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
     return key[:24], fields
 

@@ -108,7 +108,7 @@ def sample_features(
     ------
     DeepPTError
         A slide without tissue tiles, or stores made another way than each other or than
-        asked (extractor, weights, tile size, stain).
+        asked (extractor, weights, tile size, stain, precision).
     """
     from ..features import extract_features
     from ..features.store import cache_entry, open_features
@@ -175,8 +175,10 @@ def _require_same_features(
         "tile_px": params.get("tile_px"),
         "tile_mpp": params.get("mpp"),
     }
-    for key in ("weights_hash", "stain", "input_size", "mean", "std"):
+    for key in ("weights_hash", "stain", "input_size", "mean", "std", "int8"):
         asked[key], found[key] = first.get(key), provenance.get(key)
+    asked["precision"] = first.get("precision", "float32")  # stores from before int8: fp32
+    found["precision"] = provenance.get("precision", "float32")
     differ = [k for k in asked if asked[k] != found[k]]
     if differ:
         said = ", ".join(f"{k}={found[k]!r} (training: {asked[k]!r})" for k in differ)

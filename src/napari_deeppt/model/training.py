@@ -201,6 +201,8 @@ def _bundle(
         "min_tissue": tiles.min_tissue,
         "stain": provenance["stain"],
         **({"mode": "spots"} if inputs.spots else {}),
+        # int8 features: the model was fitted to them (fp32 bundles keep their records)
+        **_int8_record(provenance),
     }
     training = {
         **asdict(options),
@@ -244,3 +246,10 @@ def _write_outputs(
         for table, tmp in zip(tables, tmps, strict=True):
             table.to_csv(tmp)
     return TrainingResult(out, cv.metrics, cv.summary, heldout, cv.per_section)
+
+
+def _int8_record(provenance: dict[str, Any]) -> dict[str, Any]:
+    """``precision`` and the int8 model's identity when the training features were int8."""
+    if provenance.get("precision", "float32") == "float32":
+        return {}
+    return {"precision": provenance["precision"], "int8": provenance.get("int8")}
