@@ -39,7 +39,7 @@ def resolve_device(device: Device | str | Any = "auto") -> Any:
     Raises
     ------
     DeepPTError
-        CUDA was asked for but is not available.
+        CUDA or MPS was asked for but is not available.
     """
     import torch
 
@@ -59,6 +59,12 @@ def resolve_device(device: Device | str | Any = "auto") -> Any:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeepPTError(
             f"device {str(device)!r} was requested but CUDA is not available here; "
+            "use device='auto' or 'cpu'"
+        )
+    mps = getattr(torch.backends, "mps", None)
+    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+        raise DeepPTError(
+            f"device {str(device)!r} was requested but Apple's MPS is not available here; "
             "use device='auto' or 'cpu'"
         )
     return resolved

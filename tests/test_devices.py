@@ -1,0 +1,40 @@
+"""Devices: a device asked for that this machine lacks is a one-line DeepPTError, never a
+failure deep inside torch later (or a misleading refusal such as int8's)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_deeppt.devices import resolve_device
+from napari_deeppt.errors import DeepPTError
+
+
+def test_the_cpu_and_torch_devices_are_taken_as_they_are():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_cuda_is_refused():
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(DeepPTError, match="CUDA is not available here; use device='auto'"):
+            resolve_device(name)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_asked_for_without_mps_is_refused():
+    with pytest.raises(DeepPTError, match="MPS is not available here; use device='auto'"):
+        resolve_device("mps")
+    with pytest.raises(DeepPTError, match="MPS is not available"):  # before int8's refusal
+        from napari_deeppt.features.params import FeatureParams
+
+        resolve_device(FeatureParams(device="mps", precision="int8").device)
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() or torch.backends.mps.is_available(), reason="an accelerator"
+)
+def test_auto_is_the_cpu_without_an_accelerator():
+    assert resolve_device("auto") == torch.device("cpu")
