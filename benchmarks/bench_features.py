@@ -179,7 +179,9 @@ def main() -> None:
             f"int8 pipeline / compiled fp32 bare {pipeline / fp32_bare:.2f}"
         )
     if args.precision == "int8":
-        r2, cosine = _agreement(result.features, extract_features(slide, grid, **{
+        from napari_deeppt.features.quantized import agreement
+
+        r2, cosine = agreement(result.features, extract_features(slide, grid, **{
             **run, "precision": "float32", "compile": False}).features)  # fmt: skip
         print(f"int8 against fp32: R² {r2:.4f} of the features' variance, cosine ≥ {cosine:.4f}")
 
@@ -205,15 +207,6 @@ def _bare_rate(model, x, n: int, device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         return done / (time.perf_counter() - t)
-
-
-def _agreement(int8: np.ndarray, fp32: np.ndarray) -> tuple[float, float]:
-    """The share of fp32's variance across tiles int8 keeps, and the least tile cosine."""
-    a, b = fp32.astype(np.float64), int8.astype(np.float64)
-    ac, bc = a - a.mean(0), b - b.mean(0)
-    r2 = 1 - ((ac - bc) ** 2).sum() / (ac**2).sum()
-    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    return float(r2), float(cosine.min())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from napari_deeppt.errors import DeepPTError
 from napari_deeppt.features import FeatureSet, quantized
 from napari_deeppt.features.extractors import load_extractor
 from napari_deeppt.features.params import FeatureParams
-from napari_deeppt.features.quantized import int8_model, quantized_dir, require_int8
+from napari_deeppt.features.quantized import agreement, int8_model, quantized_dir, require_int8
 from napari_deeppt.slide import open_slide
 from napari_deeppt.tiles import make_tile_grid
 
@@ -38,14 +38,6 @@ def slide_and_grid(svs_slide):
     return slide, grid.subset(np.arange(min(len(grid), 24)))
 
 
-def _agreement(int8: np.ndarray, fp32: np.ndarray) -> tuple[float, float]:
-    a, b = fp32.astype(np.float64), int8.astype(np.float64)
-    ac, bc = a - a.mean(0), b - b.mean(0)
-    r2 = 1 - ((ac - bc) ** 2).sum() / (ac**2).sum()
-    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    return float(r2), float(cosine.min())
-
-
 def test_int8_features_keep_what_fp32s_say_about_the_tiles(slide_and_grid):
     slide, grid = slide_and_grid
     assert len(grid) >= 12
@@ -53,7 +45,7 @@ def test_int8_features_keep_what_fp32s_say_about_the_tiles(slide_and_grid):
     int8 = extract_features(slide, grid, **RUN, precision="int8")
     assert int8.provenance["precision"] == "int8"
     assert not np.array_equal(int8.features, fp32)  # int8 really ran
-    r2, cosine = _agreement(int8.features, fp32)
+    r2, cosine = agreement(int8.features, fp32)
     assert r2 >= 0.98, r2  # the variation across tiles that the maps and the model see
     assert cosine >= 0.99, cosine
     model = int8_model(load_extractor("resnet18", "random"), CPU)
@@ -252,3 +244,14 @@ def test_training_refuses_int8_and_float32_stores_together_and_records_int8(int8
     assert asked.provenance["features"]["precision"] == "float32"
     with pytest.raises(ValueError, match="precision must be 'float32' or 'int8'"):
         predict(slide, tmp_path / "int8.deeppt", **run, precision="fp16")
+
+
+def test_agreement_has_known_answers():
+    rng = np.random.default_rng(0)
+    fp32 = rng.normal(size=(50, 8)) + 3.0
+    assert agreement(fp32, fp32) == pytest.approx((1.0, 1.0))
+    shifted = fp32 + 1.0  # the same variation across tiles, other directions per tile
+    r2, cosine = agreement(shifted, fp32)
+    assert r2 == pytest.approx(1.0) and cosine < 1.0
+    noisy = fp32 + rng.normal(scale=0.5, size=fp32.shape)  # var 1 vs 0.25: R2 ~ 0.75
+    assert agreement(noisy, fp32)[0] == pytest.approx(0.75, abs=0.08)

@@ -45,7 +45,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import DeepPTError
 
-__all__ = ["QUANTIZABLE", "int8_identity", "int8_model", "require_int8"]
+__all__ = ["QUANTIZABLE", "agreement", "int8_identity", "int8_model", "require_int8"]
 
 #: Extractors with an int8 version: torchvision's quantizable architectures.
 QUANTIZABLE = ("resnet18", "resnet50")
@@ -84,6 +84,29 @@ def int8_model(loaded: Any, device: Any) -> Any:
         _KEPT.clear()  # one at a time: a cohort's slides reuse it
         _KEPT[key] = model
     return _KEPT[key]
+
+
+def agreement(int8: np.ndarray, fp32: np.ndarray) -> tuple[float, float]:
+    """How far int8 features keep fp32's, for the same tiles.
+
+    Parameters
+    ----------
+    int8, fp32
+        ``(n_tiles, D)`` features of the same tiles.
+
+    Returns
+    -------
+    r2 : float
+        The share of fp32's variance across tiles that int8 keeps (1 - residual / total,
+        both about each feature's mean): what the maps and the model see.
+    cosine : float
+        The least per-tile cosine between the two.
+    """
+    a, b = np.asarray(fp32, np.float64), np.asarray(int8, np.float64)
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    r2 = 1 - ((ac - bc) ** 2).sum() / (ac**2).sum()
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return float(r2), float(cosine.min())
 
 
 def require_int8(extractor: str, device: Any) -> None:
