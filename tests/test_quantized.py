@@ -255,3 +255,28 @@ def test_agreement_has_known_answers():
     assert r2 == pytest.approx(1.0) and cosine < 1.0
     noisy = fp32 + rng.normal(scale=0.5, size=fp32.shape)  # var 1 vs 0.25: R2 ~ 0.75
     assert agreement(noisy, fp32)[0] == pytest.approx(0.75, abs=0.08)
+
+
+def test_calibrating_reports_progress_once_and_can_be_cancelled(slide_and_grid):
+    from napari_deeppt.errors import CancelledError
+
+    slide, grid = slide_and_grid
+    seen: list[str] = []
+
+    def cancel() -> bool:  # cancelled during the calibration's second batch
+        return len(seen) >= 2 and seen[0].startswith("making the int8 model")
+
+    with pytest.raises(CancelledError, match="making the int8 model was cancelled"):
+        extract_features(slide, grid, **{**RUN, "progress": lambda d, t, m: seen.append(m)},
+                         precision="int8", cancel=cancel)  # fmt: skip
+    assert seen[0] == "making the int8 model (once for these weights)"
+    assert not list(quantized_dir().glob("*.pt*"))  # nothing kept of a cancelled calibration
+    seen.clear()
+    extract_features(slide, grid, **{**RUN, "progress": lambda d, t, m: seen.append(m)},
+                     precision="int8")  # fmt: skip
+    assert "making the int8 model (once for these weights)" in seen
+    seen.clear()
+    quantized._KEPT.clear()  # a new process: the model is loaded from disk, no calibration
+    extract_features(slide, grid, **{**RUN, "progress": lambda d, t, m: seen.append(m)},
+                     precision="int8")  # fmt: skip
+    assert not any("int8 model" in m for m in seen) and seen

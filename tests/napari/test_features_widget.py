@@ -142,8 +142,11 @@ def test_the_precision_choice_reaches_the_extraction(qtbot, viewer_with_tiles):
     assert fp32.provenance["precision"] == "float32" and "int8" not in widget.status.value
     quantized._KEPT.clear()
     widget.precision.value = "int8"
-    widget.run()
+    messages = []
+    job = widget.run()
+    job.worker.yielded.connect(lambda event: messages.append(event[2]))
     qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    assert "making the int8 model (once for these weights)" in messages  # not a silent wait
     assert widget.status.value.endswith("; int8"), widget.status.value
     assert "from the cache" not in widget.status.value
     int8 = viewer.layers["small feature embedding"].metadata["deeppt_features"]

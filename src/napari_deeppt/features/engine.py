@@ -107,7 +107,7 @@ def extract_features(
     if int8 is not None:
         from .quantized import int8_model
 
-        model = int8_model(loaded, dev)
+        model = int8_model(loaded, dev, progress, cancel)
     else:
         model = prepare_model(
             loaded.model, dev, p.compile, len(grid), (p.extractor, loaded.weights_hash),

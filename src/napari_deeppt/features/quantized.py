@@ -44,6 +44,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import DeepPTError
+from ..progress import check_cancelled, make_progress
 
 __all__ = ["QUANTIZABLE", "agreement", "int8_identity", "int8_model", "require_int8"]
 
@@ -51,11 +52,12 @@ __all__ = ["QUANTIZABLE", "agreement", "int8_identity", "int8_model", "require_i
 QUANTIZABLE = ("resnet18", "resnet50")
 
 _CALIBRATION = {"tile_px": 512, "mpp": 0.5, "stride_px": 256, "min_tissue": 0.5}
+_CALIBRATION_BATCH = 16
 _RECIPE = 2  # bump when the calibration or the model's layout changes
 _KEPT: dict[tuple[Any, ...], Any] = {}  # the last int8 model, by what determines it
 
 
-def int8_model(loaded: Any, device: Any) -> Any:
+def int8_model(loaded: Any, device: Any, progress: Any = None, cancel: Any = None) -> Any:
     """The int8 version of a loaded ResNet extractor, for the CPU.
 
     Parameters
@@ -65,6 +67,9 @@ def int8_model(loaded: Any, device: Any) -> Any:
         ``resnet50``.
     device
         The run's ``torch.device``: must be the CPU.
+    progress, cancel
+        Reported to and checked while calibrating (only when no int8 model is kept for
+        these weights: about 15 s, once); a cancelled calibration keeps nothing.
 
     Returns
     -------
@@ -80,7 +85,7 @@ def int8_model(loaded: Any, device: Any) -> Any:
     fields = _fields(loaded)
     key = json.dumps(fields, sort_keys=True)
     if key not in _KEPT:
-        model = _stored(loaded, fields)
+        model = _stored(loaded, fields, progress, cancel)
         _KEPT.clear()  # one at a time: a cohort's slides reuse it
         _KEPT[key] = model
     return _KEPT[key]
@@ -171,7 +176,7 @@ def _fields(loaded: Any) -> dict[str, Any]:
     }
 
 
-def _stored(loaded: Any, fields: dict[str, Any]) -> Any:
+def _stored(loaded: Any, fields: dict[str, Any], progress: Any, cancel: Any) -> Any:
     """The int8 model kept on disk for ``fields``, else quantized now and kept there."""
     import torch
 
@@ -189,7 +194,7 @@ def _stored(loaded: Any, fields: dict[str, Any]) -> Any:
             warnings.warn(
                 f"{path}: the int8 model kept there does not load; making it again", stacklevel=4
             )
-    model = _quantize(loaded, fields["engine"])
+    model = _quantize(loaded, fields["engine"], progress, cancel)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path.parent)  # of processes that died while saving
@@ -234,7 +239,7 @@ def _observed(name: str, engine: str, state: dict[str, Any] | None) -> Any:
     return model
 
 
-def _quantize(loaded: Any, engine: str) -> Any:
+def _quantize(loaded: Any, engine: str, progress: Any = None, cancel: Any = None) -> Any:
     """Fuse, observe, calibrate and convert a quantizable copy of ``loaded.model``."""
     import torch
 
@@ -243,8 +248,14 @@ def _quantize(loaded: Any, engine: str) -> Any:
         model = _observed(loaded.spec.name, engine, loaded.model.state_dict())
         wrapped = _pooled(model)
         with torch.inference_mode():
-            for batch in _calibration_batches(loaded.spec):
-                wrapped(batch)
+            slide, grid = _calibration_tiles()
+            total = -(-len(grid) // _CALIBRATION_BATCH)
+            what = "making the int8 model (once for these weights)"
+            with make_progress(progress, total, what, unit="batch") as bar:
+                for batch in _calibration_batches(loaded.spec, slide, grid):
+                    check_cancelled(cancel, "making the int8 model")
+                    wrapped(batch)
+                    bar.update()
         torch.ao.quantization.convert(model, inplace=True)
     return wrapped.eval()
 
@@ -262,21 +273,26 @@ def _skeleton(name: str, engine: str, state: dict[str, Any]) -> Any:
     return wrapped.eval()
 
 
-def _calibration_batches(spec: Any, batch: int = 16) -> Any:
-    """The fixed calibration inputs (see the module notes), a batch at a time."""
-    import torch
-
+def _calibration_tiles() -> tuple[Any, Any]:
+    """The bundled slide and its calibration tiles (see the module notes)."""
     from ..io import bundled_slide_path
     from ..slide import open_slide
     from ..tiles import make_tile_grid
-    from .preprocess import preprocess_batch, stain_config
 
     slide = open_slide(bundled_slide_path())
-    grid = make_tile_grid(slide, **_CALIBRATION, workers=1)
+    return slide, make_tile_grid(slide, **_CALIBRATION, workers=1)
+
+
+def _calibration_batches(spec: Any, slide: Any, grid: Any) -> Any:
+    """The fixed calibration inputs, preprocessed as extraction does, a batch at a time."""
+    import torch
+
+    from .preprocess import preprocess_batch, stain_config
+
     stain = stain_config("macenko", 8192)
-    order = np.arange(len(grid))
-    for start in range(0, len(order), batch):
-        tiles = np.stack([grid.read_tile(slide, int(i)) for i in order[start : start + batch]])
+    for start in range(0, len(grid), _CALIBRATION_BATCH):
+        stop = min(start + _CALIBRATION_BATCH, len(grid))
+        tiles = np.stack([grid.read_tile(slide, i) for i in range(start, stop)])
         yield preprocess_batch(torch.from_numpy(tiles), spec, stain)
 
 
