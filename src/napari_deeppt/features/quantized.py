@@ -54,7 +54,7 @@ QUANTIZABLE = ("resnet18", "resnet50")
 _CALIBRATION = {"tile_px": 512, "mpp": 0.5, "stride_px": 256, "min_tissue": 0.5}
 _CALIBRATION_BATCH = 16
 _RECIPE = 2  # bump when the calibration or the model's layout changes
-_KEPT: dict[tuple[Any, ...], Any] = {}  # the last int8 model, by what determines it
+_KEPT: dict[str, Any] = {}  # the last int8 model, by the JSON of what determines it
 
 
 def int8_model(loaded: Any, device: Any, progress: Any = None, cancel: Any = None) -> Any:
