@@ -22,12 +22,13 @@ import torch
 from ..progress import CancelLike, check_cancelled
 from .feature_source import FeatureSource
 from .latents import Latents
-from .nn import AutoEncoder
+from .nn import AutoEncoder, fused_adam
 from .settings import TrainingSettings
 
 __all__ = ["autoencoder_tiles", "encode", "fit_autoencoder", "tile_sample"]
 
 _BLOCK_ROWS = 4096  # tiles read at a time (16 MB of float16 × 2048, 32 MB as float32)
+_EPOCH_BLOCK_ROWS = _BLOCK_ROWS // 4  # tiles read at a time in an epoch: the scratch's chunks
 _BUFFER_ROWS = 16384  # tiles shuffled together in an autoencoder epoch (as stored)
 
 
@@ -62,27 +63,59 @@ def autoencoder_tiles(source: FeatureSource, settings: TrainingSettings) -> Iter
     if settings.ae_tiles is None or int(source.counts.max(initial=0)) <= settings.ae_tiles:
         yield source
         return
-    import zarr
-
     chosen = tile_sample(source.counts, settings.ae_tiles, settings.seed + 1)
     sizes = np.array([len(c) for c in chosen], np.int64)
     stops = np.cumsum(sizes)
     with tempfile.TemporaryDirectory(prefix="deeppt-ae-tiles-") as scratch:
-        array = zarr.create_array(
-            str(Path(scratch) / "tiles.zarr"),
-            shape=(int(stops[-1]), source.dim),
-            chunks=(4096, source.dim),
-            dtype=source.arrays[0].dtype,
-            zarr_format=2,
-        )
+        array = _scratch_array(Path(scratch) / "tiles.zarr", int(stops[-1]), source)
+        writer = _ChunkWriter(array)
         for block in source.blocks(np.arange(len(source)), _BLOCK_ROWS):
             rows = source.read(block, dtype=None)
             for i, mine in _by_sample(block):
                 keep = np.isin(block.offsets[mine], chosen[i])
-                if keep.any():
-                    at = stops[i] - sizes[i] + np.searchsorted(chosen[i], block.offsets[mine][keep])
-                    array[int(at[0]) : int(at[-1]) + 1] = rows[mine][keep].astype(array.dtype)
+                writer.append(rows[mine][keep])  # samples and their rows come in order
+        writer.close()
         yield FeatureSource.from_parts([array], [(0, b - n, b) for b, n in zip(stops, sizes)])
+
+
+def _scratch_array(path: Path, rows: int, source: FeatureSource) -> Any:
+    """The scratch store of the autoencoder's tiles: read every epoch, so uncompressed
+    (zstd decoding ran at 0.18 GB/s against 1.2 GB/s uncompressed) and chunked as an
+    epoch reads it."""
+    import zarr
+
+    return zarr.create_array(
+        str(path),
+        shape=(rows, source.dim),
+        chunks=(_EPOCH_BLOCK_ROWS, source.dim),
+        dtype=source.arrays[0].dtype,
+        compressors=None,
+        zarr_format=2,
+    )
+
+
+class _ChunkWriter:
+    """Rows appended in order, written to ``array`` a whole chunk at a time (a chunk
+    written in parts would be read back and rewritten for every part)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array, self.at = array, 0
+        self.buffer = np.empty((array.chunks[0], array.shape[1]), array.dtype)
+        self.held = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        while len(rows):
+            take = min(len(rows), len(self.buffer) - self.held)
+            self.buffer[self.held : self.held + take] = rows[:take]
+            self.held, rows = self.held + take, rows[take:]
+            if self.held == len(self.buffer):
+                self.close()
+
+    def close(self) -> None:
+        """Write what is held (the last, short chunk)."""
+        if self.held:
+            self.array[self.at : self.at + self.held] = self.buffer[: self.held]
+            self.at, self.held = self.at + self.held, 0
 
 
 def _by_sample(block: Any) -> Iterator[tuple[int, np.ndarray]]:
@@ -122,8 +155,9 @@ def fit_autoencoder(
     torch.default_generator.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = AutoEncoder(tiles.dim, settings.latent_dim)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    blocks = list(tiles.blocks(train_idx, _BLOCK_ROWS // 4))
+    fused = fused_adam("cpu") or None  # one pass per tensor: a step ~20 % faster
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, fused=fused)
+    blocks = list(tiles.blocks(train_idx, _EPOCH_BLOCK_ROWS))
     for _ in range(settings.ae_epochs):
         for x in _shuffled_batches(tiles, blocks, settings.ae_batch, rng, generator, cancel):
             loss = torch.nn.functional.mse_loss(model(x), x)

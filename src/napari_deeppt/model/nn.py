@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["AutoEncoder", "MLPRegression"]
+__all__ = ["AutoEncoder", "MLPRegression", "fused_adam"]
 
 
 class AutoEncoder(nn.Module):
@@ -75,3 +76,21 @@ class MLPRegression(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+@functools.cache
+def fused_adam(device_type: str) -> bool:
+    """Whether this torch has a fused Adam for ``device_type`` that training uses.
+
+    The CPU's (torch ≥ 2.4) updates each tensor in one pass instead of foreach's several;
+    elsewhere training keeps foreach (the regressors' step counts live on the CPU).
+    """
+    if device_type != "cpu":
+        return False
+    param = nn.Parameter(torch.ones(2))
+    param.grad = torch.ones(2)
+    try:
+        torch.optim.Adam([param], lr=0.0, fused=True).step()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return False
+    return True
