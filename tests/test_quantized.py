@@ -280,3 +280,58 @@ def test_calibrating_reports_progress_once_and_can_be_cancelled(slide_and_grid):
     extract_features(slide, grid, **{**RUN, "progress": lambda d, t, m: seen.append(m)},
                      precision="int8")  # fmt: skip
     assert not any("int8 model" in m for m in seen) and seen
+
+
+def test_a_cohort_runs_at_the_precision_asked_for_and_resumes_only_at_the_same(
+    int8_cohort, tmp_path, capsys
+):
+    """A float32 bundle's cohort run at int8 (the speed it gives on a CPU): every slide's
+    record says so, a rerun at int8 reuses them, a rerun at the bundle's precision redoes
+    them and gives the float32 results again; int8 where it cannot run is refused before
+    any slide."""
+    import json
+
+    import pandas as pd
+
+    from napari_deeppt.cli import main
+    from napari_deeppt.cohort import run_cohort
+    from napari_deeppt.model.training import train
+    from napari_deeppt.samples import demo_bundle
+
+    cohort, manifest, stores = int8_cohort
+    manifest.assign(features=[str(s) for s in stores["float32"]]).to_csv(tmp_path / "m.csv")
+    settings = {"extractor": "resnet18", "weights": "random", "tile_px": 128, "tile_mpp": 1.0,
+                "stain": None, "outer_folds": 2, "inner_folds": 2, "max_epochs": 5,
+                "patience": 5, "progress": False}  # fmt: skip
+    bundle = tmp_path / "fp32.deeppt"
+    train(tmp_path / "m.csv", cohort.expression, bundle, **settings)
+    slides = [str(cohort.manifest.parent / s) for s in manifest["slide"][:2]]
+    table = pd.DataFrame({"slide": slides, "sample_id": ["A", "B"]})
+    out, run = tmp_path / "out", {"weights": "random", "scheduler": "serial", "progress": False,
+                                  "device": "cpu", "cache_dir": tmp_path / "cache"}  # fmt: skip
+    first = run_cohort(table, bundle, out, **run)
+    int8 = run_cohort(table, bundle, out, precision="int8", **run)
+    notes = set(int8.report["note"])
+    assert notes == {"recomputed: the earlier result was made with another precision than the "
+                     "one asked for now"}  # fmt: skip
+    record = json.loads((out / "slides" / "A.run.json").read_text())
+    assert record["precision"] == "int8"
+    close = np.corrcoef(int8.expression.to_numpy().ravel(), first.expression.to_numpy().ravel())
+    assert not np.allclose(int8.expression, first.expression) and close[0, 1] > 0.99
+    again = run_cohort(table, bundle, out, precision="int8", **run)
+    assert set(again.report["note"]) == {"made before by the same bundle, slide and settings"}
+    back = run_cohort(table, bundle, out, **run)
+    assert "precision" not in json.loads((out / "slides" / "A.run.json").read_text())
+    pd.testing.assert_frame_equal(back.expression, first.expression, rtol=1e-6)
+    table.to_csv(tmp_path / "run.csv", index=False)
+    command = ["run", str(tmp_path / "run.csv"), "--model", str(bundle), "--out", str(out),
+               "--weights", "random", "--device", "cpu", "--scheduler", "serial", "--quiet",
+               "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main([*command, "--precision", "int8"]) == 0
+    assert json.loads((out / "slides" / "B.run.json").read_text())["precision"] == "int8"
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'int8'"):
+        run_cohort(table, bundle, tmp_path / "never", precision="fp16", **run)
+    with pytest.raises(DeepPTError, match="int8' is available for resnet18, resnet50"):
+        run_cohort(table, demo_bundle(progress=False), tmp_path / "never", precision="int8", **run)
+    assert not (tmp_path / "never").exists()

@@ -12,7 +12,14 @@ from .errors import BundleMismatchError, DeepPTError
 from .progress import CancelLike, ProgressLike
 from .slide import as_slide
 
-__all__ = ["Prediction", "grid_misfit", "predict", "predict_from_features", "tiles_described"]
+__all__ = [
+    "Prediction",
+    "grid_misfit",
+    "precision_for",
+    "predict",
+    "predict_from_features",
+    "tiles_described",
+]
 
 
 @dataclass(eq=False)
@@ -262,8 +269,26 @@ def _check_weights_file(feature: dict[str, Any], weights: Any, bundle_path: str)
         )
 
 
-def _precision_for(feature: dict[str, Any], precision: str | None) -> str:
-    """``precision``, or the bundle's when None; a bad value is refused by FeatureParams."""
+def precision_for(feature: dict[str, Any], precision: str | None) -> str:
+    """The extractor precision a prediction runs at.
+
+    Parameters
+    ----------
+    feature
+        A bundle's feature settings (``ModelBundle.feature``).
+    precision
+        What was asked for; None: the bundle's own (``float32`` for bundles that name none).
+
+    Returns
+    -------
+    str
+        ``"float32"`` or ``"int8"``.
+
+    Raises
+    ------
+    ValueError
+        An unknown precision (refused by :class:`~napari_deeppt.features.FeatureParams`).
+    """
     from .features.params import FeatureParams
 
     chosen = feature.get("precision", "float32") if precision is None else precision
@@ -370,7 +395,7 @@ def predict(
     slide = as_slide(slide)
     model, bundle_path = _load_bundle(bundle)
     feature = model.feature
-    precision = _precision_for(feature, precision)  # checked before any slide work
+    precision = precision_for(feature, precision)  # checked before any slide work
     if weights is None and feature.get("weights_hash") == "random-0":
         weights = "random"
     _check_weights_file(feature, weights, bundle_path)

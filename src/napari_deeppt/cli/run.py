@@ -15,6 +15,7 @@ from .common import (
     add_model_option,
     add_out_option,
     add_overwrite_quiet,
+    add_precision_option,
     feature_keywords,
 )
 
@@ -44,6 +45,7 @@ def add_parser(subparsers: Any) -> None:
         parser, "--threads-per-worker", CohortParams, "threads_per_worker", "threads per worker"
     )
     add_feature_options(parser, choose_extractor=False)
+    add_precision_option(parser, bundles=True)
     add_manifest_roi_class(parser)
     parser.add_argument("--no-resume", action="store_true", help="recompute slides already done")
     add_overwrite_quiet(parser, overwrite=False)

@@ -69,6 +69,7 @@ def expected_record(
     weights: str,
     roi: str | None,
     roi_class: str | None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """The record a slide's result would carry if it were made now.
 
@@ -82,10 +83,13 @@ def expected_record(
         What identifies the extractor weights (their hash, ``"random-0"``, ``"none"``).
     roi, roi_class
         The slide's regions of interest (a GeoJSON path or None) and the class kept.
+    precision
+        The extractor's precision when it is not the bundle's own (recorded only then, so
+        the records of runs at the bundle's precision stay as they were), else None.
     """
     from .._version import __version__
 
-    return {
+    record = {
         "format": RECORD_FORMAT,
         "napari_deeppt": __version__,
         "bundle_sha256": bundle_sha256,
@@ -94,6 +98,9 @@ def expected_record(
         "roi": None if roi is None else {"path": str(roi), "sha256": file_sha256(roi)},
         "roi_class": roi_class if roi is not None else None,
     }
+    if precision is not None:
+        record["precision"] = precision
+    return record
 
 
 _WHAT = {
@@ -104,6 +111,7 @@ _WHAT = {
     "weights": "other extractor weights",
     "roi": "other regions of interest",
     "roi_class": "another region class",
+    "precision": "another precision than the one asked for now",
 }
 
 

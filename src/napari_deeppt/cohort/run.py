@@ -53,6 +53,7 @@ def run_cohort(
     weights: str | None = None,
     device: str = "auto",
     cache_dir: str | Path | None = None,
+    precision: str | None = None,
     progress: ProgressLike = True,
     params: CohortParams | None = None,
     **options: Any,
@@ -73,6 +74,11 @@ def run_cohort(
     weights, device, cache_dir
         As for :func:`~napari_deeppt.prediction.predict`; ``device="auto"`` gives each worker
         its own GPU when there are several.
+    precision
+        The extractor's arithmetic: None (the bundle's own, as it was trained), ``float32``
+        or ``int8`` (ResNet on the CPU: about twice as fast, features within about 0.5 % of
+        float32's variance). A precision other than the bundle's is kept in each slide's
+        record, so a resumed run never mixes the two.
     progress
         See :mod:`napari_deeppt.progress`.
     params, **options
@@ -83,9 +89,11 @@ def run_cohort(
     p = replace(params or CohortParams(), **options)
     out = Path(out)
     table = _read_table(manifest)
-    bundle, weights_id = _check_model(bundle, weights)  # once, in the driver, before any slide
+    bundle, weights_id, feature = _check_model(bundle, weights)  # once, before any slide
+    override = _precision_override(feature, precision, device)
     _make_folder(out / "slides")
-    rows, todo = _plan(table, out, file_sha256(bundle), weights_id, p.roi_class, p.resume)
+    identity = {"bundle_sha256": file_sha256(bundle), "weights": weights_id, "precision": override}
+    rows, todo = _plan(table, out, identity, p.roi_class, p.resume)
     args = {
         "bundle": bundle,
         "out": str(out),
@@ -93,6 +101,7 @@ def run_cohort(
         "device": device,
         "cache_dir": None if cache_dir is None else str(cache_dir),
         "roi_class": p.roi_class,
+        "precision": precision,
     }
     for folder in (out, out / "slides"):  # partials left by a run that was killed
         remove_stale_partials(folder)
@@ -114,12 +123,15 @@ def run_cohort(
 def _plan(
     table: Any,
     out: Path,
-    bundle_sha256: str,
-    weights_id: str,
+    identity: dict[str, Any],
     roi_class: str | None,
     resume: bool,
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[dict[str, Any], str]]]:
-    """Report rows of the results that can be reused, and the tasks (with a note) to run."""
+    """Report rows of the results that can be reused, and the tasks (with a note) to run.
+
+    ``identity``: the bundle's SHA-256, the weights' id and the precision override (see
+    :func:`~.records.expected_record`).
+    """
     rows: dict[str, dict[str, Any]] = {}
     todo = []
     rois = table["roi"] if "roi" in table.columns else [None] * len(table)
@@ -127,7 +139,10 @@ def _plan(
         if not Path(slide).exists():
             rows[sample] = _missing_slide_row(str(sample), str(slide))
             continue
-        record = expected_record(str(slide), bundle_sha256, weights_id, roi, roi_class)
+        record = expected_record(
+            str(slide), identity["bundle_sha256"], identity["weights"], roi, roi_class,
+            precision=identity["precision"],
+        )  # fmt: skip
         reused, note = _reusable(out, str(sample), record) if resume else (None, "")
         if reused is not None:
             rows[sample] = {**reused, "slide": slide}
@@ -185,8 +200,9 @@ def _read_table(manifest: Any) -> Any:
     return table
 
 
-def _check_model(bundle: str | Path, weights: str | None) -> tuple[str, str]:
-    """Load the bundle and its extractor's weights once; return the bundle path and weights id.
+def _check_model(bundle: str | Path, weights: str | None) -> tuple[str, str, dict[str, Any]]:
+    """Load the bundle and its extractor's weights once: the bundle's path, the weights' id
+    and the bundle's feature settings.
 
     Raises
     ------
@@ -203,7 +219,29 @@ def _check_model(bundle: str | Path, weights: str | None) -> tuple[str, str]:
     weights_id = check_weights(
         feature["extractor"], weights, expected_hash=feature.get("weights_hash")
     )
-    return path, weights_id
+    return path, weights_id, feature
+
+
+def _precision_override(feature: dict[str, Any], precision: str | None, device: str) -> str | None:
+    """The precision asked for when it is not the bundle's own (None: the bundle's).
+
+    Raises
+    ------
+    ValueError
+        An unknown precision.
+    DeepPTError
+        int8 for an extractor or a device it does not run on (here ``device="auto"`` is
+        this machine's choice), before any slide is scheduled.
+    """
+    from ..devices import resolve_device
+    from ..prediction import precision_for
+
+    chosen = precision_for(feature, precision)
+    if chosen == "int8":
+        from ..features.quantized import require_int8
+
+        require_int8(str(feature.get("extractor")), resolve_device(device))
+    return None if chosen == precision_for(feature, None) else chosen
 
 
 def _make_folder(folder: Path) -> None:

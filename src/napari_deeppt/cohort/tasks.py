@@ -54,6 +54,7 @@ def process_slide(
     roi: str | None = None,
     roi_class: str | None = None,
     record: dict[str, Any] | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Predict one slide and write its results atomically; never raises for a bad slide.
 
@@ -84,6 +85,7 @@ def process_slide(
             weights=weights,
             device=_device_for_worker(device),
             cache_dir=cache_dir,
+            precision=precision,
             progress=False,
         )
         row["n_tiles"] = len(prediction.grid)
