@@ -236,3 +236,18 @@ def test_the_model_kept_in_memory_is_never_another_architectures() -> None:
     assert _prepare(small, ("same", "random-0"), mode=False) is small
     assert _prepare(wide, ("same", "random-0"), mode=False) is wide
     assert _prepare(_tiny(width=6), ("same", "random-0"), mode=False) is wide  # kept
+
+
+def test_only_the_most_recently_used_packages_are_kept(monkeypatch) -> None:
+    """Packages pile up with every torch, weights and batch size (about 100 MB each for
+    ResNet50): the least recently used beyond KEEP_PACKAGES go, the one in use never."""
+    monkeypatch.setattr(compiled, "KEEP_PACKAGES", 2)
+    first = _prepare(_tiny(), ("tiny", "w0")).path
+    second = _prepare(_tiny(seed=5), ("tiny", "w1")).path
+    compiled._PREPARED.clear()
+    _prepare(_tiny(), ("tiny", "w0"))  # the first is used again: now the most recent
+    third = _prepare(_tiny(seed=6), ("tiny", "w2")).path
+    kept = {p.name for p in compiled_dir().iterdir()}
+    assert kept == {first.name, first.with_suffix(".json").name, third.name,
+                    third.with_suffix(".json").name}  # fmt: skip
+    assert not second.exists()

@@ -31,6 +31,10 @@ def _fresh(tmp_path, monkeypatch):
     quantized._KEPT.clear()
 
 
+def _no_calibration(*args, **kwargs):
+    raise AssertionError("calibrated again although the int8 model was on disk")
+
+
 @pytest.fixture(scope="module")
 def slide_and_grid(svs_slide):
     slide = open_slide(svs_slide.path)
@@ -59,17 +63,14 @@ def test_the_int8_model_is_kept_on_disk_and_loaded_without_calibrating(slide_and
     assert len(list(quantized_dir().glob("*.pt"))) == 1
     quantized._KEPT.clear()  # as a fresh process
 
-    def no_calibration(*args, **kwargs):
-        raise AssertionError("calibrated again although the int8 model was on disk")
-
-    monkeypatch.setattr(quantized, "_quantize", no_calibration)
+    monkeypatch.setattr(quantized, "_quantize", _no_calibration)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = extract_features(slide, grid, **RUN, precision="int8").features
     np.testing.assert_array_equal(again, first)
 
 
-def test_other_weights_get_their_own_int8_model(slide_and_grid):
+def test_other_weights_get_their_own_int8_model(slide_and_grid, monkeypatch):
     slide, grid = slide_and_grid
     one = extract_features(slide, grid, **RUN, precision="int8").features
     other = extract_features(slide, grid, **RUN, precision="int8", seed=1).features
@@ -79,6 +80,17 @@ def test_other_weights_get_their_own_int8_model(slide_and_grid):
     np.testing.assert_array_equal(
         extract_features(slide, grid, **RUN, precision="int8").features, one
     )
+    # only the most recently used are kept: the seed-1 model goes when a third is made
+    monkeypatch.setattr(quantized, "KEEP_MODELS", 2)
+    before = set(quantized_dir().glob("*.pt"))
+    extract_features(slide, grid, **RUN, precision="int8", seed=2)
+    after = set(quantized_dir().glob("*.pt"))
+    assert len(after) == 2 and len(before & after) == 1
+    quantized._KEPT.clear()
+    with warnings.catch_warnings():  # seed 0's model was used last: still kept, not remade
+        warnings.simplefilter("error")
+        monkeypatch.setattr(quantized, "_quantize", _no_calibration)
+        extract_features(slide, grid, **RUN, precision="int8")
 
 
 def test_a_damaged_int8_file_is_made_again_with_a_warning(slide_and_grid):

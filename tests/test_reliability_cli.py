@@ -487,3 +487,29 @@ def test_torch_never_speaks_to_the_user(tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "requires_grad" not in err and "Triggered internally" not in err, err
+
+
+def test_a_cache_folder_keeps_its_most_recently_used_entries_and_nothing_else_goes(tmp_path):
+    """keep_recent: entries are the files sharing a 32-hex key; the current one is marked
+    used and kept; files that are not entries (notes, partials, folders) are never touched."""
+    from napari_deeppt.io import keep_recent
+
+    keys = [f"{i:032x}" for i in range(5)]
+    now = time.time()
+    for age, key in enumerate(reversed(keys)):  # key 0 oldest, key 4 newest
+        for suffix in (".pt2", ".json"):
+            path = tmp_path / f"{key}{suffix}"
+            path.write_text(key)
+            os.utime(path, (now - 100 * (age + 1), now - 100 * (age + 1)))
+    others = [tmp_path / "notes.txt", tmp_path / f".{keys[1]}.pt2.partial-h-1-0123abcd"]
+    for path in others:
+        path.write_text("x")
+    (tmp_path / f"{'f' * 32}").mkdir()
+    removed = keep_recent(tmp_path / f"{keys[0]}.pt2", 3)  # the oldest, used now
+    assert sorted(p.name for p in removed) == sorted(
+        f"{k}{s}" for k in keys[1:3] for s in (".pt2", ".json")
+    )
+    left = {p.name for p in tmp_path.iterdir()}
+    assert {f"{k}.pt2" for k in (keys[0], keys[3], keys[4])} <= left
+    assert {p.name for p in others} | {"f" * 32} <= left
+    assert keep_recent(tmp_path / f"{keys[4]}.pt2", 3) == []  # three entries: nothing to do

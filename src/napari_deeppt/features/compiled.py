@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..io import atomic_outputs, cache_root
+from ..io import atomic_outputs, cache_root, keep_recent
 from .params import COMPILE_MODES
 
 __all__ = [
@@ -45,6 +45,9 @@ __all__ = [
 
 #: Compile for this many tiles or more when ``compile="auto"`` and no package is on disk.
 AUTO_COMPILE_TILES = 2048
+#: Compiled packages kept in :func:`compiled_dir` (about 100 MB each for ResNet50), the most
+#: recently used: those of an older torch, other weights or batch sizes go.
+KEEP_PACKAGES = 4
 
 _PREPARED: dict[tuple[Any, ...], Any] = {}
 
@@ -198,7 +201,10 @@ def compiled_package(
         example = torch.zeros(shape).contiguous(memory_format=torch.channels_last)
         _build(model, example, path, fields)
         runner = _load(path, fields)
-    return None if runner is None else CompiledPackage(runner, batch, path)
+    if runner is None:
+        return None
+    keep_recent(path, KEEP_PACKAGES)  # older torch, weights or shapes' packages go
+    return CompiledPackage(runner, batch, path)
 
 
 def prepare_model(

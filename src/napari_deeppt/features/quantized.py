@@ -54,6 +54,8 @@ QUANTIZABLE = ("resnet18", "resnet50")
 _CALIBRATION = {"tile_px": 512, "mpp": 0.5, "stride_px": 256, "min_tissue": 0.5}
 _CALIBRATION_BATCH = 16
 _RECIPE = 2  # bump when the calibration or the model's layout changes
+#: int8 models kept in :func:`quantized_dir` (about 25 MB each), the most recently used.
+KEEP_MODELS = 4
 _KEPT: dict[str, Any] = {}  # the last int8 model, by the JSON of what determines it
 
 
@@ -180,7 +182,7 @@ def _stored(loaded: Any, fields: dict[str, Any], progress: Any, cancel: Any) -> 
     """The int8 model kept on disk for ``fields``, else quantized now and kept there."""
     import torch
 
-    from ..io import atomic_path, remove_stale_partials
+    from ..io import atomic_path, keep_recent, remove_stale_partials
     from ..io.torchfile import load_weights_only
 
     recorded = json.dumps(fields, sort_keys=True)  # plain text: loads with weights_only
@@ -189,6 +191,7 @@ def _stored(loaded: Any, fields: dict[str, Any], progress: Any, cancel: Any) -> 
         try:
             saved = load_weights_only(path)
             if saved.get("fields") == recorded:
+                keep_recent(path, KEEP_MODELS)
                 return _skeleton(loaded.spec.name, fields["engine"], saved["state"])
         except Exception:  # a damaged file: made again, never trusted
             warnings.warn(
@@ -200,6 +203,7 @@ def _stored(loaded: Any, fields: dict[str, Any], progress: Any, cancel: Any) -> 
         remove_stale_partials(path.parent)  # of processes that died while saving
         with atomic_path(path, overwrite=True) as tmp:
             torch.save({"fields": recorded, "state": model.state_dict()}, tmp)
+        keep_recent(path, KEEP_MODELS)  # older torch, recipe or weights' models go
     except (OSError, RuntimeError) as exc:  # torch.save fails with a C++ RuntimeError
         reason = getattr(exc, "strerror", None) or "its folder is not writable or the disk is full"
         warnings.warn(f"{path}: the int8 model could not be kept ({reason})", stacklevel=4)

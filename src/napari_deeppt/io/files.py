@@ -27,6 +27,7 @@ __all__ = [
     "cache_root",
     "describe_os_error",
     "file_sha256",
+    "keep_recent",
     "partial_name",
     "refuse_existing",
     "remove_stale_partials",
@@ -110,6 +111,42 @@ def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
         if (not _alive(int(match["pid"]))) if mine else age > STALE_AFTER_S:
             _remove(entry)
             removed.append(entry)
+    return removed
+
+
+_CACHE_KEY = re.compile(r"^[0-9a-f]{32}$")
+
+
+def keep_recent(current: str | os.PathLike[str], keep: int) -> list[Path]:
+    """Mark ``current`` used now and remove all but the ``keep`` most recently used entries
+    of its cache folder; return what was removed.
+
+    An entry is the files that share a 32-hex-digit key as their stem (``<key>.pt2`` and
+    ``<key>.json``, say); other files are never touched. ``current``'s entry is always kept.
+    A file that cannot be touched or removed is left as it is (another process may be
+    removing it, or the folder is read-only): the cache works without the clean-up.
+    """
+    current = Path(current)
+    with contextlib.suppress(OSError):
+        os.utime(current)
+    used: dict[str, float] = {}
+    files: dict[str, list[Path]] = {}
+    with contextlib.suppress(OSError):
+        for entry in current.parent.iterdir():
+            stem = entry.name.split(".", 1)[0]
+            if not _CACHE_KEY.match(stem) or entry.is_dir():
+                continue
+            with contextlib.suppress(OSError):
+                used[stem] = max(used.get(stem, 0.0), entry.stat().st_mtime)
+                files.setdefault(stem, []).append(entry)
+    mine = current.name.split(".", 1)[0]
+    others = sorted((stem for stem in used if stem != mine), key=used.__getitem__, reverse=True)
+    removed = []
+    for stem in others[max(keep - 1, 0) :]:
+        for entry in files[stem]:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
     return removed
 
 
