@@ -216,7 +216,9 @@ def test_a_batch_keeps_units_and_weighs_tiles_as_torch_dropout_and_the_mean_do()
     assert regressors._batch(data, rows, 512, 0.0, None).keep is None
 
 
-def test_cpu_dropout_masks_come_from_numpy_keep_one_unit_in_1_25_and_repeat_by_seed():
+def test_cpu_dropout_masks_come_from_numpy_keep_one_unit_in_1_25_and_repeat_by_seed(
+    monkeypatch,
+):
     """On the CPU a group's masks are drawn by numpy's PCG64 (torch's CPU generator draws
     one number at a time: twice as slow, a tenth of a bulk run); they still keep a unit with
     probability 0.8, scale it by 1.25 and repeat exactly for the same seed."""
@@ -232,6 +234,18 @@ def test_cpu_dropout_masks_come_from_numpy_keep_one_unit_in_1_25_and_repeat_by_s
     assert set(first.unique().tolist()) == {0.0, 1.25}
     assert (first == 0).float().mean().item() == pytest.approx(0.2, abs=0.01)
     assert torch.equal(first, again) and not torch.equal(first, other)
+    drawn_by = []
+    real = regressors._uniform
+
+    def uniform(shape, gen, device):
+        drawn_by.append(type(gen))
+        return real(shape, gen, device)
+
+    monkeypatch.setattr(regressors, "_uniform", uniform)  # and training draws them so
+    settings = TrainingSettings(max_epochs=1, patience=1, batch_slides=16, latent_dim=DIM)
+    fit_regressors([RegressorJob(latents, np.arange(32), np.arange(32, 40), 0)],
+                   _linear_targets(latents.means, seed=1), settings)  # fmt: skip
+    assert drawn_by and set(drawn_by) == {np.random.Generator}
 
 
 def test_cancel_and_bad_jobs_are_refused():

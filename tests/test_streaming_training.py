@@ -137,9 +137,32 @@ def test_the_scratch_store_is_uncompressed_and_written_a_whole_chunk_at_a_time(m
             np.testing.assert_array_equal(rows[:, 1], chosen[i])
 
 
-def test_the_autoencoder_uses_the_fused_cpu_adam_and_learns_what_foreach_learns(monkeypatch):
-    """torch's fused CPU Adam (one pass per tensor) makes an autoencoder step ~20 % faster;
-    its result is foreach's, to rounding (it would not be if it read a gradient wrongly)."""
+def test_scratch_rows_stay_with_their_sample_whatever_order_the_store_holds_them(monkeypatch):
+    """Samples stored out of order (sample 1's rows before sample 0's, as a FeatureSource
+    built from parts may hold them), read in blocks that cut through samples: each
+    sample's scratch rows are still its own drawn rows."""
+    monkeypatch.setattr(autoencoding, "_EPOCH_BLOCK_ROWS", 50)
+    monkeypatch.setattr(autoencoding, "_BLOCK_ROWS", 64)
+    counts = [300, 100, 1000, 10]
+    samples = _named_rows(counts)
+    stored = [1, 0, 3, 2]  # the order of the samples in the array
+    starts = dict(zip(stored, np.cumsum([0] + [counts[i] for i in stored])[:-1], strict=True))
+    parts = [(0, int(starts[i]), int(starts[i]) + counts[i]) for i in range(4)]
+    source = FeatureSource.from_parts([np.concatenate([samples[i] for i in stored])], parts)
+    settings = TrainingSettings(ae_tiles=32, seed=5)
+    chosen = tile_sample(np.array(counts), 32, settings.seed + 1)
+    with autoencoder_tiles(source, settings) as sample:
+        np.testing.assert_array_equal(sample.counts, [32, 32, 32, 10])
+        for i in range(4):
+            rows = sample.read(next(sample.blocks(np.array([i]), 10_000)))
+            np.testing.assert_array_equal(rows[:, 0], i)
+            np.testing.assert_array_equal(rows[:, 1], chosen[i])
+
+
+def test_the_autoencoder_uses_the_fused_cpu_adam_and_learns_what_the_default_learns(monkeypatch):
+    """torch's fused CPU Adam (one pass per tensor) makes an autoencoder step ~20 % faster
+    than torch's default; the result is the default's, to rounding (it would not be if it
+    read a gradient wrongly)."""
     samples = _named_rows([64, 64, 64])
     source = FeatureSource.in_memory([torch.from_numpy(s / 100.0) for s in samples])
     settings = TrainingSettings(ae_epochs=3, ae_batch=16, latent_dim=4, lr=1e-2)
@@ -155,10 +178,10 @@ def test_the_autoencoder_uses_the_fused_cpu_adam_and_learns_what_foreach_learns(
     monkeypatch.setattr(torch.optim, "Adam", adam)
     fused = autoencoding.fit_autoencoder(source, np.arange(3), settings, 3, None)
     monkeypatch.setattr(autoencoding, "fused_adam", lambda device: False)
-    foreach = autoencoding.fit_autoencoder(source, np.arange(3), settings, 3, None)
+    default = autoencoding.fit_autoencoder(source, np.arange(3), settings, 3, None)
     assert made == [True, None]
     for key, value in fused.state_dict().items():
-        torch.testing.assert_close(value, foreach.state_dict()[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(value, default.state_dict()[key], rtol=1e-4, atol=1e-5)
     assert not torch.equal(fused.encoder[0].weight, AutoEncoder(8, 4).encoder[0].weight)
 
 

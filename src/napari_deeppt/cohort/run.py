@@ -78,7 +78,9 @@ def run_cohort(
         The extractor's arithmetic: None (the bundle's own, as it was trained), ``float32``
         or ``int8`` (ResNet on the CPU: about twice as fast, features within about 0.5 % of
         float32's variance). A precision other than the bundle's is kept in each slide's
-        record, so a resumed run never mixes the two.
+        record, so a resumed run never mixes the two. int8 is checked against ``device`` as
+        this machine resolves it: with a remote cluster whose workers have GPUs, pass
+        ``device="cpu"`` (or every slide fails, each in its own report row).
     progress
         See :mod:`napari_deeppt.progress`.
     params, **options

@@ -46,7 +46,7 @@ __all__ = [
 #: Compile for this many tiles or more when ``compile="auto"`` and no package is on disk.
 AUTO_COMPILE_TILES = 2048
 #: Compiled packages kept in :func:`compiled_dir` (about 100 MB each for ResNet50), the most
-#: recently used: those of an older torch, other weights or batch sizes go.
+#: recently used (the others go, whatever torch, model, weights or batch size they were for).
 KEEP_PACKAGES = 4
 
 _PREPARED: dict[tuple[Any, ...], Any] = {}

@@ -69,13 +69,25 @@ def autoencoder_tiles(source: FeatureSource, settings: TrainingSettings) -> Iter
     with tempfile.TemporaryDirectory(prefix="deeppt-ae-tiles-") as scratch:
         array = _scratch_array(Path(scratch) / "tiles.zarr", int(stops[-1]), source)
         writer = _ChunkWriter(array)
+        starts = np.zeros(len(chosen), np.int64)  # where each sample's rows were written
+        seen = np.zeros(len(chosen), bool)
         for block in source.blocks(np.arange(len(source)), _BLOCK_ROWS):
             rows = source.read(block, dtype=None)
-            for i, mine in _by_sample(block):
-                keep = np.isin(block.offsets[mine], chosen[i])
-                writer.append(rows[mine][keep])  # samples and their rows come in order
+            for i in _samples_as_read(block):  # a sample's rows follow one another
+                mine = block.samples == i
+                if not seen[i]:
+                    starts[i], seen[i] = writer.position, True
+                writer.append(rows[mine][np.isin(block.offsets[mine], chosen[i])])
         writer.close()
-        yield FeatureSource.from_parts([array], [(0, b - n, b) for b, n in zip(stops, sizes)])
+        if writer.position != int(stops[-1]):
+            raise RuntimeError(f"scratch store: {writer.position} rows written, not {stops[-1]}")
+        yield FeatureSource.from_parts([array], [(0, a, a + n) for a, n in zip(starts, sizes)])
+
+
+def _samples_as_read(block: Any) -> np.ndarray:
+    """The samples of a block in the order its rows come (not by sample number)."""
+    _, first = np.unique(block.samples, return_index=True)
+    return block.samples[np.sort(first)]
 
 
 def _scratch_array(path: Path, rows: int, source: FeatureSource) -> Any:
@@ -102,6 +114,11 @@ class _ChunkWriter:
         self.array, self.at = array, 0
         self.buffer = np.empty((array.chunks[0], array.shape[1]), array.dtype)
         self.held = 0
+
+    @property
+    def position(self) -> int:
+        """The row the next appended row will be."""
+        return self.at + self.held
 
     def append(self, rows: np.ndarray) -> None:
         while len(rows):
@@ -155,7 +172,7 @@ def fit_autoencoder(
     torch.default_generator.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = AutoEncoder(tiles.dim, settings.latent_dim)
-    fused = fused_adam("cpu") or None  # one pass per tensor: a step ~20 % faster
+    fused = fused_adam("cpu") or None  # one pass per tensor: a step ~20 % faster than the default
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, fused=fused)
     blocks = list(tiles.blocks(train_idx, _EPOCH_BLOCK_ROWS))
     for _ in range(settings.ae_epochs):

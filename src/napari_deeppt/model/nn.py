@@ -82,8 +82,9 @@ class MLPRegression(nn.Module):
 def fused_adam(device_type: str) -> bool:
     """Whether this torch has a fused Adam for ``device_type`` that training uses.
 
-    The CPU's (torch ≥ 2.4) updates each tensor in one pass instead of foreach's several;
-    elsewhere training keeps foreach (the regressors' step counts live on the CPU).
+    The CPU's (torch ≥ 2.4) updates each tensor in one pass, where torch's default on the
+    CPU (a loop over tensors) makes several; elsewhere training keeps torch's default
+    (the regressors: foreach, their step counts living on the CPU).
     """
     if device_type != "cpu":
         return False
