@@ -217,6 +217,11 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
             "cli::test_torch_never_speaks_to_the_user",
         ],
     ),
+    "Compiled and int8 models pile up in the cache with every torch, weights and batch": (
+        "The four most recently used entries of a model cache are kept, the one in use "
+        "always; nothing else in the folder is touched.",
+        ["cli::test_a_cache_folder_keeps_its_most_recently_used_entries_and_nothing_else_goes"],
+    ),
 }
 
 
