@@ -324,14 +324,21 @@ def test_a_cohort_runs_at_the_precision_asked_for_and_resumes_only_at_the_same(
     first = run_cohort(table, bundle, out, **run)
     int8 = run_cohort(table, bundle, out, precision="int8", **run)
     notes = set(int8.report["note"])
-    assert notes == {"recomputed: the earlier result was made with another precision than the "
-                     "one asked for now"}  # fmt: skip
+    assert notes == {"recomputed: the earlier result was made with another precision (or "
+                     "int8 engine or torch) than now"}  # fmt: skip
     record = json.loads((out / "slides" / "A.run.json").read_text())
-    assert record["precision"] == "int8"
+    assert record["precision"] == {"precision": "int8", **quantized.int8_identity()}
     close = np.corrcoef(int8.expression.to_numpy().ravel(), first.expression.to_numpy().ravel())
     assert not np.allclose(int8.expression, first.expression) and close[0, 1] > 0.99
     again = run_cohort(table, bundle, out, precision="int8", **run)
     assert set(again.report["note"]) == {"made before by the same bundle, slide and settings"}
+    other_torch = {**quantized.int8_identity(), "torch": "9.9"}  # int8 results depend on it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quantized, "int8_identity", lambda: other_torch)
+        patch.setattr(quantized, "_KEPT", {})
+        redone = run_cohort(table, bundle, out, precision="int8", **run)
+    assert set(redone.report["status"]) == {"ok"}
+    assert set(redone.report["note"]) == notes
     back = run_cohort(table, bundle, out, **run)
     assert "precision" not in json.loads((out / "slides" / "A.run.json").read_text())
     pd.testing.assert_frame_equal(back.expression, first.expression, rtol=1e-6)
@@ -340,7 +347,7 @@ def test_a_cohort_runs_at_the_precision_asked_for_and_resumes_only_at_the_same(
                "--weights", "random", "--device", "cpu", "--scheduler", "serial", "--quiet",
                "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     assert main([*command, "--precision", "int8"]) == 0
-    assert json.loads((out / "slides" / "B.run.json").read_text())["precision"] == "int8"
+    assert json.loads((out / "slides" / "B.run.json").read_text())["precision"]["engine"]
     capsys.readouterr()
     with pytest.raises(ValueError, match="precision must be 'float32' or 'int8'"):
         run_cohort(table, bundle, tmp_path / "never", precision="fp16", **run)

@@ -69,7 +69,7 @@ def expected_record(
     weights: str,
     roi: str | None,
     roi_class: str | None,
-    precision: str | None = None,
+    precision: str | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record a slide's result would carry if it were made now.
 
@@ -84,8 +84,9 @@ def expected_record(
     roi, roi_class
         The slide's regions of interest (a GeoJSON path or None) and the class kept.
     precision
-        The extractor's precision when it is not the bundle's own (recorded only then, so
-        the records of runs at the bundle's precision stay as they were), else None.
+        The extractor's precision when it is not float32 as the bundle has it (int8 with its
+        engine, recipe and torch version), else None: not recorded, so the records of
+        float32 runs stay as they were.
     """
     from .._version import __version__
 
@@ -111,7 +112,7 @@ _WHAT = {
     "weights": "other extractor weights",
     "roi": "other regions of interest",
     "roi_class": "another region class",
-    "precision": "another precision than the one asked for now",
+    "precision": "another precision (or int8 engine or torch) than now",
 }
 
 

@@ -77,10 +77,11 @@ def run_cohort(
     precision
         The extractor's arithmetic: None (the bundle's own, as it was trained), ``float32``
         or ``int8`` (ResNet on the CPU: about twice as fast, features within about 0.5 % of
-        float32's variance). A precision other than the bundle's is kept in each slide's
-        record, so a resumed run never mixes the two. int8 is checked against ``device`` as
-        this machine resolves it: with a remote cluster whose workers have GPUs, pass
-        ``device="cpu"`` (or every slide fails, each in its own report row).
+        float32's variance). Each slide's record keeps a precision other than the bundle's,
+        and int8's engine and torch version, so a resumed run never mixes them. int8 is
+        checked against ``device`` as this machine resolves it: with a remote cluster whose
+        workers have GPUs, pass ``device="cpu"`` (or every slide fails, each in its own
+        report row).
     progress
         See :mod:`napari_deeppt.progress`.
     params, **options
@@ -92,9 +93,9 @@ def run_cohort(
     out = Path(out)
     table = _read_table(manifest)
     bundle, weights_id, feature = _check_model(bundle, weights)  # once, before any slide
-    override = _precision_override(feature, precision, device)
+    said = _precision_record(feature, precision, device)
     _make_folder(out / "slides")
-    identity = {"bundle_sha256": file_sha256(bundle), "weights": weights_id, "precision": override}
+    identity = {"bundle_sha256": file_sha256(bundle), "weights": weights_id, "precision": said}
     rows, todo = _plan(table, out, identity, p.roi_class, p.resume)
     args = {
         "bundle": bundle,
@@ -131,8 +132,8 @@ def _plan(
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[dict[str, Any], str]]]:
     """Report rows of the results that can be reused, and the tasks (with a note) to run.
 
-    ``identity``: the bundle's SHA-256, the weights' id and the precision override (see
-    :func:`~.records.expected_record`).
+    ``identity``: the bundle's SHA-256, the weights' id and what the record says of the
+    precision (see :func:`~.records.expected_record`).
     """
     rows: dict[str, dict[str, Any]] = {}
     todo = []
@@ -224,8 +225,12 @@ def _check_model(bundle: str | Path, weights: str | None) -> tuple[str, str, dic
     return path, weights_id, feature
 
 
-def _precision_override(feature: dict[str, Any], precision: str | None, device: str) -> str | None:
-    """The precision asked for when it is not the bundle's own (None: the bundle's).
+def _precision_record(
+    feature: dict[str, Any], precision: str | None, device: str
+) -> str | dict[str, Any] | None:
+    """What a slide's record says of the precision: None for float32 as the bundle has
+    it, ``"float32"`` for an int8 bundle run at float32, and for int8 its identity (engine,
+    recipe, torch: int8 results depend on them, so a resume on another never reuses).
 
     Raises
     ------
@@ -240,9 +245,10 @@ def _precision_override(feature: dict[str, Any], precision: str | None, device: 
 
     chosen = precision_for(feature, precision)
     if chosen == "int8":
-        from ..features.quantized import require_int8
+        from ..features.quantized import int8_identity, require_int8
 
         require_int8(str(feature.get("extractor")), resolve_device(device))
+        return {"precision": "int8", **int8_identity()}
     return None if chosen == precision_for(feature, None) else chosen
 
 
