@@ -4,6 +4,7 @@ what the compiled code depends on, never another model's or a stale one."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from napari_deeppt.features.compiled import (
     needs_fixed_batch,
     prepare_model,
 )
+from napari_deeppt.io import keep_recent
 
 SIZE, BATCH = 16, 2
 CPU = torch.device("cpu")
@@ -251,3 +253,20 @@ def test_only_the_most_recently_used_packages_are_kept(monkeypatch) -> None:
     assert kept == {first.name, first.with_suffix(".json").name, third.name,
                     third.with_suffix(".json").name}  # fmt: skip
     assert not second.exists()
+
+
+def test_a_package_served_from_memory_stays_the_most_recently_used_on_disk(monkeypatch) -> None:
+    """A long session reuses the package kept in memory: each use marks its file used, so
+    another process's clean-up removes older packages, never the one in use."""
+    monkeypatch.setattr(compiled, "KEEP_PACKAGES", 2)
+    other = _prepare(_tiny(seed=5), ("tiny", "w1")).path  # another process's
+    compiled._PREPARED.clear()
+    kept = _prepare(_tiny(), ("tiny", "w0"))  # this session's model, from memory from here on
+    in_use = kept.path
+    os.utime(in_use, (1, 1))  # loaded long ago
+    assert _prepare(_tiny(), ("tiny", "w0")) is kept  # served from memory...
+    assert in_use.stat().st_mtime > other.stat().st_mtime  # ...and marked used
+    third = compiled_dir() / ("f" * 32 + ".pt2")  # another process's newer package...
+    third.write_bytes(b"")
+    keep_recent(third, 2)  # ...and its clean-up: it keeps its own and the most recently used
+    assert in_use.exists() and not other.exists()

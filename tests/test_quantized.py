@@ -3,6 +3,7 @@ on disk keyed on the weights, refused where they do not apply, cached as their o
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -354,3 +355,14 @@ def test_a_cohort_runs_at_the_precision_asked_for_and_resumes_only_at_the_same(
     with pytest.raises(DeepPTError, match="int8' is available for resnet18, resnet50"):
         run_cohort(table, demo_bundle(progress=False), tmp_path / "never", precision="int8", **run)
     assert not (tmp_path / "never").exists()
+
+
+def test_an_int8_model_served_from_memory_is_marked_used_on_disk():
+    """A long session reuses the int8 model kept in memory: each use marks its file used, so
+    another process's clean-up (which keeps the most recently used) keeps it."""
+    loaded = load_extractor("resnet18", "random")
+    model = int8_model(loaded, CPU)
+    (path,) = quantized_dir().glob("*.pt")
+    os.utime(path, (1, 1))  # made long ago
+    assert int8_model(loaded, CPU) is model  # from memory...
+    assert path.stat().st_mtime > 1e9  # ...and marked used now

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..io import atomic_outputs, cache_root, keep_recent
+from ..io import atomic_outputs, cache_root, keep_recent, mark_used
 from .params import COMPILE_MODES
 
 __all__ = [
@@ -256,7 +256,10 @@ def prepare_model(
     structure = hashlib.sha256(repr(model).encode()).hexdigest()  # two models, one name
     full_key = None if key is None else (*key, structure, str(device), compile_mode, want, batch)
     if full_key is not None and full_key in _PREPARED:
-        return _PREPARED[full_key]
+        kept = _PREPARED[full_key]
+        if isinstance(kept, CompiledPackage):  # in use: another process's clean-up keeps it
+            mark_used(kept.path)
+        return kept
     model = model.to(device).to(memory_format=torch.channels_last).eval()
     prepared = model
     if compile_mode is not False:

@@ -56,7 +56,8 @@ _CALIBRATION_BATCH = 16
 _RECIPE = 2  # bump when the calibration or the model's layout changes
 #: int8 models kept in :func:`quantized_dir` (about 25 MB each), the most recently used.
 KEEP_MODELS = 4
-_KEPT: dict[str, Any] = {}  # the last int8 model, by the JSON of what determines it
+#: the last int8 model and its file, by the JSON of what determines it
+_KEPT: dict[str, tuple[Any, Path]] = {}
 
 
 def int8_model(loaded: Any, device: Any, progress: Any = None, cancel: Any = None) -> Any:
@@ -83,14 +84,20 @@ def int8_model(loaded: Any, device: Any, progress: Any = None, cancel: Any = Non
     DeepPTError
         Another extractor, another device, or a torch without x86 quantized engines.
     """
+    from ..io import mark_used
+
     require_int8(loaded.spec.name, device)
     fields = _fields(loaded)
     key = json.dumps(fields, sort_keys=True)
-    if key not in _KEPT:
-        model = _stored(loaded, fields, progress, cancel)
-        _KEPT.clear()  # one at a time: a cohort's slides reuse it
-        _KEPT[key] = model
-    return _KEPT[key]
+    if key in _KEPT:
+        model, path = _KEPT[key]
+        mark_used(path)  # in use: another process's clean-up keeps it
+        return model
+    path = _stored_path(key)
+    model = _stored(loaded, fields, path, progress, cancel)
+    _KEPT.clear()  # one at a time: a cohort's slides reuse it
+    _KEPT[key] = (model, path)
+    return model
 
 
 def agreement(int8: np.ndarray, fp32: np.ndarray) -> tuple[float, float]:
@@ -178,15 +185,19 @@ def _fields(loaded: Any) -> dict[str, Any]:
     }
 
 
-def _stored(loaded: Any, fields: dict[str, Any], progress: Any, cancel: Any) -> Any:
-    """The int8 model kept on disk for ``fields``, else quantized now and kept there."""
+def _stored_path(recorded: str) -> Path:
+    """Where the int8 model for ``recorded`` (the JSON of its fields) is kept."""
+    return quantized_dir() / f"{hashlib.sha256(recorded.encode()).hexdigest()[:32]}.pt"
+
+
+def _stored(loaded: Any, fields: dict[str, Any], path: Path, progress: Any, cancel: Any) -> Any:
+    """The int8 model kept at ``path`` for ``fields``, else quantized now and kept there."""
     import torch
 
     from ..io import atomic_path, keep_recent, remove_stale_partials
     from ..io.torchfile import load_weights_only
 
     recorded = json.dumps(fields, sort_keys=True)  # plain text: loads with weights_only
-    path = quantized_dir() / f"{hashlib.sha256(recorded.encode()).hexdigest()[:32]}.pt"
     if path.is_file():
         try:
             saved = load_weights_only(path)

@@ -2,7 +2,8 @@
 tables a user gives (:mod:`.tables`).
 
 The names of :mod:`.files` (``atomic_path``, ``atomic_outputs``, ``cache_root``,
-``describe_os_error``, ``file_sha256``, ``partial_name``, ``remove_stale_partials``) are
+``describe_os_error``, ``file_sha256``, ``keep_recent``, ``mark_used``, ``partial_name``,
+``remove_stale_partials``) are
 re-exported here, so ``from napari_deeppt.io import atomic_path`` is the way to reach them.
 """
 

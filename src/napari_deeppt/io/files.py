@@ -28,6 +28,7 @@ __all__ = [
     "describe_os_error",
     "file_sha256",
     "keep_recent",
+    "mark_used",
     "partial_name",
     "refuse_existing",
     "remove_stale_partials",
@@ -117,6 +118,13 @@ def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
 _CACHE_KEY = re.compile(r"^[0-9a-f]{32}$")
 
 
+def mark_used(path: str | os.PathLike[str]) -> None:
+    """Mark a cache entry used now (its modification time), so that :func:`keep_recent` in
+    another process keeps it; a file that cannot be touched is left as it is."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
 def keep_recent(current: str | os.PathLike[str], keep: int) -> list[Path]:
     """Mark ``current`` used now and remove all but the ``keep`` most recently used entries
     of its cache folder; return what was removed.
@@ -127,8 +135,7 @@ def keep_recent(current: str | os.PathLike[str], keep: int) -> list[Path]:
     removing it, or the folder is read-only): the cache works without the clean-up.
     """
     current = Path(current)
-    with contextlib.suppress(OSError):
-        os.utime(current)
+    mark_used(current)
     used: dict[str, float] = {}
     files: dict[str, list[Path]] = {}
     with contextlib.suppress(OSError):
