@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +93,26 @@ def test_every_public_name_resolves_and_is_declared_once():
         assert getattr(napari_deeppt, name) is not None
     with pytest.raises(AttributeError):
         napari_deeppt.not_a_public_name  # noqa: B018
+
+
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's code, its docstring left out."""
+    body = node.body
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:] or body
+    return body[-1].end_lineno - body[0].lineno + 1
+
+
+def test_files_and_functions_stay_small():
+    """DEVELOPERS.md: files under 500 lines, functions under 80 (docstrings aside)."""
+    source = Path(napari_deeppt.__file__).parent
+    long_files, long_functions = [], []
+    for path in sorted(source.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) >= 500:
+            long_files.append(str(path.relative_to(source)))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _code_lines(node) >= 80:
+                long_functions.append(f"{path.relative_to(source)}:{node.lineno} {node.name}")
+    assert len(long_files) + len(long_functions) == 0, long_files + long_functions
+    assert len(list(source.rglob("*.py"))) > 50  # the walk found the package
