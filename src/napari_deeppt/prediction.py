@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleMismatchError, DeepPTError
+from .features.params import FeatureParams
 from .progress import CancelLike, ProgressLike
 from .slide import as_slide
 
@@ -360,6 +361,7 @@ def predict(
     progress: ProgressLike = True,
     cancel: CancelLike = None,
     precision: str | None = None,
+    compile: Any = FeatureParams.compile,
 ) -> Prediction:
     """Predict a slide's expression with a model bundle.
 
@@ -388,6 +390,10 @@ def predict(
         trained with (float32 unless it was trained on int8 features); ``"int8"`` runs the
         bundle's ResNet in int8 on the CPU, about twice as fast, for features that differ
         from float32 ones by the quantization error (recorded in the provenance).
+    compile
+        As for :class:`~napari_deeppt.features.params.FeatureParams`: ``"auto"`` (default)
+        compiles the CPU model for large slides and keeps it on disk, ``"cached"`` only uses
+        one built earlier (what napari uses), True or False.
     """
     from .features import extract_features
     from .tiles import detect_and_tile
@@ -425,6 +431,7 @@ def predict(
         progress=progress,
         cancel=cancel,
         precision=precision,
+        compile=compile,
     )
     prediction = predict_from_features(features, model)
     prediction.bundle_path = bundle_path or prediction.bundle_path

@@ -124,6 +124,40 @@ def test_console_predict_with_a_layer_adds_the_map(viewer_with_slide, bundle_pat
     assert viewer.layers[f"small {top}"].metadata["deeppt_prediction"] is prediction
 
 
+@pytest.fixture
+def compile_modes(monkeypatch):
+    """The ``compile`` each feature extraction is asked for, in order."""
+    import napari_deeppt.features as features
+
+    asked, extract = [], features.extract_features
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("compile", "not given"))
+        return extract(*args, **kwargs)
+
+    monkeypatch.setattr(features, "extract_features", recording)
+    return asked
+
+
+def test_napari_never_compiles_the_model_it_predicts_with(
+    qtbot, viewer_with_slide, bundle_path, compile_modes, svs_slide
+):
+    """The dock and the console load a compiled model built earlier and never build one
+    (compiling inside napari clashes with its software OpenGL); scripts keep "auto"."""
+    from napari_deeppt import predict
+
+    viewer, layer = viewer_with_slide
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeppt", "Predict expression")
+    widget.bundle.value = bundle_path
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=120_000)
+    assert widget.prediction is not None
+    console.predict(layer, bundle_path, progress=False)
+    console.predict(layer, bundle_path, progress=False, compile=False)  # the user's choice
+    predict(svs_slide.path, bundle_path, progress=False)  # a script
+    assert compile_modes == ["cached", "cached", False, "auto"]
+
+
 def test_bad_bundle_is_reported(viewer_with_slide, tmp_path):
     viewer, _ = viewer_with_slide
     (tmp_path / "bad.deeppt").write_bytes(b"nope")

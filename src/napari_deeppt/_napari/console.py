@@ -112,9 +112,14 @@ def detect_and_tile(
 
 
 def predict(layer: Any, bundle: Any, *, roi: Any = None, **options: Any) -> Any:
-    """:func:`napari_deeppt.predict` on a slide layer; adds the top gene's expression map."""
+    """:func:`napari_deeppt.predict` on a slide layer; adds the top gene's expression map.
+
+    Inside napari the CPU model is not compiled (``compile="cached"``: a package built
+    earlier by the CLI or a script is loaded) unless ``compile`` says otherwise.
+    """
     from .. import prediction
 
+    options.setdefault("compile", "cached")  # compiling clashes with napari's software GL
     result = prediction.predict(slide_of(layer), bundle, roi=_regions_of(roi, layer), **options)
     _show(layer, result)
     return result

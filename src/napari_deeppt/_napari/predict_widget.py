@@ -269,6 +269,7 @@ class PredictWidget(JobWidget):
                 "precision": None
                 if self.precision.value == MODELS_PRECISION
                 else self.precision.value,
+                "compile": "cached",  # never compiled in napari: see features_widget
             },
             on_result,
         )
