@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -116,3 +117,37 @@ def test_files_and_functions_stay_small():
                 long_functions.append(f"{path.relative_to(source)}:{node.lineno} {node.name}")
     assert len(long_files) + len(long_functions) == 0, long_files + long_functions
     assert len(list(source.rglob("*.py"))) > 50  # the walk found the package
+
+
+def _documented_parameters(doc: str) -> set[str]:
+    """The names a numpydoc Parameters section describes (``a, b : int`` lines; ``**kw``)."""
+    if "Parameters\n----------\n" not in doc:
+        return set()
+    section = doc.split("Parameters\n----------\n", 1)[1]
+    section = re.split(r"\n\S[^\n]*\n-{3,}\n", section)[0]  # up to the next section
+    names = set()
+    for line in section.splitlines():
+        if line and not line[0].isspace():
+            for item in line.split(" : ")[0].split(","):
+                names.add(item.strip().replace("\\", "").lstrip("*"))
+    return names
+
+
+def test_the_public_api_documents_its_parameters():
+    """Every function of ``napari_deeppt.__all__`` that takes arguments has a numpydoc
+    docstring naming each in its Parameters section (what the console's help shows)."""
+    import inspect
+
+    undocumented = []
+    functions = 0
+    for name in sorted(napari_deeppt.__all__):
+        obj = getattr(napari_deeppt, name)
+        if not inspect.isfunction(obj):
+            continue
+        functions += 1
+        documented = _documented_parameters(inspect.getdoc(obj) or "")
+        for parameter in inspect.signature(obj).parameters.values():
+            if parameter.kind is not parameter.VAR_POSITIONAL and parameter.name not in documented:
+                undocumented.append(f"{name}({parameter.name})")
+    assert functions > 20
+    assert not undocumented, undocumented

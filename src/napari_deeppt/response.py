@@ -66,7 +66,20 @@ _TYPES = {
 
 
 def read_partners(partners: Any) -> Any:
-    """Partner table (CSV or DataFrame): ``drug``, ``partner`` (gene), ``type`` (SL or SR)."""
+    """Read and check a drug partner table.
+
+    Parameters
+    ----------
+    partners
+        A CSV/TSV path or a DataFrame with columns ``drug``, ``partner`` (a gene; also
+        ``gene``, ``partner_gene``) and ``type`` (SL or SR; also ``interaction``), any case.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``drug``, ``partner``, ``type`` (``"SL"``/``"SR"``), duplicates dropped; an
+        ``ExpressionTableError`` naming the file for a table that is not one.
+    """
     import pandas as pd
 
     where = "the partner table"

@@ -361,8 +361,20 @@ def apply_od_transform(tiles: Any, transform: Any, fitted: Any, io: float = 240.
 def fit_macenko_target(
     image: Any, io: float = 240.0, alpha: float = 1.0, beta: float = 0.15
 ) -> MacenkoTarget:
-    """Fit a Macenko target from one reference image or region (uint8 ``(H, W, 3)``)."""
+    """Fit a Macenko target from one reference image or region.
 
+    Parameters
+    ----------
+    image
+        uint8 ``(H, W, 3)`` RGB, numpy or torch, with H&E-stained tissue in it.
+    io, alpha, beta
+        Background intensity, percentile of the stain angles and OD threshold of glass.
+
+    Returns
+    -------
+    MacenkoTarget
+        Stain matrix and maximum concentrations (``DeepPTError``: too little tissue).
+    """
     batch, _, _ = _as_batch(image, None)
     if batch.shape[0] != 1:
         raise DeepPTError("fit the target from one image (H, W, 3), not a batch")
@@ -436,6 +448,20 @@ def reinhard_normalize(
     Statistics come from tissue pixels only (mean intensity below ``background``), and glass
     is left as it was, so mostly-empty tiles are not tinted; a tile with almost no tissue
     uses all its pixels.
+
+    Parameters
+    ----------
+    tiles
+        uint8 ``(H, W, 3)`` or ``(N, H, W, 3)`` RGB, numpy or torch.
+    target
+        The lαβ means and spreads to match (:data:`DEFAULT_REINHARD_TARGET` when None).
+    device, background
+        Where torch computes (the tiles' own by default); the intensity of glass.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        The tiles normalised, in the type and shape given.
     """
     import torch
 

@@ -420,11 +420,26 @@ def detect_and_tile(
 ) -> tuple[TissueMask, TileGrid]:
     """Slide → :class:`TissueMask` → :class:`TileGrid` in one call.
 
-    ``tissue`` holds :class:`~napari_deeppt.tissue.TissueParams` fields; the other keywords
-    go to :func:`make_tile_grid`. ``roi`` keeps only the tissue inside regions of interest
-    and ``exclude_regions`` drops the tissue inside others (see
-    :meth:`~napari_deeppt.tissue.TissueMask.restrict`; ``roi_class`` picks a GeoJSON file's
-    objects of one class, e.g. QuPath's ``"Tumor"``).
+    Parameters
+    ----------
+    slide
+        A :class:`~napari_deeppt.slide.Slide` or a path.
+    tissue
+        :class:`~napari_deeppt.tissue.TissueParams` fields (the defaults when None).
+    roi, exclude_regions
+        Keep only the tissue inside regions of interest; drop the tissue inside others (a
+        GeoJSON file or level-0 polygons, see :meth:`~napari_deeppt.tissue.TissueMask.restrict`).
+    roi_class
+        A GeoJSON file's objects of one class only, e.g. QuPath's ``"Tumor"``.
+    progress, cancel
+        As for :func:`~napari_deeppt.tissue.detect_tissue`.
+    **grid_options
+        :func:`make_tile_grid`'s keywords (``tile_px``, ``mpp``, ``min_tissue``, ...).
+
+    Returns
+    -------
+    tuple of TissueMask and TileGrid
+        The mask (restricted to the regions) and its tiles.
     """
     slide = as_slide(slide)
     mask = detect_tissue(slide, progress=progress, cancel=cancel, **(tissue or {}))

@@ -44,6 +44,25 @@ def run_distributed(
     rows: dict[str, dict[str, Any]],
     bar: Any,
 ) -> None:
+    """Process ``todo``'s slides as dask tasks; each slide's report row lands in ``rows``.
+
+    Parameters
+    ----------
+    todo
+        One dict of :func:`~.tasks.process_slide` keywords per slide (slide, sample_id, ...).
+    args
+        The keywords every slide shares (bundle, output folder, settings).
+    scheduler
+        None for a local cluster made here, a scheduler address, or a ``Client``.
+    n_workers, threads_per_worker
+        The local cluster's shape (when ``scheduler`` is None).
+    retries
+        How often dask reruns a task whose worker died.
+    rows
+        Filled with one report row per sample id, an error row when the task itself failed.
+    bar
+        The progress bar, advanced once per finished slide.
+    """
     from distributed import Client, as_completed
 
     own = False

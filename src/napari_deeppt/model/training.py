@@ -108,9 +108,10 @@ def train(
         Expression matrix: a CSV/TSV or ``.h5ad`` path, a pandas DataFrame or an AnnData,
         samples × genes or genes × samples; for spots, the counts (spots × genes or genes ×
         spots).
-    out
+    out, overwrite
         Bundle file to write (``.deeppt``), with ``<out>.genes.csv``, ``<out>.heldout.csv``
-        (and ``<out>.sections.csv`` for spots) beside it; never overwritten unless ``overwrite``.
+        (and ``<out>.sections.csv`` for spots) beside it; never overwritten unless
+        ``overwrite`` (checked before any work).
     extractor, weights, tile_px, tile_mpp, min_tissue, stain, device, cache_dir
         Feature settings (see :func:`~napari_deeppt.features.extract_features`); ``tile_px``
         defaults to 512 (DeepPT) for slides and 224 for spots (112 µm at 0.5 µm/px).

@@ -71,6 +71,8 @@ def write_synthetic_slide(
         ``()`` writes a single-level slide.
     compression
         ``"jpeg"``, ``"zlib"``, ``None`` ... (TIFF formats).
+    quality
+        JPEG quality, 1–100 (``compression="jpeg"``).
     associated
         Also write a label and a macro image (and, for SVS, a thumbnail).
     write_mpp
