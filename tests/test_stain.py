@@ -186,7 +186,8 @@ def test_od_transform_matches_the_matrix_product_per_pixel() -> None:
     """The tabulated OD map gives each pixel io·exp(-T·OD(v)), as the direct formula does
     (in float64), to within one grey level from rounding at the uint8 cut; unfitted tiles
     pass through."""
-    from napari_deeppt.stain import _od_lut, apply_od_transform
+    from napari_deeppt.stain import apply_od_transform
+    from napari_deeppt.stain.macenko import _od_lut
 
     rng = np.random.default_rng(3)
     tiles = torch.from_numpy(rng.integers(0, 256, size=(4, 24, 20, 3), dtype=np.uint8))
