@@ -20,6 +20,20 @@ def read_ahead(
 
     At most ``depth`` results are pending at a time, so memory stays bounded however many
     items there are (``Executor.map`` would submit them all at once).
+
+    Parameters
+    ----------
+    function
+        Called once per item, in a worker thread.
+    items
+        Iterated lazily, as results are taken.
+    workers, depth
+        Threads, and results computed ahead of the one being consumed (each at least 1).
+
+    Returns
+    -------
+    iterator
+        The results in ``items``' order; an exception of ``function`` is raised at its item.
     """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: deque[Future[R]] = deque()

@@ -97,7 +97,21 @@ def _fill(ring: np.ndarray, shape: tuple[int, int], downsample_xy: tuple[float, 
 def rasterize_regions(
     regions: list[Region], shape: tuple[int, int], downsample_xy: tuple[float, float]
 ) -> np.ndarray:
-    """Union of :meth:`Region.rasterize` over ``regions``."""
+    """Union of :meth:`Region.rasterize` over ``regions``.
+
+    Parameters
+    ----------
+    regions
+        Regions in level-0 pixels.
+    shape, downsample_xy
+        The raster's ``(rows, cols)`` and its ``(x, y)`` downsample from level 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean ``shape``: true where a pixel's centre is inside any region (all false for
+        no regions).
+    """
     out = np.zeros(shape, bool)
     for region in regions:
         out |= region.rasterize(shape, downsample_xy)

@@ -21,6 +21,15 @@ __all__ = ["field_default", "field_doc", "field_of"]
 def field_of(cls: type, name: str) -> dataclasses.Field[Any]:
     """The dataclass field ``cls.name``.
 
+    Parameters
+    ----------
+    cls, name
+        A dataclass and the name of one of its fields.
+
+    Returns
+    -------
+    dataclasses.Field
+
     Raises
     ------
     AttributeError
@@ -33,7 +42,25 @@ def field_of(cls: type, name: str) -> dataclasses.Field[Any]:
 
 
 def field_default(cls: type, name: str) -> Any:
-    """The default value of ``cls.name`` (a factory's product for mutable defaults)."""
+    """The default value of ``cls.name`` (a factory's product for mutable defaults).
+
+    Parameters
+    ----------
+    cls, name
+        As for :func:`field_of`.
+
+    Returns
+    -------
+    Any
+        A new object from the factory at every call.
+
+    Raises
+    ------
+    AttributeError
+        ``cls`` has no such field.
+    TypeError
+        The field has no default.
+    """
     field = field_of(cls, name)
     if field.default is not dataclasses.MISSING:
         return field.default
@@ -47,6 +74,16 @@ def field_doc(cls: type, name: str) -> str:
 
     Entries may document several fields at once (``closing_um, opening_um``). Returns ``""``
     when the field is not documented.
+
+    Parameters
+    ----------
+    cls, name
+        A class whose docstring has a numpydoc ``Attributes`` section, and a field's name.
+
+    Returns
+    -------
+    str
+        The entry's description lines joined by spaces.
     """
     return _attribute_docs(cls).get(name, "")
 

@@ -218,7 +218,17 @@ def _fit_problems(expected: dict[str, Any], features: Any) -> list[str]:
 
 
 def tiles_described(tile_px: float, mpp: float) -> str:
-    """Tiles as a user reads them: ``"256 µm tiles (512 px at 0.5 µm/px)"``."""
+    """Tiles as a user reads them: ``"256 µm tiles (512 px at 0.5 µm/px)"``.
+
+    Parameters
+    ----------
+    tile_px, mpp
+        The tile side in pixels and its resolution in µm/px.
+
+    Returns
+    -------
+    str
+    """
     return f"{tile_px * mpp:g} µm tiles ({tile_px:g} px at {mpp:g} µm/px)"
 
 
@@ -227,6 +237,23 @@ def grid_misfit(grid: Any, bundle: Any) -> str | None:
 
     A model applied to tiles of another size or resolution gives numbers that mean nothing,
     so :func:`predict` refuses such a grid before any feature work.
+
+    Parameters
+    ----------
+    grid
+        A :class:`~napari_deeppt.tiles.TileGrid` (its ``tile_px`` and ``mpp``).
+    bundle
+        A ``.deeppt`` file or a :class:`~napari_deeppt.model.bundle.ModelBundle`.
+
+    Returns
+    -------
+    str or None
+        Both tile sizes in words (:func:`tiles_described`) when they differ.
+
+    Raises
+    ------
+    BundleError
+        ``bundle`` is a file that cannot be loaded.
     """
     model, _ = _load_bundle(bundle)
     feature = model.feature
@@ -310,7 +337,29 @@ def _stain_for(config: dict[str, Any]) -> Any:
 
 
 def predict_from_features(features: Any, bundle: Any, device: Any = "cpu") -> Prediction:
-    """Predict from a :class:`~napari_deeppt.features.FeatureSet`, after checking it fits."""
+    """Predict from a :class:`~napari_deeppt.features.FeatureSet`, after checking it fits.
+
+    Parameters
+    ----------
+    features
+        Features of a slide's tiles, extracted with the bundle's settings.
+    bundle
+        A ``.deeppt`` file or a :class:`~napari_deeppt.model.bundle.ModelBundle`.
+    device
+        Where the model runs (a torch device or its name).
+
+    Returns
+    -------
+    Prediction
+        Per-tile expression, and the slide's as their mean (NaN without tiles).
+
+    Raises
+    ------
+    BundleError
+        ``bundle`` is a file that cannot be loaded.
+    BundleMismatchError
+        The features' extractor, weights, dimension, tiles or stain are not the model's.
+    """
     import pandas as pd
 
     model, bundle_path = _load_bundle(bundle)

@@ -48,7 +48,20 @@ class CancelToken:
 
 
 def check_cancelled(cancel: CancelLike, what: str = "the operation") -> None:
-    """Raise :class:`CancelledError` if ``cancel`` says so."""
+    """Raise :class:`CancelledError` if ``cancel`` says so.
+
+    Parameters
+    ----------
+    cancel
+        None, a :class:`CancelToken` or a callable returning True once the user asked to stop.
+    what
+        What was cancelled, for the message.
+
+    Raises
+    ------
+    CancelledError
+        ``cancel()`` returned true.
+    """
     if cancel is not None and cancel():
         raise CancelledError(f"{what} was cancelled; nothing partial was kept")
 
@@ -93,5 +106,22 @@ class Progress:
 def make_progress(
     progress: ProgressLike, total: int, description: str, unit: str = "it"
 ) -> Progress:
-    """Create a :class:`Progress` (a context manager)."""
+    """Create a :class:`Progress` (a context manager).
+
+    Parameters
+    ----------
+    progress
+        None or False (silent), True (a tqdm bar) or a callable ``progress(done, total,
+        message)``, called with ``(0, total, description)`` at once.
+    total
+        Units of work expected.
+    description
+        The bar's label, and the callback's message when an update gives none.
+    unit
+        The tqdm bar's unit.
+
+    Returns
+    -------
+    Progress
+    """
     return Progress(progress, total, description, unit)

@@ -131,6 +131,18 @@ def demo_bundle(directory: Path | None = None, progress: bool = True) -> Path:
     The cached bundle is keyed on the generator version, the cohort and training settings
     and the napari-deeppt version, and checked against its record (sha256) before reuse; the
     cohort it is trained on is made afresh in a temporary folder each time it is trained.
+
+    Parameters
+    ----------
+    directory
+        Where to cache it (default: the ``demo`` folder of :func:`~napari_deeppt.io.cache_root`).
+    progress
+        As for :func:`~napari_deeppt.model.training.train`, while it is trained.
+
+    Returns
+    -------
+    pathlib.Path
+        The ``.deeppt`` bundle.
     """
     from ._version import __version__
 

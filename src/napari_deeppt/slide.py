@@ -461,8 +461,12 @@ def open_slide(
 def as_slide(obj: Any, mpp: float | None = None) -> Slide:
     """A :class:`Slide` as it is, or a path opened with :func:`open_slide` (``mpp`` applies).
 
-    The core takes slides and paths only; napari layers are converted by the napari side
-    (its docks, and ``deeppt`` in napari's console: :mod:`napari_deeppt._napari.console`).
+    Parameters
+    ----------
+    obj, mpp
+        A Slide or a slide path (else TypeError: napari layers are converted by the napari
+        side, its docks and ``deeppt`` in the console); µm per level-0 pixel, overriding
+        the file's (a Slide of another ``mpp`` is opened again from its path).
     """
     if isinstance(obj, Slide):
         if mpp is not None and obj.mpp != mpp:
@@ -482,7 +486,10 @@ def as_slide(obj: Any, mpp: float | None = None) -> Slide:
 def slide_stem(path: str | os.PathLike[str]) -> str:
     """A slide's name without its (double) extension: ``case.ome.tif`` → ``case``.
 
-    The name of every output made from the slide (files, napari layers).
+    Parameters
+    ----------
+    path
+        The slide's path. Its stem names every output made from the slide (files, layers).
     """
     path = Path(path)
     name = path.name

@@ -272,10 +272,22 @@ class TileGrid:
 
 
 def sobel_edge_fraction(tile: np.ndarray, magnitude: float = 15.0) -> float:
-    """Fraction of pixels of a grey tile whose Sobel magnitude is at least ``magnitude``.
+    """Fraction of a tile's pixels whose grey-level Sobel magnitude is at least ``magnitude``.
 
     DeepPT keeps a tile when this is ≥ 0.5 (i.e. drops it when more than half its pixels have
     magnitude < 15): grey = 0.299 R + 0.587 G + 0.114 B, 3×3 Sobel in x and y.
+
+    Parameters
+    ----------
+    tile
+        RGB(A) ``(H, W, ≥ 3)``; the first three channels are used.
+    magnitude
+        Threshold of the gradient magnitude, in grey levels (0-255 for uint8 tiles).
+
+    Returns
+    -------
+    float
+        Between 0 and 1.
     """
     from scipy import ndimage
 

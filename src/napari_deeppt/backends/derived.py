@@ -24,7 +24,19 @@ DERIVED_LEVEL_FACTOR = 4
 
 
 def derive_levels(coarsest: Any) -> list[Any]:
-    """Lazy (dask) levels below ``coarsest``, each ``DERIVED_LEVEL_FACTOR`` times coarser."""
+    """Lazy (dask) levels below ``coarsest``, each ``DERIVED_LEVEL_FACTOR`` times coarser.
+
+    Parameters
+    ----------
+    coarsest
+        The coarsest stored level: a dask array ``(H, W, C)``.
+
+    Returns
+    -------
+    list of dask.array.Array
+        Block means, finest first, down to the first at most ``DERIVED_LEVEL_MAX_SIZE`` pixels
+        across; empty when ``coarsest`` is already that small.
+    """
     import dask.array as da
 
     f, out, src = DERIVED_LEVEL_FACTOR, [], coarsest

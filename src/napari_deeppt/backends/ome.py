@@ -32,7 +32,18 @@ UNIT_TO_UM = {
 
 
 def positive_float(value: Any) -> float | None:
-    """``value`` as a float when it is a positive number, else None (metadata text)."""
+    """``value`` as a float when it is a positive number, else None (metadata text).
+
+    Parameters
+    ----------
+    value
+        A metadata value: a number, its text, or anything else (None, a dict ...).
+
+    Returns
+    -------
+    float or None
+        None when ``float(value)`` fails or is not above 0 (NaN included).
+    """
     try:
         out = float(value)
     except (TypeError, ValueError):

@@ -42,6 +42,17 @@ def _scale(transforms: list[dict[str, Any]] | None, ndim: int) -> list[float]:
 def open_ome_zarr(path: Path) -> SlideParts:
     """Open an OME-Zarr image group (or a bioformats2raw container of them).
 
+    Parameters
+    ----------
+    path
+        The Zarr directory.
+
+    Returns
+    -------
+    SlideParts
+        Its levels and associated images; the pixel size from ``coordinateTransformations``
+        (spatial units known to ``UNIT_TO_UM``), else from the container's OME-XML.
+
     Raises
     ------
     SlideFormatError

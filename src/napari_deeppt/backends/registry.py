@@ -52,6 +52,16 @@ def suffixes() -> tuple[str, ...]:
 def backend_for(path: Path) -> Backend:
     """The first registered format whose ``can_open`` accepts ``path`` (which exists).
 
+    Parameters
+    ----------
+    path
+        An existing file or directory; only the formats of its kind (file or directory) are
+        asked.
+
+    Returns
+    -------
+    Backend
+
     Raises
     ------
     SlideFormatError

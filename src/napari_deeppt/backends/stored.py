@@ -94,7 +94,26 @@ def touched_chunks(
 def truncated_tile_error(
     path: Path, level: str, row: int, col: int, size: tuple[int, int], why: str
 ) -> SlideReadError:
-    """The one message for a tile whose stored data is cut short."""
+    """The one message for a tile whose stored data is cut short.
+
+    Parameters
+    ----------
+    path
+        The slide file.
+    level
+        The level as messages name it (``"level 0"``, a store's name).
+    row, col
+        The tile's top-left pixel in that level (pixels, not tile numbers).
+    size
+        The tile's ``(height, width)`` in pixels.
+    why
+        What is wrong, e.g. :func:`jpeg_stream_problem`'s answer.
+
+    Returns
+    -------
+    SlideReadError
+        To be raised by the caller.
+    """
     return SlideReadError(
         f"{path}: {level}, tile at row {row}, column {col} ({size[0]}×{size[1]} px): {why}. "
         "The file is truncated or corrupt; re-copy or re-export it."
@@ -102,7 +121,21 @@ def truncated_tile_error(
 
 
 def jpeg_stream_problem(data: bytes, count: int) -> str | None:
-    """Why a stored JPEG stream is not whole (short read, no EOI marker), or None."""
+    """Why a stored JPEG stream is not whole (short read, no EOI marker), or None.
+
+    Parameters
+    ----------
+    data
+        The bytes read for the stream (or only its end); trailing zero padding is ignored.
+    count
+        How many bytes the file says the stream has; fewer in ``data`` is a short read.
+
+    Returns
+    -------
+    str or None
+        The problem (``"its JPEG data is cut short ..."``), a ``why`` for
+        :func:`truncated_tile_error`.
+    """
     if len(data) < count:
         return f"its data ends {count - len(data)} bytes past the end of the file"
     end = bytes(data).rstrip(b"\0")  # some writers pad a stream with zeros

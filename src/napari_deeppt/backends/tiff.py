@@ -257,6 +257,16 @@ def _walk_directories(fh: Any, path: Path, size: int, offset: int, fmt: tuple) -
 def open_tiff(path: Path) -> SlideParts:
     """Open a TIFF-family slide; see the module docstring.
 
+    Parameters
+    ----------
+    path
+        The TIFF, SVS or other TIFF-family file. Errors tifffile logs while reading it are
+        repeated as one warning.
+
+    Returns
+    -------
+    SlideParts
+
     Raises
     ------
     SlideFormatError

@@ -12,7 +12,20 @@ __all__ = ["local_client", "run_distributed"]
 
 
 def local_client(n_workers: int | None, threads_per_worker: int | None) -> Any:
-    """A LocalCluster: one worker per GPU (with a GPU resource), else half the cores."""
+    """A LocalCluster: one worker per GPU (with a GPU resource), else half the cores.
+
+    Parameters
+    ----------
+    n_workers
+        Worker processes; None: one per CUDA GPU, else half the CPU cores (at least one).
+    threads_per_worker
+        Threads of each CPU worker (None: 1); GPU workers always have one.
+
+    Returns
+    -------
+    distributed.Client
+        A client of the new cluster; closing both is the caller's.
+    """
     from distributed import Client, LocalCluster
 
     try:

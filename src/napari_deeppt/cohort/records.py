@@ -41,7 +41,18 @@ _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f:*?\"<>|]")
 
 
 def slide_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A cheap identity of a slide file or folder: path, size, time, and a hash of its edges."""
+    """A cheap identity of a slide file or folder: path, size, time, and a hash of its edges.
+
+    Parameters
+    ----------
+    path
+        The slide file, or a folder slide (whose files' names, sizes and times are hashed).
+
+    Returns
+    -------
+    dict
+        ``path`` (resolved), ``size`` (bytes), ``mtime_ns`` and ``edges`` (32 hex digits).
+    """
     path = Path(path).resolve()
     digest = hashlib.sha256()
     if path.is_dir():
@@ -117,7 +128,20 @@ _WHAT = {
 
 
 def stale_reason(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
-    """Why an earlier result cannot be reused (None when it can)."""
+    """Why an earlier result cannot be reused (None when it can).
+
+    Parameters
+    ----------
+    old
+        The earlier result's record (:func:`read_record`), None when it has none.
+    new
+        The record it would have now (:func:`expected_record`).
+
+    Returns
+    -------
+    str or None
+        The first field that differs, in words.
+    """
     if old is None:
         return "no record of what made the earlier result"
     for key, what in _WHAT.items():
@@ -127,12 +151,34 @@ def stale_reason(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
 
 
 def record_path(out: Path, sample_id: str) -> Path:
-    """Where the record of a sample's result lives."""
+    """Where the record of a sample's result lives.
+
+    Parameters
+    ----------
+    out, sample_id
+        The cohort's output folder and the sample's id.
+
+    Returns
+    -------
+    pathlib.Path
+        ``<out>/slides/<sample_id>.run.json``.
+    """
     return out / "slides" / f"{sample_id}.run.json"
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
-    """A result's record, or None when it is missing or unreadable."""
+    """A result's record, or None when it is missing or unreadable.
+
+    Parameters
+    ----------
+    path
+        The record file (:func:`record_path`); one that is not a JSON object counts as
+        unreadable.
+
+    Returns
+    -------
+    dict or None
+    """
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -143,11 +189,19 @@ def read_record(path: Path) -> dict[str, Any] | None:
 def check_sample_ids(ids: list[str], source: object) -> None:
     """Refuse sample ids that are not safe, distinct file names.
 
+    Parameters
+    ----------
+    ids
+        The sample ids, as text.
+    source
+        What they come from (the manifest's path), for the message.
+
     Raises
     ------
     ExpressionTableError
-        An id is empty, ``.``/``..``, starts with a dot, holds a path separator or a character
-        file systems refuse, or two ids differ only in case (one file on macOS/Windows).
+        An id is empty, starts with a dot, has leading or trailing spaces, is longer than 200
+        characters, holds a path separator or a character file systems refuse, or two ids
+        differ only in case (one file on macOS/Windows). Exact repeats are not refused here.
     """
     bad = [
         i

@@ -14,7 +14,18 @@ __all__ = ["process_slide", "result_path"]
 
 
 def result_path(out: Path, sample_id: str) -> Path:
-    """Where a sample's slide-level expression lives; its presence marks the slide done."""
+    """Where a sample's slide-level expression lives; its presence marks the slide done.
+
+    Parameters
+    ----------
+    out, sample_id
+        The cohort's output folder and the sample's id.
+
+    Returns
+    -------
+    pathlib.Path
+        ``<out>/slides/<sample_id>.expression.csv``.
+    """
     return out / "slides" / f"{sample_id}.expression.csv"
 
 
@@ -60,7 +71,29 @@ def process_slide(
 
     The expression CSV, the tiles' h5ad and ``record`` (what made them, see
     :mod:`napari_deeppt.cohort.records`) are written together: all new, or all as before.
-    Returns the slide's run-report row.
+
+    Parameters
+    ----------
+    slide, sample_id
+        The slide's path and the sample it is (it names the outputs).
+    bundle, out
+        The model bundle's path and the cohort's output folder (results go in ``slides/``).
+    cache_dir, weights, roi, roi_class, precision
+        As for :func:`~napari_deeppt.prediction.predict`; ``roi_class`` applies only with a
+        ``roi``.
+    device
+        As for :func:`~napari_deeppt.prediction.predict`; ``"auto"`` on a dask worker with
+        CUDA GPUs picks one GPU from the worker's name.
+    record
+        The :func:`~napari_deeppt.cohort.records.expected_record` written beside the result
+        (with the tile count, time and feature provenance added).
+
+    Returns
+    -------
+    dict
+        ``sample_id``, ``slide``, ``status`` (``"ok"`` or ``"error"``), ``n_tiles``,
+        ``seconds``, ``error``, ``roi``; ``features`` (the feature store) when predicted, and
+        ``traceback`` for an unexpected exception. Errors are reported here, never raised.
     """
     from ..io import atomic_outputs
     from ..prediction import predict

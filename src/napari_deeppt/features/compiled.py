@@ -73,7 +73,18 @@ class CompiledPackage:
 
 
 def needs_fixed_batch(model: Any) -> bool:
-    """Whether ``model`` is compiled for one input shape (pad the last batch to it)."""
+    """Whether ``model`` is compiled for one input shape (pad the last batch to it).
+
+    Parameters
+    ----------
+    model
+        What :func:`prepare_model` returned: a ``torch.compile`` module or a
+        :class:`CompiledPackage` is; an eager module is not.
+
+    Returns
+    -------
+    bool
+    """
     return hasattr(model, "_orig_mod") or isinstance(model, CompiledPackage)
 
 
@@ -185,6 +196,23 @@ def compiled_package(
 
     Loaded from :func:`compiled_dir` when a package with the same fields is there; else
     built and kept there when ``build``; else None (run eagerly).
+
+    Parameters
+    ----------
+    model
+        The eager ``torch.nn.Module``, on the CPU.
+    key
+        What identifies its weights (extractor name, weights hash); see
+        :func:`package_fields`.
+    batch, input_size
+        The one batch size and input side the package takes.
+    build
+        Export and compile it when no matching package is on disk (minutes).
+
+    Returns
+    -------
+    CompiledPackage or None
+        The package, its file marked used; older packages beyond ``KEEP_PACKAGES`` are removed.
 
     Raises
     ------

@@ -175,7 +175,18 @@ class LoadedExtractor:
 
 
 def inference_autocast(dev: Any) -> Any:
-    """bfloat16 (else float16) autocast on CUDA, where big models need it; nothing elsewhere."""
+    """bfloat16 (else float16) autocast on CUDA, where big models need it; nothing elsewhere.
+
+    Parameters
+    ----------
+    dev
+        The ``torch.device`` the model runs on.
+
+    Returns
+    -------
+    context manager
+        ``torch.autocast`` on CUDA (bfloat16 where the GPU supports it), else a no-op.
+    """
     import torch
 
     if dev.type != "cuda":

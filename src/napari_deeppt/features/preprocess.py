@@ -67,6 +67,19 @@ def resize_uint8(batch: Any, size: int) -> Any:
 
     On the CPU torch resizes uint8 channels-last images directly (a vectorised path ~30×
     faster than going through float); elsewhere through float32, rounded back to uint8.
+
+    Parameters
+    ----------
+    batch
+        uint8 torch tensor ``(B, H, W, 3)``.
+    size
+        The output side in pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        uint8 ``(B, size, size, 3)``, a channels-last view (``batch`` itself when it already
+        has that size).
     """
     import torch
     import torch.nn.functional as F

@@ -226,7 +226,17 @@ def _installed(package: str) -> bool:
 
 
 def missing_package(spec: ExtractorSpec) -> str | None:
-    """The package ``spec`` needs that is not installed, or None."""
+    """The package ``spec`` needs that is not installed, or None.
+
+    Parameters
+    ----------
+    spec
+        An :class:`~napari_deeppt.features.specs.ExtractorSpec`; its ``package`` is checked.
+
+    Returns
+    -------
+    str or None
+    """
     return spec.package if spec.package and not _installed(spec.package) else None
 
 
@@ -236,7 +246,18 @@ def available() -> list[str]:
 
 
 def require_package(spec: ExtractorSpec) -> None:
-    """Refuse an extractor whose package is missing, saying how to install it."""
+    """Refuse an extractor whose package is missing, saying how to install it.
+
+    Parameters
+    ----------
+    spec
+        An :class:`~napari_deeppt.features.specs.ExtractorSpec`.
+
+    Raises
+    ------
+    DeepPTError
+        Its package is not installed (the message gives the ``pip install`` line).
+    """
     if (package := missing_package(spec)) is not None:
         raise DeepPTError(
             f"extractor {spec.name!r} needs the {package} package, which is not installed: "
@@ -258,7 +279,20 @@ class SlowOnCPUWarning(UserWarning):
 
 
 def cpu_seconds_per_tile(spec: ExtractorSpec, threads: int | None = None) -> float:
-    """The expected seconds per tile of ``spec`` on this CPU (``threads``: torch's)."""
+    """The expected seconds per tile of ``spec`` on this CPU (``threads``: torch's).
+
+    Parameters
+    ----------
+    spec
+        An :class:`~napari_deeppt.features.specs.ExtractorSpec`; its ``gmacs`` per tile.
+    threads
+        CPU threads; None: ``torch.get_num_threads()``.
+
+    Returns
+    -------
+    float
+        An estimate: ``gmacs / (CPU_GMACS_PER_THREAD · threads)``.
+    """
     import torch
 
     threads = threads or torch.get_num_threads()
@@ -266,7 +300,20 @@ def cpu_seconds_per_tile(spec: ExtractorSpec, threads: int | None = None) -> flo
 
 
 def warn_cpu_time(spec: ExtractorSpec, device: Any, n_tiles: int) -> None:
-    """Say the expected time before a large model (a foundation model) runs on the CPU."""
+    """Say the expected time before a large model (a foundation model) runs on the CPU.
+
+    Warns with :class:`SlowOnCPUWarning` when ``device`` is the CPU, the model needs at least
+    20 GMACs a tile and there are tiles; otherwise says nothing.
+
+    Parameters
+    ----------
+    spec
+        An :class:`~napari_deeppt.features.specs.ExtractorSpec`.
+    device
+        A ``torch.device`` or its name.
+    n_tiles
+        How many tiles it will embed.
+    """
     if getattr(device, "type", str(device)) != "cpu" or spec.gmacs < _SLOW_GMACS or not n_tiles:
         return
     import torch

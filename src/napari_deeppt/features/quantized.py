@@ -126,6 +126,13 @@ def agreement(int8: np.ndarray, fp32: np.ndarray) -> tuple[float, float]:
 def require_int8(extractor: str, device: Any) -> None:
     """Refuse int8 for an extractor or a device it is not made for.
 
+    Parameters
+    ----------
+    extractor
+        The extractor's name.
+    device
+        A ``torch.device`` (not a name: its ``type`` is read).
+
     Raises
     ------
     DeepPTError

@@ -73,7 +73,13 @@ EXTRACTORS: dict[str, ExtractorSpec] = {}
 
 
 def register_extractor(spec: ExtractorSpec) -> None:
-    """Add (or replace) an extractor in the registry."""
+    """Add (or replace) an extractor in the registry.
+
+    Parameters
+    ----------
+    spec
+        The extractor; one already registered under ``spec.name`` is replaced.
+    """
     EXTRACTORS[spec.name] = spec
 
 

@@ -337,7 +337,21 @@ def cache_key(
 
 
 def cache_entry(cache_dir: str | Path | None, key: str) -> Path:
-    """Where the entry ``key`` lives: ``<cache_dir>/<key>.zarr`` (default cache: see io)."""
+    """Where the entry ``key`` lives: ``<cache_dir>/<key>.zarr`` (default cache: see io).
+
+    Parameters
+    ----------
+    cache_dir
+        The feature cache folder; None: ``features`` under
+        :func:`~napari_deeppt.io.cache_root`.
+    key
+        The entry's :func:`cache_key`.
+
+    Returns
+    -------
+    pathlib.Path
+        The entry's path, whether it exists or not.
+    """
     from ..io import cache_root
 
     return Path(cache_dir or cache_root() / "features") / f"{key}.zarr"
@@ -347,6 +361,15 @@ def load_cached(path: Path) -> FeatureSet | None:
     """The complete entry at ``path`` (``from_cache=True``), or None to compute it again.
 
     An unreadable or incomplete entry counts as missing: the run replaces it.
+
+    Parameters
+    ----------
+    path
+        The entry (:func:`cache_entry`).
+
+    Returns
+    -------
+    FeatureSet or None
     """
     if not path.exists():
         return None
@@ -358,6 +381,14 @@ def load_cached(path: Path) -> FeatureSet | None:
 
 
 def finish_store(store: Any, provenance: dict[str, Any]) -> None:
-    """Write the final provenance and mark a store made by :func:`create_store` complete."""
+    """Write the final provenance and mark a store made by :func:`create_store` complete.
+
+    Parameters
+    ----------
+    store
+        The zarr group :func:`create_store` returned, its features written.
+    provenance
+        Written as JSON (anything else as its ``str``), replacing the first one.
+    """
     store.attrs["provenance"] = json.loads(json.dumps(provenance, default=str))
     store.attrs["complete"] = True

@@ -101,6 +101,17 @@ def find_in_hub_cache(repo: str) -> Path | None:
 
     The cache is ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
     ``~/.cache/huggingface/hub`` (huggingface_hub's own order); nothing is downloaded.
+
+    Parameters
+    ----------
+    repo
+        The Hugging Face repository (``"MahmoodLab/UNI"``).
+
+    Returns
+    -------
+    pathlib.Path or None
+        The file of the snapshot ``refs/main`` names (or of the only one); None when the
+        repository is not cached, or no one snapshot and weights file can be chosen.
     """
     if os.environ.get("HF_HUB_CACHE"):
         cache = Path(os.environ["HF_HUB_CACHE"])
@@ -123,6 +134,16 @@ def weights_file_hash(path: str | os.PathLike[str]) -> str:
     model bundle's ``feature``, so that a file can be checked against them without loading it.
     A foundation model's file is gigabytes: the hash is kept for the process, keyed on the
     file's identity, size and modification time (a rewritten file is hashed again).
+
+    Parameters
+    ----------
+    path
+        The weights file (it must exist: :class:`FileNotFoundError` otherwise).
+
+    Returns
+    -------
+    str
+        16 hex digits.
     """
     stat = Path(path).stat()
     return _hash_of(str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
@@ -166,7 +187,24 @@ def _load_file(path: Path) -> Any:
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:
-    """A weights file's state dict (names → tensors), unwrapping training checkpoints."""
+    """A weights file's state dict (names → tensors), unwrapping training checkpoints.
+
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` file, or a torch file loaded with ``weights_only=True``; the
+        weights may sit under a checkpoint's ``state_dict`` or ``model`` key.
+
+    Returns
+    -------
+    dict
+        Tensor names → tensors, on the CPU.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        No such file, a directory, an unreadable file, or not a dict of tensors.
+    """
     import torch
 
     if not path.exists():
@@ -217,7 +255,25 @@ def _fit_problems(model: Any, state: dict[str, Any], name: str) -> list[str]:
 
 
 def apply_state(model: Any, state: dict[str, Any], source: str, spec: Any) -> None:
-    """Load ``state`` into ``model``, or refuse it naming what does not fit ``spec``."""
+    """Load ``state`` into ``model``, or refuse it naming what does not fit ``spec``.
+
+    Parameters
+    ----------
+    model
+        The extractor's ``torch.nn.Module``, loaded in place.
+    state
+        A state dict (:func:`read_state_dict`); a ``module.`` prefix is removed and
+        ``fc.*`` tensors (a classifier head) are dropped.
+    source
+        Where the weights came from (a path or URL), for the message.
+    spec
+        The extractor's :class:`~napari_deeppt.features.specs.ExtractorSpec`.
+
+    Raises
+    ------
+    WeightsMismatchError
+        A tensor has another shape, or tensors are missing or unexpected.
+    """
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
     problems = _fit_problems(model, state, spec.name)
     if not problems:

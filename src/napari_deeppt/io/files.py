@@ -61,7 +61,18 @@ def bundled_slide_path() -> Path:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -74,7 +85,20 @@ def _host() -> str:
 
 
 def partial_name(name: str, host: str | None = None, pid: int | None = None) -> str:
-    """The temporary name under which ``name`` is written by this (or the given) process."""
+    """The temporary name under which ``name`` is written by this (or the given) process.
+
+    Parameters
+    ----------
+    name
+        The target's file name (not a path).
+    host, pid
+        The writer's host name and process id; None: this host and process.
+
+    Returns
+    -------
+    str
+        ``.<name>.partial-<host>-<pid>-<8 random hex digits>``, new at every call.
+    """
     host = re.sub(r"[^A-Za-z0-9_.]", "_", host) if host else _host()
     return f".{name}.partial-{host}-{os.getpid() if pid is None else pid}-{uuid.uuid4().hex[:8]}"
 
@@ -94,6 +118,16 @@ def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
 
     A partial is stale when it was written on this host by a process that no longer runs, or
     (another host's, which cannot be asked) when it has not changed for ``STALE_AFTER_S``.
+
+    Parameters
+    ----------
+    folder
+        Where to look (not recursively); a missing folder removes nothing.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files and folders removed.
     """
     folder = Path(folder)
     removed: list[Path] = []
@@ -120,7 +154,13 @@ _CACHE_KEY = re.compile(r"^[0-9a-f]{32}$")
 
 def mark_used(path: str | os.PathLike[str]) -> None:
     """Mark a cache entry used now (its modification time), so that :func:`keep_recent` in
-    another process keeps it; a file that cannot be touched is left as it is."""
+    another process keeps it; a file that cannot be touched is left as it is.
+
+    Parameters
+    ----------
+    path
+        The entry's file.
+    """
     with contextlib.suppress(OSError):
         os.utime(path)
 
@@ -133,6 +173,18 @@ def keep_recent(current: str | os.PathLike[str], keep: int) -> list[Path]:
     ``<key>.json``, say); other files are never touched. ``current``'s entry is always kept.
     A file that cannot be touched or removed is left as it is (another process may be
     removing it, or the folder is read-only): the cache works without the clean-up.
+
+    Parameters
+    ----------
+    current
+        A file of the entry in use; its folder is the cache folder.
+    keep
+        Entries to keep, ``current``'s included (0 keeps it alone, as 1 does).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
     """
     current = Path(current)
     mark_used(current)
@@ -168,6 +220,13 @@ def _remove(path: Path) -> None:
 def refuse_existing(paths: Iterable[str | os.PathLike[str]], overwrite: bool) -> None:
     """Refuse outputs that exist unless ``overwrite``: checked before any work is done.
 
+    Parameters
+    ----------
+    paths
+        The outputs (files or folders).
+    overwrite
+        Allow existing ones (then nothing is checked).
+
     Raises
     ------
     FileExistsError
@@ -185,6 +244,16 @@ def refuse_existing(paths: Iterable[str | os.PathLike[str]], overwrite: bool) ->
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; move it onto ``path`` only if the block succeeds.
+
+    Parameters
+    ----------
+    path, overwrite
+        As for :func:`atomic_outputs`, with one target.
+
+    Yields
+    ------
+    pathlib.Path
+        Where the block writes (same folder, same suffix).
 
     Raises
     ------
@@ -205,6 +274,19 @@ def atomic_outputs(
     the targets are replaced together: existing ones are first moved aside, and put back if
     any rename fails. When the block fails (an exception, a full disk, Ctrl-C) the temporary
     files are removed and the targets are untouched.
+
+    Parameters
+    ----------
+    paths
+        The target files (or folders); their parent folders are created.
+    overwrite
+        Replace targets that exist.
+
+    Yields
+    ------
+    list of pathlib.Path
+        One temporary path per target, in order. A temporary the block leaves unwritten
+        leaves no file: an existing target of it is removed.
 
     Raises
     ------
@@ -263,7 +345,18 @@ _ADVICE = {
 
 
 def describe_os_error(exc: OSError) -> str:
-    """One line for an operating-system error: the file, the problem and what to do."""
+    """One line for an operating-system error: the file, the problem and what to do.
+
+    Parameters
+    ----------
+    exc
+        The error; a temporary file name in it is shown as the target it stands for.
+
+    Returns
+    -------
+    str
+        ``"<file>: <problem>"``, or the problem alone when the error names no file.
+    """
     where = _final_name(exc.filename) if exc.filename is not None else ""
     if exc.filename2 is not None:
         where = f"{where} → {_final_name(exc.filename2)}"

@@ -88,6 +88,20 @@ def mask_features(mask: Any, name: str = "Tissue", tolerance: float = 0.2) -> li
     Each connected piece of tissue becomes a polygon (with its holes) traced along the mask
     pixels' edges, simplified by at most ``tolerance`` mask pixels, in level-0 pixels.
     Measurements: the piece's area in µm² (when the slide's pixel size is known) and px².
+
+    Parameters
+    ----------
+    mask
+        The :class:`~napari_deeppt.tissue.TissueMask`.
+    name
+        The annotations' class, and their names (``"Tissue 1"``, ``"Tissue 2"`` ...).
+    tolerance
+        Largest simplification, in mask pixels; 0 keeps every vertex.
+
+    Returns
+    -------
+    list of dict
+        GeoJSON Features in QuPath's layout, for :func:`write_geojson`.
     """
     from scipy import ndimage
     from skimage import measure
@@ -167,7 +181,23 @@ def _round(value: float, digits: int) -> float:
 def write_geojson(
     features: Iterable[dict[str, Any]], path: str | Path, overwrite: bool = False
 ) -> Path:
-    """Write a FeatureCollection, one feature at a time, atomically."""
+    """Write a FeatureCollection, one feature at a time, atomically.
+
+    Parameters
+    ----------
+    features
+        GeoJSON Feature dicts, consumed as they are written (a generator is fine); NaN or
+        infinite numbers are refused (``ValueError``) and nothing is written.
+    path
+        The ``.geojson`` file.
+    overwrite
+        Replace an existing file; else :class:`FileExistsError`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     from .files import atomic_path
 
     path = Path(path)

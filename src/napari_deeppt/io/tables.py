@@ -208,7 +208,17 @@ def _anndata_frame(adata: Any) -> Any:
 
 def describe_source(source: Any) -> str:
     """How an expression source is named in messages and records: the file's path, or what
-    was given in memory (``the expression DataFrame (8 × 40)``, ``the AnnData (40 × 8)``)."""
+    was given in memory (``the expression DataFrame (8 × 40)``, ``the AnnData (40 × 8)``).
+
+    Parameters
+    ----------
+    source
+        A path, a pandas DataFrame or an AnnData (anything else: its ``str``).
+
+    Returns
+    -------
+    str
+    """
     import pandas as pd
 
     if isinstance(source, pd.DataFrame):

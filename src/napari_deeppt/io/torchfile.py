@@ -97,6 +97,17 @@ def load_weights_only(source: Any) -> Any:
     torch warns about pickle protocols and asks to file issues when it meets a foreign
     pickle; the caller turns any failure into one line (:func:`why_unreadable`), so those
     warnings would only be noise before it.
+
+    Parameters
+    ----------
+    source
+        A path or a binary file object, as ``torch.load`` takes.
+
+    Returns
+    -------
+    Any
+        What the file holds (tensors, and containers of them), on the CPU; torch's exception
+        when it is unreadable or holds other objects.
     """
     import warnings
 

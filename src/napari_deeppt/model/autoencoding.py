@@ -59,7 +59,20 @@ def tile_sample(counts: np.ndarray, most: int | None, seed: int) -> list[np.ndar
 @contextlib.contextmanager
 def autoencoder_tiles(source: FeatureSource, settings: TrainingSettings) -> Iterator[FeatureSource]:
     """The tiles the autoencoder fits on: ``source`` itself, or its ``ae_tiles`` sample per
-    sample written to a scratch store (removed on exit) when any sample has more tiles."""
+    sample written to a scratch store (removed on exit) when any sample has more tiles.
+
+    Parameters
+    ----------
+    source
+        Every sample's tile features.
+    settings
+        Its ``ae_tiles`` (None: all tiles) and ``seed`` (the draw uses ``seed + 1``).
+
+    Yields
+    ------
+    FeatureSource
+        The chosen tiles, sample by sample, valid inside the ``with`` block only.
+    """
     if settings.ae_tiles is None or int(source.counts.max(initial=0)) <= settings.ae_tiles:
         yield source
         return

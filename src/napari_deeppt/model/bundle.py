@@ -26,7 +26,18 @@ BUNDLE_VERSION = 1
 
 
 def bundle_digest(path: str | Path) -> str:
-    """The sha256 (hex) of a bundle file's bytes, as :attr:`ModelBundle.sha256` records it."""
+    """The sha256 (hex) of a bundle file's bytes, as :attr:`ModelBundle.sha256` records it.
+
+    Parameters
+    ----------
+    path
+        The ``.deeppt`` file.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
     from ..io import file_sha256
 
     return file_sha256(path)

@@ -94,7 +94,18 @@ class TrainingInputs:
 
 
 def is_spot_table(table: Any) -> bool:
-    """Whether a table (a path or a DataFrame) is a spot table: ``x, y``, no ``patient_id``."""
+    """Whether a table (a path or a DataFrame) is a spot table: ``x, y``, no ``patient_id``.
+
+    Parameters
+    ----------
+    table
+        A DataFrame, or a delimited file whose header is read (a file that cannot be read
+        is no spot table).
+
+    Returns
+    -------
+    bool
+    """
     import pandas as pd
 
     if isinstance(table, pd.DataFrame):
@@ -315,6 +326,28 @@ def open_spot_slides(table: Any, source: Any) -> tuple[np.ndarray, dict[str, Any
 
     Returns each row's section label and the opened slides by label. A section is a slide
     file (its real path: one slide named two ways is one section), labelled by its stem.
+
+    Parameters
+    ----------
+    table
+        The spot table: ``spot_id``, ``slide`` (a path) and ``x, y`` (level-0 pixels).
+    source
+        What the table came from, for messages.
+
+    Returns
+    -------
+    tuple of numpy.ndarray and dict
+        Each row's section label (its slide's stem, or its real path where stems repeat),
+        and the opened :class:`~napari_deeppt.slide.Slide` of each label.
+
+    Raises
+    ------
+    MissingMppError
+        A slide has no pixel size.
+    ExpressionTableError
+        Spots' centres lie outside their slide (naming a few of each slide).
+    SlideNotFoundError, SlideFormatError
+        A slide cannot be opened.
     """
     from ..slide import open_slide
 

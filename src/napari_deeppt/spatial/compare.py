@@ -122,7 +122,25 @@ def tiles_under(tile_xy: Any, tile_size: float, x: Any, y: Any) -> np.ndarray:
 
 
 def log2_counts(counts: Any, source: Any = "the counts") -> np.ndarray:
-    """``log2(counts + 1)``, refusing missing, infinite and negative counts (named)."""
+    """``log2(counts + 1)``, refusing missing, infinite and negative counts (named).
+
+    Parameters
+    ----------
+    counts
+        Measured counts, any shape.
+    source
+        What they come from, for the message.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, of ``counts``' shape.
+
+    Raises
+    ------
+    ExpressionTableError
+        A count is NaN, infinite or negative.
+    """
     values = np.asarray(counts, np.float64)
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
@@ -135,6 +153,11 @@ def log2_counts(counts: Any, source: Any = "the counts") -> np.ndarray:
 
 def pearson(a: Any, b: Any) -> tuple[float, int]:
     """Pearson R over the pairs where both are finite, and how many pairs that is.
+
+    Parameters
+    ----------
+    a, b
+        Values of the same length (anything ``numpy.asarray`` makes floats of).
 
     Returns
     -------

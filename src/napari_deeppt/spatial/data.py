@@ -151,7 +151,24 @@ def make_section(
 
 
 def existing_image(image: str | os.PathLike[str], source: Any) -> Path:
-    """The image path, refused at once (before any table is read) when it does not exist."""
+    """The image path, refused at once (before any table is read) when it does not exist.
+
+    Parameters
+    ----------
+    image
+        The full-resolution image (``~`` is expanded).
+    source
+        The data set it belongs to, for the message.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    SlideNotFoundError
+        Nothing at ``image``.
+    """
     path = Path(image).expanduser()
     if not path.exists():
         raise SlideNotFoundError(
@@ -179,7 +196,18 @@ def _require_on_image(spots: Any, image: Path, source: str) -> None:
 
 def unique_names(names: list[str]) -> list[str]:
     """Names made unique: a repeat becomes ``name-1``, ``name-2`` … (the first is kept, and
-    a suffixed name never takes a name the list already has)."""
+    a suffixed name never takes a name the list already has).
+
+    Parameters
+    ----------
+    names
+        The names, in order.
+
+    Returns
+    -------
+    list of str
+        As many names, in the same order.
+    """
     originals, taken, out = set(names), set(), []
     for name in names:
         new, k = name, 0
@@ -192,12 +220,39 @@ def unique_names(names: list[str]) -> list[str]:
 
 
 def as_text(value: Any) -> str:
-    """A name as text (HDF5 strings are bytes)."""
+    """A name as text (HDF5 strings are bytes).
+
+    Parameters
+    ----------
+    value
+        Bytes (decoded as UTF-8) or anything else (its ``str``).
+
+    Returns
+    -------
+    str
+    """
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def optional_import(path: Path, module: str) -> Any:
-    """An optional dependency, or a one-line refusal saying how to install it."""
+    """An optional dependency, or a one-line refusal saying how to install it.
+
+    Parameters
+    ----------
+    path
+        The file that needs it, for the message.
+    module
+        The module to import (also the name given to ``pip install``).
+
+    Returns
+    -------
+    module
+
+    Raises
+    ------
+    ExpressionTableError
+        ``module`` is not installed.
+    """
     import importlib
 
     try:

@@ -58,6 +58,8 @@ def write_synthetic_cohort(
         Genes driven by tissue composition, and pure-noise genes.
     noise
         Standard deviation of the noise added to driven genes (log2 scale).
+    seed
+        Seeds the slides' tissue and the expression values.
     genes_as_rows
         Write the expression table genes × samples (True) or samples × genes.
     """
@@ -134,7 +136,27 @@ def write_synthetic_spots(
 
     Spots sit on a square lattice over the tissue; a driven gene's log2(count + 1) is
     ``4 + 2 · weight[gene, tissue type under the spot] + noise``; noise genes ignore it.
-    Returns the two paths and the driven genes' weights.
+
+    Parameters
+    ----------
+    directory
+        Output folder (created); the spot table names the slides relative to it.
+    slides
+        Written synthetic slides (with ``path``), e.g. a
+        :func:`write_synthetic_cohort`'s ``slides``.
+    spacing_px, spot_diameter_um
+        The lattice's step in level-0 pixels, and the diameter written for every spot.
+    n_driven, n_noise
+        Genes driven by the tissue type under the spot (``SPOT_DRIVEN*``), and pure-noise
+        genes (``SPOT_NOISE*``).
+    noise, seed
+        Standard deviation of the noise added to driven genes (log2 scale); the seed.
+
+    Returns
+    -------
+    tuple
+        ``spots.csv``'s and ``counts.csv``'s paths, and each driven gene's weight per tissue
+        type.
     """
     import pandas as pd
 

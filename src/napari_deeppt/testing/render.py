@@ -204,7 +204,20 @@ def _nuclear_coverage(
 def default_sample_spec(
     width: int = 6144, height: int = 4096, mpp: float = 0.5, seed: int = 0
 ) -> SyntheticSlide:
-    """A slide with three tissue pieces (tumour, stroma, lymphocytes) on glass."""
+    """A slide with three tissue pieces (tumour, stroma, lymphocytes) on glass.
+
+    Parameters
+    ----------
+    width, height
+        Level-0 size in pixels; the pieces are placed and sized in proportion.
+    mpp, seed
+        µm per pixel (the objective power is ``10 / mpp``) and the texture's seed.
+
+    Returns
+    -------
+    SyntheticSlide
+        The spec, not yet written (``path`` unset).
+    """
     return SyntheticSlide(
         width=width,
         height=height,

@@ -322,6 +322,20 @@ def write_giant_slide(
     TIFF); the coarsest level (at most ~1600 px) is rendered for real. Decoding level 0 whole
     would need ``3 size²`` bytes (30 GB for the default), so code that opens or displays it
     proves it never does.
+
+    Parameters
+    ----------
+    path
+        The ``.svs`` file to write (replaced if it exists).
+    size, mpp
+        Level-0 side in pixels, and µm per pixel (Aperio ``MPP``; ``AppMag`` is ``10 / mpp``).
+    tile
+        The TIFF tile side in pixels.
+
+    Returns
+    -------
+    SyntheticSlide
+        The :func:`~napari_deeppt.testing.render.default_sample_spec` it renders, with ``path``.
     """
     import tifffile
     from imagecodecs import jpeg8_encode

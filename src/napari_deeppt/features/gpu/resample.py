@@ -37,6 +37,13 @@ _FILTERS = {"box": (_box, 0.5), "bilinear": (_bilinear, 1.0)}
 def pillow_coefficients(in_size: int, out_size: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Pillow's taps for resizing ``in_size`` → ``out_size`` samples.
 
+    Parameters
+    ----------
+    in_size, out_size
+        Samples along the axis before and after.
+    kind
+        ``"box"`` or ``"bilinear"``.
+
     Returns
     -------
     first, weights
@@ -94,6 +101,19 @@ def resize_like_pillow(batch: Any, width: int, height: int) -> Any:
 
     BOX when shrinking both ways, else BILINEAR (Pillow's choice in ``resize_rgb``); the
     result equals Pillow's exactly, on any device.
+
+    Parameters
+    ----------
+    batch
+        uint8 torch tensor ``(B, H, W, C)``.
+    width, height
+        The output size in pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        uint8 ``(B, height, width, C)`` on ``batch``'s device (``batch`` itself when it
+        already has that size).
     """
     in_h, in_w = int(batch.shape[1]), int(batch.shape[2])
     if in_w == width and in_h == height:
