@@ -149,11 +149,12 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
     # -- outputs, multi-slide commands and cohort runs -------------------------------------
     "Two inputs write one output": (
         "Slides whose outputs would share a name are refused before any work; cohort sample "
-        "ids must be plain file names, distinct without case.",
+        "ids must be plain file names, distinct without case, from a file or a table.",
         [
             "cli::test_two_slides_with_one_file_name_are_refused_before_any_work",
             "cli::test_manifest_sample_ids_cannot_leave_the_output_folder",
             "cli::test_sample_ids_that_differ_only_in_case_are_refused",
+            "cli::test_a_manifest_table_repeating_a_sample_id_is_refused",
         ],
     ),
     "An output folder that cannot be written gives a traceback or half a result": (

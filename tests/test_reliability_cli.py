@@ -246,6 +246,20 @@ def test_sample_ids_that_differ_only_in_case_are_refused(tmp_path, cohort, bundl
         run_cohort(manifest, bundle, tmp_path / "run", scheduler="serial", progress=False)
 
 
+def test_a_manifest_table_repeating_a_sample_id_is_refused(tmp_path, cohort, bundle):
+    """A manifest given as a DataFrame that lists one sample id twice (two slides, one set of
+    outputs) is refused before any slide is read, as a manifest file is."""
+    import pandas as pd
+
+    from napari_deeppt.errors import DeepPTError
+
+    slides = [str(s.path) for s in cohort.slides[:2]]
+    table = pd.DataFrame({"slide": slides, "sample_id": ["s1", "s1"]})
+    with pytest.raises(DeepPTError, match="s1"):
+        run_cohort(table, bundle, tmp_path / "run", scheduler="serial", progress=False)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def test_run_checks_the_bundle_and_weights_before_any_slide(
     tmp_path, capsys, cohort, bundle, monkeypatch
 ):

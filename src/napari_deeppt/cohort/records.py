@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +201,8 @@ def check_sample_ids(ids: list[str], source: object) -> None:
     ------
     ExpressionTableError
         An id is empty, starts with a dot, has leading or trailing spaces, is longer than 200
-        characters, holds a path separator or a character file systems refuse, or two ids
-        differ only in case (one file on macOS/Windows). Exact repeats are not refused here.
+        characters, holds a path separator or a character file systems refuse, an id is
+        repeated, or two ids differ only in case (one file on macOS/Windows).
     """
     bad = [
         i
@@ -212,6 +213,12 @@ def check_sample_ids(ids: list[str], source: object) -> None:
         raise ExpressionTableError(
             f"{source}: sample_id(s) {bad[:5]} cannot name output files (they would leave the "
             "output folder or be hidden); use letters, digits, '-', '_' and '.' not first"
+        )
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise ExpressionTableError(
+            f"{source}: sample_id(s) {repeated[:5]} are listed more than once and would write "
+            "one set of outputs; give each slide its own sample_id"
         )
     seen: dict[str, str] = {}
     for sample in ids:
