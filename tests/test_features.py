@@ -172,6 +172,22 @@ def test_weights_file_and_hub_cache_are_used(monkeypatch, tmp_path):
         load_extractor("resnet18", tmp_path / "r34.pth")
 
 
+def test_a_multi_gpu_training_checkpoint_loads_its_backbone(tmp_path):
+    """A checkpoint saved from ``nn.DataParallel`` (every key under ``module.``, the
+    classifier head included) under a ``state_dict`` key loads the same weights."""
+    import torchvision
+
+    torch.manual_seed(6)
+    model = torchvision.models.resnet18(weights=None)
+    wrapped = torch.nn.DataParallel(model).state_dict()
+    assert "module.fc.weight" in wrapped
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"epoch": 3, "state_dict": wrapped}, path)
+    loaded = load_extractor("resnet18", path)
+    assert torch.equal(loaded.model.layer4[1].conv2.weight, model.layer4[1].conv2.weight)
+    assert torch.equal(loaded.model.conv1.weight, model.conv1.weight)
+
+
 def test_unknown_extractor_and_bad_arguments(slide_and_grid, tmp_path):
     slide, grid = slide_and_grid
     with pytest.raises(Exception, match="unknown feature extractor"):

@@ -274,7 +274,8 @@ def apply_state(model: Any, state: dict[str, Any], source: str, spec: Any) -> No
     WeightsMismatchError
         A tensor has another shape, or tensors are missing or unexpected.
     """
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # nn.DataParallel's
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # a classifier head
     problems = _fit_problems(model, state, spec.name)
     if not problems:
         try:
