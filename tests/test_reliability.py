@@ -41,6 +41,11 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
             "slides::test_an_ome_zarr_missing_a_level_says_so",
         ],
     ),
+    "A slide's metadata in an unexpected form gives a traceback or an absurd pixel size": (
+        "An Aperio description on a file tifffile reads as its own layout still opens, with "
+        "the description's pixel size; an infinite pixel size counts as none.",
+        ["slides::test_an_aperio_description_on_another_layout_opens_with_its_pixel_size"],
+    ),
     # -- weights, bundles, cached samples ---------------------------------------------------
     "Weights of another model or a broken weights file give torch's traceback": (
         "One line naming the file, the extractor and the first tensor that does not fit; "

@@ -322,3 +322,26 @@ def test_an_uncompressed_slide_digest_reads_only_the_rows_the_grid_reads(uncompr
     middle = _tile_grid(first, 64, MPP, rows=range(448, 480), cols=range(0, 1024))
     assert first.content_digest(top) == second.content_digest(top)  # rows 0–319 are equal
     assert first.content_digest(middle) != second.content_digest(middle)  # reach row 543
+
+
+def _aperio_described_tiff(path: Path, mpp: str) -> Path:
+    """A TIFF written by tifffile (its own layout) whose description is Aperio's."""
+    pixels = np.full((256, 256, 3), 200, np.uint8)
+    description = (
+        "Aperio Image Library v12.0.0\n256x256 [0,0 256x256] (128x128) JPEG/RGB Q=70"
+        f"|AppMag = 20|MPP = {mpp}"
+    )
+    tifffile.imwrite(path, pixels, tile=(128, 128), photometric="rgb", description=description)
+    return path
+
+
+def test_an_aperio_description_on_another_layout_opens_with_its_pixel_size(tmp_path):
+    """A TIFF tifffile reads as its own layout but described as Aperio (an exported SVS)
+    opens with the description's pixel size, not a StopIteration traceback; an MPP of inf
+    is no pixel size (the objective's estimate, with a warning), never an infinite one."""
+    slide = open_slide(_aperio_described_tiff(tmp_path / "export.svs", "0.25"))
+    assert slide.dimensions == (256, 256) and slide.mpp == 0.25
+    assert slide.read_region(0, 0, 8, 8)[0, 0].tolist() == [200, 200, 200]
+    with pytest.warns(UserWarning, match="estimated 0.5 µm/px from its 20× objective"):
+        slide = open_slide(_aperio_described_tiff(tmp_path / "inf.svs", "inf"))
+    assert slide.mpp == 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -42,13 +43,13 @@ def positive_float(value: Any) -> float | None:
     Returns
     -------
     float or None
-        None when ``float(value)`` fails or is not above 0 (NaN included).
+        None when ``float(value)`` fails, is not above 0 (NaN included) or is infinite.
     """
     try:
         out = float(value)
     except (TypeError, ValueError):
         return None
-    return out if out > 0 else None
+    return out if 0 < out < math.inf else None
 
 
 def parse_ome_xml(xml: str, shape_yx: tuple[int, int], parts: SlideParts) -> None:

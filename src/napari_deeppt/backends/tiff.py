@@ -314,9 +314,10 @@ def _open_tiff(path: Path) -> SlideParts:
 
     # The pyramid: the SVS baseline, else the largest series that is not a label/macro image.
     named = {i: _series_name(s) for i, s in enumerate(image_series)}
-    if tif.is_svs:
-        main = next(s for s in image_series if _series_name(s) == "baseline")
-    else:
+    baseline = [s for s in image_series if tif.is_svs and _series_name(s) == "baseline"]
+    if baseline:
+        main = baseline[0]
+    else:  # not SVS, or an Aperio description on a file tifffile reads as its own layout
         candidates = [
             s for i, s in enumerate(image_series) if _associated_key(named[i], "x") in (None, "x")
         ] or image_series
