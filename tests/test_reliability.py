@@ -43,8 +43,12 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
     ),
     "A slide's metadata in an unexpected form gives a traceback or an absurd pixel size": (
         "An Aperio description on a file tifffile reads as its own layout still opens, with "
-        "the description's pixel size; an infinite pixel size counts as none.",
-        ["slides::test_an_aperio_description_on_another_layout_opens_with_its_pixel_size"],
+        "the description's pixel size; a pixel size in a file that is not a positive finite "
+        "number counts as none, one given as mpp=/magnification= is refused.",
+        [
+            "slides::test_an_aperio_description_on_another_layout_opens_with_its_pixel_size",
+            "slides::test_a_pixel_size_that_is_not_a_positive_number_is_none_or_refused",
+        ],
     ),
     # -- weights, bundles, cached samples ---------------------------------------------------
     "Weights of another model or a broken weights file give torch's traceback": (
@@ -159,7 +163,7 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
             "cli::test_two_slides_with_one_file_name_are_refused_before_any_work",
             "cli::test_manifest_sample_ids_cannot_leave_the_output_folder",
             "cli::test_sample_ids_that_differ_only_in_case_are_refused",
-            "cli::test_a_manifest_table_repeating_a_sample_id_is_refused",
+            "cli::test_a_manifest_table_is_checked_as_a_manifest_file_is",
         ],
     ),
     "An output folder that cannot be written gives a traceback or half a result": (

@@ -246,17 +246,26 @@ def test_sample_ids_that_differ_only_in_case_are_refused(tmp_path, cohort, bundl
         run_cohort(manifest, bundle, tmp_path / "run", scheduler="serial", progress=False)
 
 
-def test_a_manifest_table_repeating_a_sample_id_is_refused(tmp_path, cohort, bundle):
+def test_a_manifest_table_is_checked_as_a_manifest_file_is(tmp_path, cohort, bundle):
     """A manifest given as a DataFrame that lists one sample id twice (two slides, one set of
-    outputs) is refused before any slide is read, as a manifest file is."""
+    outputs), lacks ids or lacks a column is refused before any slide is read, in one line,
+    as a manifest file is (missing ids never become the sample "nan")."""
     import pandas as pd
 
     from napari_deeppt.errors import DeepPTError
 
     slides = [str(s.path) for s in cohort.slides[:2]]
-    table = pd.DataFrame({"slide": slides, "sample_id": ["s1", "s1"]})
-    with pytest.raises(DeepPTError, match="s1"):
-        run_cohort(table, bundle, tmp_path / "run", scheduler="serial", progress=False)
+    cases = {
+        "sample_id.s. .'s1'. are listed more than once": {"sample_id": ["s1", "s1"]},
+        r"row\(s\) \['1'\] have no sample_id": {"sample_id": ["s1", None]},
+        r"row\(s\) \['0', '1'\] have no sample_id": {"sample_id": [float("nan")] * 2},
+        r"lacks column\(s\) \['sample_id'\]": {"id": ["s1", "s2"]},
+    }
+    for message, columns in cases.items():
+        table = pd.DataFrame({"slide": slides, **columns})
+        with pytest.raises(DeepPTError, match=message) as info:
+            run_cohort(table, bundle, tmp_path / "run", scheduler="serial", progress=False)
+        assert "\n" not in str(info.value)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 

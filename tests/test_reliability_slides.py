@@ -345,3 +345,26 @@ def test_an_aperio_description_on_another_layout_opens_with_its_pixel_size(tmp_p
     with pytest.warns(UserWarning, match="estimated 0.5 µm/px from its 20× objective"):
         slide = open_slide(_aperio_described_tiff(tmp_path / "inf.svs", "inf"))
     assert slide.mpp == 0.5
+
+
+def test_a_pixel_size_that_is_not_a_positive_number_is_none_or_refused(tmp_path):
+    """An OME-Zarr scale of 0 or infinity is no pixel size (never 0 or inf µm/px); mpp= or
+    magnification= that is not a positive finite number is refused in one line."""
+    import json
+
+    path = tmp_path / "zero.zarr"
+    write_synthetic_slide(path, default_sample_spec(512, 512, 0.5), format="ome-zarr")
+    assert open_slide(path).mpp == 0.5
+    attrs = json.loads((path / ".zattrs").read_text())
+    for scale in (0.0, float("inf")):
+        attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] = [
+            1.0, scale, scale
+        ]  # fmt: skip
+        (path / ".zattrs").write_text(json.dumps(attrs))
+        assert open_slide(path).mpp is None
+    slide_file = _aperio_described_tiff(tmp_path / "s.svs", "0.25")
+    for value in (float("inf"), 0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="mpp must be a positive number"):
+            open_slide(slide_file, mpp=value)
+        with pytest.raises(ValueError, match="magnification must be a positive number"):
+            open_slide(_aperio_described_tiff(tmp_path / "none.svs", "none"), magnification=value)

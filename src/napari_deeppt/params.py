@@ -52,7 +52,7 @@ def field_default(cls: type, name: str) -> Any:
     Returns
     -------
     Any
-        A new object from the factory at every call.
+        The field's default; for a ``default_factory`` field, a new object at every call.
 
     Raises
     ------

@@ -434,15 +434,15 @@ def open_slide(
     parts = registry.backend_for(path).open(path)
 
     if mpp is not None:
-        if not mpp > 0:
-            raise ValueError(f"mpp must be positive (µm per level-0 pixel), got {mpp}")
+        if not 0 < mpp < float("inf"):
+            raise ValueError(f"mpp must be a positive number (µm per level-0 pixel), got {mpp}")
         mpp_xy, source = (float(mpp), float(mpp)), "user"
     elif parts.mpp_xy is not None:
         mpp_xy, source = parts.mpp_xy, parts.mpp_source
     elif magnification is not None or parts.objective_power:
-        power = float(magnification or parts.objective_power)  # type: ignore[arg-type]
-        if not power > 0:
-            raise ValueError(f"magnification must be positive, got {magnification}")
+        power = float(parts.objective_power if magnification is None else magnification)  # type: ignore[arg-type]
+        if not 0 < power < float("inf"):
+            raise ValueError(f"magnification must be a positive number, got {magnification}")
         mpp_xy = (10.0 / power, 10.0 / power)
         source = "user magnification" if magnification is not None else "objective power (estimate)"
         if magnification is None:

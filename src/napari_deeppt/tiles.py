@@ -442,7 +442,8 @@ def detect_and_tile(
         Keep only the tissue inside regions of interest; drop the tissue inside others (a
         GeoJSON file or level-0 polygons, see :meth:`~napari_deeppt.tissue.TissueMask.restrict`).
     roi_class
-        A GeoJSON file's objects of one class only, e.g. QuPath's ``"Tumor"``.
+        Of a GeoJSON ``roi`` file, the objects of this class only, e.g. QuPath's ``"Tumor"``
+        (``exclude_regions`` always uses all its objects).
     progress, cancel
         As for :func:`~napari_deeppt.tissue.detect_tissue`.
     **grid_options

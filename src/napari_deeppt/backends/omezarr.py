@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import SlideFormatError
 from .base import Backend, LevelSource, SlideParts
-from .ome import UNIT_TO_UM, parse_ome_xml
+from .ome import UNIT_TO_UM, parse_ome_xml, positive_float
 from .stored import ZarrChunks
 
 __all__ = ["BACKEND", "open_ome_zarr"]
@@ -79,7 +79,9 @@ def open_ome_zarr(path: Path) -> SlideParts:
         if factor:
             mpp_x = scale[letters.index("X")] * factor
             mpp_y = scale[letters.index("Y")] * UNIT_TO_UM.get(units.get("y", units["x"]), factor)
-            parts.mpp_xy, parts.mpp_source = (mpp_x, mpp_y), "OME-Zarr coordinateTransformations"
+            if positive_float(mpp_x) and positive_float(mpp_y):  # else: no pixel size
+                parts.mpp_xy = (mpp_x, mpp_y)
+                parts.mpp_source = "OME-Zarr coordinateTransformations"
     if ome_xml:
         before = parts.mpp_xy
         parse_ome_xml(ome_xml, sources[0].shape[:2], parts)

@@ -191,6 +191,7 @@ def _read_table(manifest: Any) -> Any:
     if isinstance(manifest, pd.DataFrame):
         table = manifest.copy()
         source: object = "the manifest"
+        _check_frame(table)
     else:
         from ..io.tables import read_manifest
 
@@ -201,6 +202,20 @@ def _read_table(manifest: Any) -> Any:
     table["sample_id"] = table["sample_id"].astype(str)
     check_sample_ids(list(table["sample_id"]), source)
     return table
+
+
+def _check_frame(table: Any) -> None:
+    """A manifest given as a DataFrame has what a manifest file must: slides and ids."""
+    missing = [c for c in ("slide", "sample_id") if c not in table.columns]
+    if missing:
+        raise ExpressionTableError(
+            f"the manifest lacks column(s) {missing}; it needs slide and sample_id"
+        )
+    for column in ("slide", "sample_id"):
+        empty = table[column].isna() | (table[column].astype(str).str.strip() == "")
+        if empty.any():
+            rows = [str(r) for r in table.index[empty][:5]]
+            raise ExpressionTableError(f"the manifest's row(s) {rows} have no {column}")
 
 
 def _check_model(bundle: str | Path, weights: str | None) -> tuple[str, str, dict[str, Any]]:

@@ -337,8 +337,9 @@ def open_spot_slides(table: Any, source: Any) -> tuple[np.ndarray, dict[str, Any
     Returns
     -------
     tuple of numpy.ndarray and dict
-        Each row's section label (its slide's stem, or its real path where stems repeat),
-        and the opened :class:`~napari_deeppt.slide.Slide` of each label.
+        Each row's section label (its slide's stem; every slide's real path instead when
+        two slides share a stem) and the opened :class:`~napari_deeppt.slide.Slide` of each
+        label.
 
     Raises
     ------

@@ -85,6 +85,11 @@ def fused_adam(device_type: str) -> bool:
     The CPU's (torch ≥ 2.4) updates each tensor in one pass, where torch's default on the
     CPU (a loop over tensors) makes several; elsewhere training keeps torch's default
     (the regressors: foreach, their step counts living on the CPU).
+
+    Parameters
+    ----------
+    device_type
+        ``torch.device.type`` of the training device (``"cpu"``, ``"cuda"`` ...).
     """
     if device_type != "cpu":
         return False
