@@ -175,6 +175,11 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
             "cli::test_stale_partial_files_are_cleaned_but_live_ones_kept",
         ],
     ),
+    "--overwrite onto a folder deletes the folder and everything in it": (
+        "A file output never replaces an existing folder: refused in one line before any "
+        "work (and, should a block write a file where a folder is, nothing is replaced).",
+        ["cli::test_overwrite_never_replaces_a_folder_with_a_file"],
+    ),
     "One bad slide stops a multi-slide command; warnings print as source lines": (
         "The bad slide is reported, the others run, a summary and exit 1 follow; warnings "
         "are 'warning:' lines.",

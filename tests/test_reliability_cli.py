@@ -536,3 +536,34 @@ def test_a_cache_folder_keeps_its_most_recently_used_entries_and_nothing_else_go
     assert {f"{k}.pt2" for k in (keys[0], keys[3], keys[4])} <= left
     assert {p.name for p in others} | {"f" * 32} <= left
     assert keep_recent(tmp_path / f"{keys[4]}.pt2", 3) == []  # three entries: nothing to do
+
+
+def test_overwrite_never_replaces_a_folder_with_a_file(tmp_path, capsys):
+    """--overwrite onto an existing folder (a file output) is refused in one line before any
+    work, in the CLI and the API: the folder and everything in it stay."""
+    from napari_deeppt.io import atomic_outputs, atomic_path
+
+    folder = tmp_path / "outdir"
+    (folder / "keep").mkdir(parents=True)
+    (folder / "keep" / "f.txt").write_text("mine")
+    pd.DataFrame({"A": [1.0, 2.0, 3.0, 4.0]}, index=["s1", "s2", "s3", "s4"]).to_csv(
+        tmp_path / "expr.csv"
+    )
+    pd.DataFrame({"drug": ["X"], "partner": ["A"], "type": ["SL"]}).to_csv(
+        tmp_path / "partners.csv", index=False
+    )
+    args = ["response", str(tmp_path / "expr.csv"), str(tmp_path / "partners.csv")]
+    assert main([*args, "--out", str(folder), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {folder}: is a folder; give a file name"
+    with pytest.raises(IsADirectoryError), atomic_path(folder, overwrite=True) as tmp:
+        raise AssertionError("the block ran")
+    store = folder.with_suffix(".zarr")  # a folder output...
+    (store / "c").mkdir(parents=True)
+    refused = pytest.raises(FileExistsError, match="is a folder; nothing was replaced")
+    with refused, atomic_outputs([store], overwrite=True) as (tmp,):
+        tmp.write_text("a file")  # ...that a block wrote a file for
+    assert (folder / "keep" / "f.txt").read_text() == "mine" and (store / "c").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "expr.csv", "outdir", "outdir.zarr", "partners.csv"
+    ]  # fmt: skip

@@ -34,6 +34,8 @@ __all__ = [
     "remove_stale_partials",
 ]
 
+#: Outputs that are folders (a zarr store); any other existing folder is never replaced.
+FOLDER_SUFFIXES = frozenset({".zarr"})
 #: A partial of another host is stale once it has not been touched for this long.
 STALE_AFTER_S = 24 * 3600
 _PARTIAL = re.compile(
@@ -291,10 +293,17 @@ def atomic_outputs(
     Raises
     ------
     FileExistsError
-        A target exists and ``overwrite`` is False (checked before any work is done).
+        A target exists and ``overwrite`` is False (checked before any work is done), or
+        the block wrote a file where a folder is (or the reverse): nothing is replaced.
+    IsADirectoryError
+        A target is an existing folder and not a folder output (:data:`FOLDER_SUFFIXES`),
+        checked before any work is done.
     """
     targets = [Path(p) for p in paths]
     refuse_existing(targets, overwrite)
+    for target in targets:  # a file output never replaces a folder (nor its contents)
+        if target.is_dir() and target.suffix not in FOLDER_SUFFIXES:
+            raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(target))
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
     tmps = [t.with_name(partial_name(t.name) + t.suffix) for t in targets]
@@ -308,6 +317,10 @@ def atomic_outputs(
 
 def _commit(targets: list[Path], tmps: list[Path]) -> None:
     """Rename every temporary onto its target; on a failure restore the old targets."""
+    for tmp, target in zip(tmps, targets, strict=True):
+        if tmp.exists() and target.exists() and tmp.is_dir() != target.is_dir():
+            kind = "a folder" if target.is_dir() else "a file, not a folder"
+            raise FileExistsError(errno.EEXIST, f"is {kind}; nothing was replaced", str(target))
     backups: list[tuple[Path, Path]] = []
     done: list[Path] = []
     try:
