@@ -143,10 +143,13 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
         ["training::test_one_slide_listed_for_two_samples_is_refused_before_any_feature_work"],
     ),
     "An expression table that does not match is misreported or trained on": (
-        "The message shows the table's own sample names (both axes when none match); "
-        "repeated samples and infinite values are refused; so are impossible settings and "
+        "The message shows the table's own sample names (both axes when none match); labels "
+        "are read as written; repeated samples or genes, unnamed genes, missing, text and "
+        "infinite values are refused (response tables too); so are impossible settings and "
         "a run that diverges.",
         [
+            "training::test_expression_files_keep_their_labels_as_written",
+            "training::test_response_tables_are_checked_as_training_tables_are",
             "training::test_unmatched_samples_are_shown_with_the_tables_sample_names",
             "training::test_no_sample_in_common_shows_both_axes_and_the_manifest_ids",
             "training::test_a_sample_twice_in_the_expression_table_is_refused",
@@ -210,10 +213,11 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
     ),
     "Manifest ids are misread ('NA' → NaN, an Excel BOM hides a column, empty ids)": (
         "Ids are read as written; a BOM is ignored; an empty sample or patient id is refused "
-        "naming its line.",
+        "naming its line; a trailing delimiter never shifts the columns.",
         [
             "cli::test_manifest_ids_are_read_as_written_and_empty_ones_refused",
             "cli::test_a_manifest_saved_with_a_byte_order_mark_reads",
+            "cli::test_trailing_delimiters_never_shift_a_tables_columns",
         ],
     ),
     "Weights given to an extractor that uses none are silently ignored": (

@@ -567,3 +567,22 @@ def test_overwrite_never_replaces_a_folder_with_a_file(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "expr.csv", "outdir", "outdir.zarr", "partners.csv"
     ]  # fmt: skip
+
+
+def test_trailing_delimiters_never_shift_a_tables_columns(tmp_path):
+    """A manifest or spot table whose rows end in a delimiter (a spreadsheet's empty last
+    column) keeps its columns where the header puts them; a spot table's BOM is ignored."""
+    from napari_deeppt.io.tables import read_manifest, read_spots
+    from napari_deeppt.testing import default_sample_spec, write_synthetic_slide
+
+    slide = write_synthetic_slide(tmp_path / "a.svs", default_sample_spec(512, 512, 0.5)).path
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("slide,sample_id,patient_id\na.svs,s1,p1,\na.svs,s2,p2,\n")
+    table = read_manifest(manifest)
+    assert table["slide"].tolist() == [str(slide)] * 2
+    assert table["sample_id"].tolist() == ["s1", "s2"]
+    assert table["patient_id"].tolist() == ["p1", "p2"]
+    spots = tmp_path / "spots.csv"
+    spots.write_bytes(b"\xef\xbb\xbfspot_id,slide,x,y\nA,a.svs,10,20,\nB,a.svs,30,40,\n")
+    table = read_spots(spots)
+    assert table["spot_id"].tolist() == ["A", "B"] and table["x"].tolist() == [10, 30]

@@ -475,3 +475,50 @@ def test_training_that_diverges_is_refused_not_saved_as_nan():
     )
     with pytest.raises(DeepPTError, match=r"diverged.*lr=1e\+08"):
         cross_validate(features, targets, groups, ["a", "b"], options, False, None)
+
+
+def test_expression_files_keep_their_labels_as_written(tmp_path):
+    """An expression file's sample ids and genes are read as written ("001" is not 1, "NA"
+    is an id), a byte-order mark is ignored, and a repeated or unnamed gene column is
+    refused (never renamed "G0.1" or "Unnamed: 2")."""
+    path = tmp_path / "expr.csv"
+    path.write_bytes(b"\xef\xbb\xbfsample_id,G0,G1\n001,1,2\nNA,3,\n010,5,6\n")
+    table = read_expression(path, ["001", "010"])
+    assert table.index.tolist() == ["001", "010"] and table.columns.tolist() == ["G0", "G1"]
+    assert table.loc["010"].tolist() == [5.0, 6.0]
+    with pytest.raises(ExpressionTableError, match=r"missing values, e\.g\. gene 'G1'"):
+        read_expression(path, ["NA"])  # its empty cell is missing; its id is an id
+    path.write_text("sample_id,G0,G0,G1\n001,1,2,3\n")
+    with pytest.raises(ExpressionTableError, match=r"duplicated gene\(s\) \['G0'\]"):
+        read_expression(path, ["001"])
+    path.write_text("sample_id,G0,,G1\n001,1,2,3\n")
+    with pytest.raises(ExpressionTableError, match=r"column\(s\) \[3\] have no name"):
+        read_expression(path, ["001"])
+
+
+def test_response_tables_are_checked_as_training_tables_are(tmp_path):
+    """Response scores keep sample ids as written and refuse what would score silently
+    wrong: missing, text or infinite partner-gene values, repeated samples, a partner row
+    without a drug, a partner table without drugs (a BOM is ignored)."""
+    from napari_deeppt.response import read_partners, response_scores
+
+    partners = tmp_path / "partners.csv"
+    partners.write_bytes(b"\xef\xbb\xbfdrug,partner,type\nX,A,SL\n")
+    expr = tmp_path / "expr.csv"
+    expr.write_text("sample_id,A,B\n001,1,x\n002,2,x\n003,3,x\n")  # B is not a partner
+    assert response_scores(expr, partners).scores.index.tolist() == ["001", "002", "003"]
+    for bad, message in [
+        ("001,1\n002,\n003,3\n", "missing values"),
+        ("001,1\n002,two\n003,3\n", "non-numeric value 'two'"),
+        ("001,1\n002,inf\n003,3\n", "infinite value"),
+        ("001,1\n001,2\n003,3\n", r"sample\(s\) \['001'\] appear more than once"),
+    ]:
+        expr.write_text("sample_id,A\n" + bad)
+        with pytest.raises(ExpressionTableError, match=message):
+            response_scores(expr, partners)
+    partners.write_text("drug,partner,type\nX,A,SL\n,A,SL\n")
+    with pytest.raises(ExpressionTableError, match=r"line\(s\) \[3\] lack a drug"):
+        read_partners(partners)
+    partners.write_text("drug,partner,type\n")
+    with pytest.raises(ExpressionTableError, match="no drugs listed"):
+        read_partners(partners)

@@ -86,7 +86,10 @@ def read_partners(partners: Any) -> Any:
     if not isinstance(partners, pd.DataFrame):
         where = str(partners)
         try:
-            partners = pd.read_csv(partners, sep=None, engine="python", dtype=str)
+            partners = pd.read_csv(
+                partners, sep=None, engine="python", dtype=str, index_col=False,
+                encoding="utf-8-sig",
+            )  # fmt: skip
         except Exception as exc:
             raise ExpressionTableError(f"{where}: not a readable partner table ({exc})") from exc
     table = partners.rename(columns={c: c.strip().lower() for c in partners.columns})
@@ -103,6 +106,14 @@ def read_partners(partners: Any) -> Any:
         raise ExpressionTableError(
             f"{where}: lacks column(s) {missing}; it needs drug, partner (gene) and type (SL or SR)"
         )
+    blank = table[["drug", "partner", "type"]].isna() | (
+        table[["drug", "partner", "type"]].astype(str).apply(lambda c: c.str.strip()) == ""
+    )
+    if blank.any().any():
+        rows = [i + 2 for i in range(len(table)) if blank.iloc[i].any()]  # + header line
+        raise ExpressionTableError(f"{where}: line(s) {rows[:5]} lack a drug, partner or type")
+    if table.empty:
+        raise ExpressionTableError(f"{where}: no drugs listed")
     kinds = table["type"].astype(str).str.strip().str.lower().map(_TYPES)
     if kinds.isna().any():
         bad = table.loc[kinds.isna(), "type"].unique().tolist()
@@ -253,28 +264,33 @@ def response_scores(
 
 
 def _read_expression(expression: Any, partner_genes: set[str]) -> Any:
+    """Samples × genes as float64; the partner genes' values must be numbers, samples and
+    genes named once (a table's other genes are not used and not checked)."""
     import pandas as pd
+
+    from .io.tables import expression_frame, few, numeric_values
 
     if isinstance(expression, pd.Series):
         raise ExpressionTableError(
             "response scores need a cohort (samples × genes), not one "
             "sample: cohort percentiles define 'inactive'"
         )
-    if not isinstance(expression, pd.DataFrame):
-        try:
-            expression = pd.read_csv(expression, sep=None, engine="python", index_col=0)
-        except Exception as exc:
-            raise ExpressionTableError(
-                f"{expression}: not a readable expression table ({exc})"
-            ) from exc
-    expression.index = expression.index.astype(str)
-    expression.columns = expression.columns.astype(str)
-    if len(partner_genes & set(expression.index)) > len(partner_genes & set(expression.columns)):
-        expression = expression.T
-    numeric = expression.apply(pd.to_numeric, errors="coerce")
-    if numeric.isna().all().all():
-        raise ExpressionTableError("the expression table holds no numeric values")
-    return numeric
+    table, name = expression_frame(expression)
+    table.index = table.index.astype(str)
+    table.columns = table.columns.astype(str)
+    if len(partner_genes & set(table.index)) > len(partner_genes & set(table.columns)):
+        table = table.T
+    for axis, what in ((table.index, "sample"), (table.columns, "gene")):
+        repeated = axis[axis.duplicated()].unique()
+        if len(repeated):
+            raise ExpressionTableError(f"{name}: {what}(s) {few(repeated)} appear more than once")
+    used = [g for g in table.columns if g in partner_genes]
+    if not used:
+        raise ExpressionTableError(
+            f"{name}: no partner gene of the drugs is a gene of the table (its genes "
+            f"{few(table.columns)}; the partners {few(sorted(partner_genes))})"
+        )
+    return numeric_values(name, table[used])
 
 
 def tile_response(

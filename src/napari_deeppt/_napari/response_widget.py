@@ -142,6 +142,7 @@ class ResponseWidget(ScrollingDock, Container):
         """Score the slide together with its cohort and fill the table."""
         import pandas as pd
 
+        from ..io.tables import expression_frame
         from ..response import response_scores
 
         try:
@@ -157,8 +158,7 @@ class ResponseWidget(ScrollingDock, Container):
                     "choose the cohort's predictions (e.g. cohort_expression.csv "
                     "from 'deeppt run'): scores are relative to a cohort"
                 )
-            cohort = pd.read_csv(cohort_path, sep=None, engine="python", index_col=0)
-            cohort.index = cohort.index.astype(str)
+            cohort, _ = expression_frame(cohort_path)  # sample ids as written ("001")
             name = prediction.slide_name or layer.name
             row = prediction.slide_expression.rename(name).to_frame().T
             table = pd.concat([cohort.drop(index=name, errors="ignore"), row])

@@ -236,7 +236,8 @@ def _genes(args: argparse.Namespace) -> list[str] | None:
     if args.genes:
         return [g.strip() for g in args.genes.split(",") if g.strip()]
     if args.genes_file:
-        return [g.strip() for g in Path(args.genes_file).read_text().split() if g.strip()]
+        text = Path(args.genes_file).read_text(encoding="utf-8-sig")
+        return [g.strip() for g in text.split() if g.strip()]
     return None
 
 

@@ -15,10 +15,15 @@ import numpy as np
 
 from ..errors import ExpressionTableError
 
+#: Cell text pandas reads as missing by default (labels are read as written).
+_MISSING_TEXT = ["", "#N/A", "#NA", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan"]
+
 __all__ = [
     "check_spot_table",
     "describe_source",
+    "expression_frame",
     "few",
+    "numeric_values",
     "read_expression",
     "read_manifest",
     "read_spots",
@@ -60,6 +65,7 @@ def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
             dtype=str,
             keep_default_na=False,
             encoding="utf-8-sig",
+            index_col=False,  # a trailing delimiter never shifts the columns
         )
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable manifest CSV ({exc})") from exc
@@ -134,7 +140,7 @@ def read_expression(source: Any, sample_ids: list[str], ids_name: str = "manifes
     exactly once, genes unique and values numeric. Messages name the file, or say what was
     given (``the expression DataFrame``, ``the AnnData (40 × 8)``).
     """
-    table, path = _expression_table(source)
+    table, path = expression_frame(source)
     table.index = table.index.astype(str)
     table.columns = table.columns.astype(str)
     wanted = set(sample_ids)
@@ -164,11 +170,19 @@ def read_expression(source: Any, sample_ids: list[str], ids_name: str = "manifes
     duplicated = table.columns[table.columns.duplicated()].unique().tolist()
     if duplicated:
         raise ExpressionTableError(f"{path}: duplicated gene(s) {duplicated[:8]}")
-    return _numeric(path, table.loc[list(sample_ids)])
+    return numeric_values(path, table.loc[list(sample_ids)])
 
 
-def _numeric(path: Path, table: Any) -> Any:
-    """The table as float64, refusing text, missing and infinite values (named)."""
+def numeric_values(path: Any, table: Any) -> Any:
+    """The table as float64, refusing text, missing and infinite values (named).
+
+    Parameters
+    ----------
+    path
+        The table's name in messages (a path, or what :func:`describe_source` says).
+    table
+        Samples × genes.
+    """
     import pandas as pd
 
     numeric = table.apply(pd.to_numeric, errors="coerce")
@@ -228,8 +242,19 @@ def describe_source(source: Any) -> str:
     return str(source)
 
 
-def _expression_table(source: Any) -> tuple[Any, Any]:
-    """The table behind ``source`` (a copy, never the caller's object) and its name."""
+def expression_frame(source: Any) -> tuple[Any, Any]:
+    """The table behind ``source`` (a copy, never the caller's object) and its name.
+
+    Parameters
+    ----------
+    source
+        A CSV/TSV or ``.h5ad`` path (labels read as written), a DataFrame or an AnnData.
+
+    Returns
+    -------
+    tuple
+        The table (either orientation, values not yet checked) and the name messages use.
+    """
     import pandas as pd
 
     name = describe_source(source)
@@ -256,9 +281,23 @@ def _read_table_file(path: Path) -> Any:
             import anndata
 
             return _anndata_frame(anndata.read_h5ad(path))
-        return pd.read_csv(path, sep=None, engine="python", index_col=0)
+        raw = pd.read_csv(  # labels as written: "001" stays "001", "NA" a name, G0 twice
+            path, sep=None, engine="python", header=None, dtype=str, keep_default_na=False,
+            encoding="utf-8-sig",
+        )  # fmt: skip
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable expression table ({exc})") from exc
+    if raw.shape[0] < 2 or raw.shape[1] < 2:
+        raise ExpressionTableError(
+            f"{path}: no expression values (a header and one row or column of names only)"
+        )
+    header = [str(name).strip() for name in raw.iloc[0, 1:]]
+    unnamed = [i + 2 for i, name in enumerate(header) if not name]
+    if unnamed:
+        raise ExpressionTableError(f"{path}: column(s) {unnamed[:5]} have no name in the header")
+    values = raw.iloc[1:, 1:].replace(_MISSING_TEXT, np.nan)  # empty cells, "NA": missing
+    names = [str(name).strip() for name in raw.iloc[1:, 0]]
+    return pd.DataFrame(values.to_numpy(), index=names, columns=header)
 
 
 def few(names: Any, k: int = 5) -> str:
@@ -313,7 +352,7 @@ def read_spots(path: str | Path) -> Any:
 
     path = Path(path)
     try:
-        table = pd.read_csv(path, sep=None, engine="python")
+        table = pd.read_csv(path, sep=None, engine="python", index_col=False, encoding="utf-8-sig")
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable spot table ({exc})") from exc
     table = check_spot_table(table, path)

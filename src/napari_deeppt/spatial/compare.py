@@ -298,7 +298,7 @@ def _read_spot_table(path: Path, image: Any, counts: Any) -> SpatialData:
     if not path.is_file():
         raise ExpressionTableError(f"{path}: no such spot table")
     try:
-        table = pd.read_csv(path, sep=None, engine="python")
+        table = pd.read_csv(path, sep=None, engine="python", index_col=False, encoding="utf-8-sig")
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable spot table ({exc})") from exc
     table = check_spot_table(table, path)
