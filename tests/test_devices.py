@@ -38,3 +38,24 @@ def test_mps_asked_for_without_mps_is_refused():
 )
 def test_auto_is_the_cpu_without_an_accelerator():
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_a_name_that_is_no_device_is_one_line_before_any_work(tmp_path, capsys):
+    """A mistyped device ('quantum', 'gpu', 'cuda:x', 3) is a DeepPTError in the API and an
+    argparse error (exit 2) on the command line before any slide is read: never torch's
+    RuntimeError and traceback."""
+    from napari_deeppt.cli import main
+
+    for name in ("quantum", "gpu", "cuda:x", "meta", 3):
+        with pytest.raises(DeepPTError, match="is not one napari-deeppt runs on"):
+            resolve_device(name)
+    with pytest.raises(SystemExit) as info:
+        main(["features", str(tmp_path / "no.svs"), "--out", str(tmp_path / "o"),
+              "--device", "quantum"])  # fmt: skip
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith(
+        "argument --device: device 'quantum' is not one napari-deeppt runs on; use auto, "
+        "cpu, cuda, cuda:N (the N-th GPU) or mps"
+    )
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any
 
-__all__ = ["Device", "resolve_device"]
+__all__ = ["Device", "check_device_name", "resolve_device"]
+
+_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class Device(str, Enum):
@@ -21,6 +24,30 @@ class Device(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+def check_device_name(name: str) -> str:
+    """``name`` in lower case when it names a device napari-deeppt runs on (no torch import).
+
+    Parameters
+    ----------
+    name
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``, any case.
+
+    Raises
+    ------
+    DeepPTError
+        Any other text (``"gpu"``, ``"cuda:x"``, ``"meta"``).
+    """
+    from .errors import DeepPTError
+
+    text = str(name).strip().lower()
+    if not _NAME.match(text):
+        raise DeepPTError(
+            f"device {str(name)!r} is not one napari-deeppt runs on; use auto, cpu, cuda, "
+            "cuda:N (the N-th GPU) or mps"
+        )
+    return text
 
 
 def resolve_device(device: Device | str | Any = "auto") -> Any:
@@ -39,7 +66,7 @@ def resolve_device(device: Device | str | Any = "auto") -> Any:
     Raises
     ------
     DeepPTError
-        CUDA or MPS was asked for but is not available.
+        Not a device name, or CUDA or MPS was asked for but is not available.
     """
     import torch
 
@@ -55,7 +82,7 @@ def resolve_device(device: Device | str | Any = "auto") -> Any:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    resolved = torch.device(name)
+    resolved = torch.device(check_device_name(name))
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeepPTError(
             f"device {str(device)!r} was requested but CUDA is not available here; "

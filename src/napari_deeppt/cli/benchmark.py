@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..extractor_benchmark import benchmark_extractors
-from .common import add_out_option, add_overwrite_quiet, keyword_default
+from .common import add_out_option, add_overwrite_quiet, device_name, keyword_default
 
 __all__ = ["add_parser", "cmd_benchmark_extractors"]
 
@@ -59,7 +59,9 @@ def add_parser(subparsers: Any) -> None:
         default=keyword_default(benchmark_extractors, "group_by"),
         help="'section' or a spot-table column such as patient_id (%(default)s)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps"
+    )
     parser.add_argument("--cache-dir", default=None, help="feature cache folder")
     add_out_option(parser, help="folder for the tables and the figure")
     add_overwrite_quiet(parser)

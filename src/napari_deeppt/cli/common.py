@@ -47,6 +47,7 @@ __all__ = [
     "add_slides_and_out",
     "add_tile_options",
     "describe",
+    "device_name",
     "feature_keywords",
     "for_each_slide",
     "keyword_default",
@@ -204,6 +205,16 @@ def add_tile_options(parser: argparse.ArgumentParser, layout: bool = False) -> N
         )
 
 
+def device_name(text: str) -> str:
+    """``--device``'s value, checked before any work (argparse reports the one line)."""
+    from ..devices import check_device_name
+
+    try:
+        return check_device_name(text)
+    except DeepPTError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_feature_options(
     parser: argparse.ArgumentParser, choose_extractor: bool = True, batch_size: bool = False
 ) -> None:
@@ -227,6 +238,7 @@ def add_feature_options(
     )
     parser.add_argument(
         "--device",
+        type=device_name,
         default=str(field_default(FeatureParams, "device")),
         help=", ".join(map(str, Device)) + ", or an indexed device (cuda:1)",
     )
