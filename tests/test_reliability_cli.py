@@ -586,3 +586,27 @@ def test_trailing_delimiters_never_shift_a_tables_columns(tmp_path):
     spots.write_bytes(b"\xef\xbb\xbfspot_id,slide,x,y\nA,a.svs,10,20,\nB,a.svs,30,40,\n")
     table = read_spots(spots)
     assert table["spot_id"].tolist() == ["A", "B"] and table["x"].tolist() == [10, 30]
+
+
+def test_a_command_its_slide_refuses_leaves_no_output_folder(tmp_path, capsys):
+    """A per-slide command whose only slide is missing or refused by its own checks, and a
+    cohort run with a scheduler that is no address, leave no --out folder behind (one line
+    each); a command that writes keeps its folder."""
+    import pandas as pd
+
+    from napari_deeppt.testing import default_sample_spec, write_synthetic_slide
+
+    slide = write_synthetic_slide(tmp_path / "a.svs", default_sample_spec(1024, 1024, 0.5)).path
+    for args, message in [
+        ([str(tmp_path / "missing.svs")], "no such file or directory"),
+        ([str(slide), "--tile-px", "0"], "tile_px=0 must be an integer"),
+    ]:
+        out = tmp_path / "never"
+        assert main(["tiles", *args, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+    manifest = pd.DataFrame({"slide": [str(slide)], "sample_id": ["s1"]})
+    with pytest.raises(ValueError, match="scheduler must be 'serial', a dask scheduler's"):
+        run_cohort(manifest, tmp_path / "no.deeppt", tmp_path / "never", scheduler="nonsense")
+    assert not (tmp_path / "never").exists()
+    assert main(["tiles", str(slide), "--out", str(tmp_path / "kept")]) == 0
+    assert (tmp_path / "kept" / "a.tiles.csv").exists()

@@ -409,16 +409,22 @@ def run_per_slide(
     """The multi-slide commands' driver: every check first, then each slide in turn.
 
     Plans the outputs (``<stem>.<suffix>`` in ``--out``: clashes and existing files refused),
-    finds each slide's ``--roi`` file, makes ``--out`` only then (a refused command makes no
-    folder), and runs ``work(slide, its output paths, its roi file)`` through
-    :func:`for_each_slide`.
+    finds each slide's ``--roi`` file, makes ``--out`` only then (and removes it again when it
+    was new and nothing was written: a refused command leaves no folder), and runs
+    ``work(slide, its output paths, its roi file)`` through :func:`for_each_slide`.
     """
     plan = plan_outputs(
         args.slides, Path(args.out), lambda s: [f"{s}.{x}" for x in suffixes], args.overwrite
     )
     rois = regions_per_slide(args.roi, args.slides)
-    make_output_folder(args.out)
-    return for_each_slide(args.slides, lambda path: work(path, plan[path], rois[path]))
+    existed = Path(args.out).exists()
+    folder = make_output_folder(args.out)
+    try:
+        return for_each_slide(args.slides, lambda path: work(path, plan[path], rois[path]))
+    finally:  # a run refused by its slides' own checks leaves no empty folder behind
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
 
 def for_each_slide(slides: Sequence[str], work: Callable[[str], None]) -> int:

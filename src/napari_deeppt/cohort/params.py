@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["CohortParams"]
+
+#: A dask scheduler address: ``[protocol://]host:port`` (or ``inproc://...``).
+_ADDRESS = re.compile(
+    r"^(inproc://\S+|([a-z][a-z0-9+]*://)?(\[[0-9a-f:.]+\]|[^\s/:\[\]]+):\d+)$", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -44,3 +50,9 @@ class CohortParams:
                 raise ValueError(f"{name} must be ≥ 1, got {value}")
         if int(self.retries) < 0:
             raise ValueError(f"retries must be ≥ 0, got {self.retries}")
+        text = self.scheduler
+        if isinstance(text, str) and text != "serial" and not _ADDRESS.match(text):
+            raise ValueError(
+                f"scheduler must be 'serial', a dask scheduler's address (tcp://host:8786) or "
+                f"a distributed.Client, got {text!r}"
+            )
