@@ -364,7 +364,9 @@ def test_a_pixel_size_that_is_not_a_positive_number_is_none_or_refused(tmp_path)
         assert open_slide(path).mpp is None
     slide_file = _aperio_described_tiff(tmp_path / "s.svs", "0.25")
     for value in (float("inf"), 0.0, -1.0, float("nan")):
-        with pytest.raises(ValueError, match="mpp must be a positive number"):
+        with pytest.raises(ValueError, match=r"mpp \(µm per level-0 pixel\) must be a positive"):
             open_slide(slide_file, mpp=value)
         with pytest.raises(ValueError, match="magnification must be a positive number"):
             open_slide(_aperio_described_tiff(tmp_path / "none.svs", "none"), magnification=value)
+        with pytest.raises(ValueError, match="magnification must be a positive number"):
+            open_slide(slide_file, magnification=value)  # also where the file has a pixel size

@@ -428,21 +428,19 @@ def open_slide(
     SlideFormatError
         The file is not a readable slide (wrong format, truncated header).
     """
+    for name, value in (("mpp (µm per level-0 pixel)", mpp), ("magnification", magnification)):
+        if value is not None and not 0 < float(value) < float("inf"):
+            raise ValueError(f"{name} must be a positive number, got {value}")
     path = Path(path).expanduser()
     if not path.exists():
         raise SlideNotFoundError(f"{path}: no such file or directory")
     parts = registry.backend_for(path).open(path)
-
     if mpp is not None:
-        if not 0 < mpp < float("inf"):
-            raise ValueError(f"mpp must be a positive number (µm per level-0 pixel), got {mpp}")
         mpp_xy, source = (float(mpp), float(mpp)), "user"
     elif parts.mpp_xy is not None:
         mpp_xy, source = parts.mpp_xy, parts.mpp_source
     elif magnification is not None or parts.objective_power:
         power = float(parts.objective_power if magnification is None else magnification)  # type: ignore[arg-type]
-        if not 0 < power < float("inf"):
-            raise ValueError(f"magnification must be a positive number, got {magnification}")
         mpp_xy = (10.0 / power, 10.0 / power)
         source = "user magnification" if magnification is not None else "objective power (estimate)"
         if magnification is None:
