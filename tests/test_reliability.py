@@ -226,12 +226,14 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
     ),
     "Commands leave partials, empty folders, or messages that mislead": (
         "Dead processes' partials in --out are cleaned; a refused command makes no folder; "
+        "an empty gene or format selection is refused, never taken as all or none; "
         "the summary says when all slides failed; an OS error without a file names the "
         "output folder; torch's own warnings never reach the user.",
         [
             "cli::test_a_stale_partial_in_an_output_folder_is_removed_by_the_next_command",
             "cli::test_a_refused_command_leaves_no_empty_output_folder",
             "cli::test_a_command_its_slide_refuses_leaves_no_output_folder",
+            "cli::test_an_empty_selection_is_refused_not_taken_as_everything",
             "cli::test_the_summary_does_not_claim_others_were_written_when_all_failed",
             "cli::test_a_full_disk_error_names_where_it_was_writing",
             "cli::test_torch_never_speaks_to_the_user",

@@ -610,3 +610,34 @@ def test_a_command_its_slide_refuses_leaves_no_output_folder(tmp_path, capsys):
     assert not (tmp_path / "never").exists()
     assert main(["tiles", str(slide), "--out", str(tmp_path / "kept")]) == 0
     assert (tmp_path / "kept" / "a.tiles.csv").exists()
+
+
+def test_an_empty_selection_is_refused_not_taken_as_everything(tmp_path, capsys):
+    """An empty --genes-file (or --genes ',') never trains on every gene, --formats '' never
+    extracts features to write nothing, --genes with --genes-file is refused, and an --out
+    under a file is refused before any work: one line each, exit 2, nothing written."""
+    from napari_deeppt.model.inputs import select_genes
+    from napari_deeppt.testing import default_sample_spec, write_synthetic_slide
+
+    slide = write_synthetic_slide(tmp_path / "a.svs", default_sample_spec(512, 512, 0.5)).path
+    (tmp_path / "m.csv").write_text("slide,sample_id,patient_id\na.svs,s1,p1\n")
+    (tmp_path / "e.csv").write_text("sample_id,G0,G1\ns1,1,2\n")
+    (tmp_path / "empty.txt").write_text("\n")
+    train = ["train", str(tmp_path / "m.csv"), str(tmp_path / "e.csv")]
+    out = ["--out", str(tmp_path / "m.deeppt")]
+    for extra, message in [
+        (["--genes-file", str(tmp_path / "empty.txt")], "empty.txt: names no gene"),
+        (["--genes", ","], "--genes: names no gene"),
+    ]:
+        assert main([*train, *out, *extra]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*train, *out, "--genes", "G0", "--genes-file", str(tmp_path / "empty.txt")])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main([*train, "--out", str(slide / "m.deeppt")]) == 2
+    assert "a part of this path is a file" in capsys.readouterr().err
+    assert main(["features", str(slide), "--out", str(tmp_path / "f"), "--formats", ""]) == 2
+    assert "--formats names no format" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.svs", "e.csv", "empty.txt", "m.csv"]
+    table = pd.DataFrame({"G0": [1.0], "G1": [2.0]})
+    assert select_genes(table, genes="G1") == ["G1"]  # one gene, not the letters 'G', '1'

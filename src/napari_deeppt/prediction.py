@@ -81,7 +81,7 @@ class Prediction:
             ``(n_tiles,)`` per-tile means and the mean of the genes' slide-level values, on
             the bundle's scale (e.g. mean log2(x + 1)).
         """
-        genes = list(dict.fromkeys(genes))
+        genes = list(dict.fromkeys([genes] if isinstance(genes, str) else genes))
         if not genes:
             raise ValueError("a signature needs at least one gene")
         missing = [g for g in genes if g not in self.genes]

@@ -57,6 +57,8 @@ def add_parser(subparsers: Any) -> None:
 def cmd_features(args: argparse.Namespace) -> int:
     """Extract each slide's tile features and write them in every format asked for."""
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if not formats:
+        raise ValueError("--formats names no format; use any of " + ", ".join(FORMATS))
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown --formats {sorted(unknown)}; use {', '.join(FORMATS)}")

@@ -220,8 +220,9 @@ def _add_gene_options(parser: argparse.ArgumentParser) -> None:
         choices=TRANSFORMS,
         help="expression transform before training (%(default)s)",
     )
-    parser.add_argument("--genes", default=None, help="comma-separated genes to model")
-    parser.add_argument("--genes-file", default=None, help="file with one gene per line")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--genes", default=None, help="comma-separated genes to model")
+    chosen.add_argument("--genes-file", default=None, help="file with one gene per line")
     parser.add_argument("--min-mean", type=float, default=None)
     parser.add_argument("--top-n", type=int, default=None)
     parser.add_argument(
@@ -233,12 +234,19 @@ def _genes(args: argparse.Namespace) -> list[str] | None:
     """``--genes`` or the genes of ``--genes-file``; None: the selection options decide."""
     from pathlib import Path
 
-    if args.genes:
-        return [g.strip() for g in args.genes.split(",") if g.strip()]
-    if args.genes_file:
-        text = Path(args.genes_file).read_text(encoding="utf-8-sig")
-        return [g.strip() for g in text.split() if g.strip()]
-    return None
+    if args.genes is not None:
+        genes, source = [g.strip() for g in args.genes.split(",") if g.strip()], "--genes"
+    elif args.genes_file is not None:
+        try:
+            text = Path(args.genes_file).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{args.genes_file}: not a readable gene list ({exc})") from None
+        genes, source = [g.strip() for g in text.split() if g.strip()], args.genes_file
+    else:
+        return None
+    if not genes:
+        raise ValueError(f"{source}: names no gene; give at least one (or leave it out)")
+    return genes
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -233,8 +233,19 @@ def refuse_existing(paths: Iterable[str | os.PathLike[str]], overwrite: bool) ->
     ------
     FileExistsError
         Naming the existing files and how to allow overwriting.
+    NotADirectoryError
+        A folder on an output's path is a file (``x.svs/out.csv``).
     """
-    existing = [str(p) for p in paths if Path(p).exists()]
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        above = path.parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            raise NotADirectoryError(
+                errno.ENOTDIR, f"{above} is a file, not a folder; choose another output", str(path)
+            )
+    existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         verb = "already exists" if len(existing) == 1 else "already exist"
         raise FileExistsError(

@@ -209,6 +209,9 @@ def select_genes(
         An unknown gene, or no gene left.
     """
     if genes is not None:
+        genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]  # "G0": one
+        if not genes:
+            raise ExpressionTableError("genes=[] names no gene; give at least one (or None)")
         unknown = [g for g in genes if g not in expression.columns]
         if unknown:
             raise ExpressionTableError(f"gene(s) not in the expression table: {unknown[:8]}")
