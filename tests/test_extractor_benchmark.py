@@ -116,6 +116,15 @@ def test_bad_input_is_one_line_before_any_feature_work(sections, tmp_path):
         benchmark_extractors(spots, counts, "colour-stats", group_by="donor", progress=False)
     with pytest.raises(DeepPTError, match="weights given for"):
         benchmark_extractors(spots, counts, "colour-stats", weights={"uni": "x"}, progress=False)
+    for setting, message in [
+        ({"genes": 0}, r"genes must be a whole number ≥ 1, got 0"),
+        ({"folds": 1}, r"folds must be a whole number ≥ 2, got 1"),
+        ({"components": 0}, r"components must be a whole number ≥ 1"),
+        ({"tile_px": 2.5}, r"tile_px must be a whole number ≥ 16, got 2.5"),
+        ({"tile_mpp": float("inf")}, r"tile_mpp must be a positive number"),
+    ]:  # never a ZeroDivisionError or scikit-learn's text after the features
+        with pytest.raises(DeepPTError, match=message):
+            benchmark_extractors(spots, counts, "colour-stats", progress=False, **setting)
 
 
 def test_the_command_line_prints_each_extractor_and_writes_the_tables(sections, tmp_path, capsys):

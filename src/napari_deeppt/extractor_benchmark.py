@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,18 @@ class ExtractorBenchmark:
             self.per_gene.to_csv(tmps[1])
             _figure(self, tmps[2])
         return targets
+
+
+def _check_numbers(genes: Any, folds: int, components: int, tile_px: int, mpp: float) -> None:
+    """The probe's settings, refused in one line before anything is read."""
+    limits = [("folds", folds, 2), ("components", components, 1), ("tile_px", tile_px, 16)]
+    if not isinstance(genes, (list, tuple)):
+        limits.append(("genes", genes, 1))
+    for name, value, least in limits:
+        if isinstance(value, bool) or not (isinstance(value, Integral) and value >= least):
+            raise DeepPTError(f"{name} must be a whole number ≥ {least}, got {value!r}")
+    if not 0 < mpp < float("inf"):
+        raise DeepPTError(f"tile_mpp must be a positive number (µm per pixel), got {mpp!r}")
 
 
 def benchmark_extractors(
@@ -148,6 +161,7 @@ def benchmark_extractors(
     from .features.extractors import check_weights, get_spec
     from .model.folds import group_folds
 
+    _check_numbers(genes, folds, components, tile_px, tile_mpp)
     names = _names(extractors)
     weights = dict(weights or {})
     unknown = sorted(set(weights) - set(names))
