@@ -135,3 +135,25 @@ def test_reading_writes_nothing_in_the_users_folder(svs_slide, zarr_slide, tmp_p
         slide.get_thumbnail(256)
         slide.close()
     assert snapshot() == before
+
+
+def test_an_argument_of_the_wrong_kind_is_one_line_in_the_api(tmp_path, svs_slide):
+    """A dict, list, number or None where a slide, manifest, spot table or bundle path
+    belongs is a DeepPTError (InputTypeError) saying what was expected, never pathlib's
+    'expected str, bytes or os.PathLike object'."""
+    import napari_deeppt as dp
+    from napari_deeppt.errors import DeepPTError, InputTypeError
+
+    calls = [
+        (lambda: dp.open_slide({}), r"the slide must be a file path \(or a Slide\), not dict"),
+        (lambda: dp.open_slide(None), "not NoneType"),
+        (lambda: dp.predict(svs_slide.path, None), "model bundle must be a .deeppt file"),
+        (lambda: dp.run_cohort({}, "m.deeppt", tmp_path / "o"), "a CSV file path or a DataFrame"),
+        (lambda: dp.train([1], "e.csv", tmp_path / "m.deeppt"), "not list"),
+        (lambda: dp.predict_spots(3, "m.deeppt"), "spot table must be a file path"),
+    ]
+    for call, message in calls:
+        with pytest.raises(InputTypeError, match=message) as info:
+            call()
+        assert isinstance(info.value, DeepPTError) and isinstance(info.value, TypeError)
+    assert not list(tmp_path.iterdir())

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "CancelledError",
     "DeepPTError",
+    "InputTypeError",
     "MissingMppError",
     "NoTissueWarning",
     "NotRGBError",
@@ -84,6 +85,10 @@ class BundleMismatchError(DeepPTError, ValueError):
 
 class ExpressionTableError(DeepPTError, ValueError):
     """An expression matrix or manifest cannot be used as given (names what and where)."""
+
+
+class InputTypeError(DeepPTError, TypeError):
+    """An argument of the wrong kind (a dict where a file path or a table belongs)."""
 
 
 class OutputError(DeepPTError, OSError):

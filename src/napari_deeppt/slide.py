@@ -25,6 +25,7 @@ from .backends.base import LevelSource, SlideParts
 from .backends.derived import derive_levels, stored_windows
 from .backends.stored import JpegTiles
 from .errors import MissingMppError, NotRGBError, SlideNotFoundError
+from .io import as_path
 
 __all__ = ["SLIDE_SUFFIXES", "LevelInfo", "Slide", "as_slide", "open_slide", "slide_stem"]
 
@@ -431,7 +432,7 @@ def open_slide(
     for name, value in (("mpp (µm per level-0 pixel)", mpp), ("magnification", magnification)):
         if value is not None and not 0 < float(value) < float("inf"):
             raise ValueError(f"{name} must be a positive number, got {value}")
-    path = Path(path).expanduser()
+    path = as_path(path, "the slide must be a file path (or a Slide)").expanduser()
     if not path.exists():
         raise SlideNotFoundError(f"{path}: no such file or directory")
     parts = registry.backend_for(path).open(path)

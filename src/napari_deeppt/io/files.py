@@ -19,8 +19,10 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "as_path",
     "atomic_outputs",
     "atomic_path",
     "bundled_slide_path",
@@ -217,6 +219,28 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def as_path(value: Any, expected: str) -> Path:
+    """``value`` as a :class:`~pathlib.Path`, or one line saying what was given instead.
+
+    Parameters
+    ----------
+    value
+        What the caller passed: a ``str`` or ``os.PathLike`` is a path.
+    expected
+        What it should be, for the message (``"the slide must be a file path"``).
+
+    Raises
+    ------
+    InputTypeError
+        ``value`` is something else (a dict, a list, a number, None).
+    """
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    from ..errors import InputTypeError
+
+    raise InputTypeError(f"{expected}, not {type(value).__name__}")
 
 
 def refuse_existing(paths: Iterable[str | os.PathLike[str]], overwrite: bool) -> None:

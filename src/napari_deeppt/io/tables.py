@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExpressionTableError
+from .files import as_path
 
 #: Cell text pandas reads as missing by default (labels are read as written).
 _MISSING_TEXT = ["", "#N/A", "#NA", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan"]
@@ -56,7 +57,7 @@ def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
     """
     import pandas as pd
 
-    path = Path(path)
+    path = as_path(path, "the manifest must be a CSV file path or a DataFrame")
     try:
         table = pd.read_csv(  # ids as written ("NA" is an id), Excel's BOM ignored
             path,
@@ -350,7 +351,7 @@ def read_spots(path: str | Path) -> Any:
     """
     import pandas as pd
 
-    path = Path(path)
+    path = as_path(path, "the spot table must be a file path or a DataFrame")
     try:
         table = pd.read_csv(path, sep=None, engine="python", index_col=False, encoding="utf-8-sig")
     except Exception as exc:

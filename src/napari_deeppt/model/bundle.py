@@ -221,7 +221,9 @@ class ModelBundle:
 
         The bundle's :attr:`sha256` is the hash of the file's bytes (read once).
         """
-        path = Path(path)
+        from ..io import as_path
+
+        path = as_path(path, "the model bundle must be a .deeppt file path or a ModelBundle")
         if not path.exists():
             raise BundleError(f"{path}: no such model bundle")
         if path.is_dir():
