@@ -157,3 +157,10 @@ def test_an_argument_of_the_wrong_kind_is_one_line_in_the_api(tmp_path, svs_slid
             call()
         assert isinstance(info.value, DeepPTError) and isinstance(info.value, TypeError)
     assert not list(tmp_path.iterdir())
+
+
+def test_an_empty_file_says_it_is_empty(tmp_path):
+    path = tmp_path / "copied.svs"
+    path.write_bytes(b"")
+    with pytest.raises(SlideFormatError, match=r"copied\.svs: the file is empty \(0 bytes\)"):
+        open_slide(path)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_deeppt.errors import BundleMismatchError
+from napari_deeppt.errors import BundleMismatchError, ExpressionTableError
 from napari_deeppt.evaluation import evaluate, predict_spots
 from napari_deeppt.io.tables import read_spots
 from napari_deeppt.model.metrics import gene_metrics
@@ -89,6 +89,12 @@ def test_evaluate_refuses_expression_without_the_models_genes(spot_model, monkey
     monkeypatch.setattr(features, "extract_features", lambda *a, **k: pytest.fail("features"))
     with pytest.raises(BundleMismatchError, match=f"not measured: \\['{driven[0]}'\\]"):
         evaluate(spots, measured, bundle, cache_dir=cache, progress=False)
+    negative = pd.read_csv(counts, index_col=0)
+    negative.iloc[0, 0] = -1.0
+    counts_file = counts.with_name("negative_counts.csv")
+    negative.to_csv(counts_file)
+    with pytest.raises(ExpressionTableError, match=r"negative_counts\.csv has negative values"):
+        evaluate(spots, counts_file, bundle, cache_dir=cache, progress=False)  # the counts
 
 
 def test_evaluate_held_out_slides_pools_over_them(cohort, tmp_path):

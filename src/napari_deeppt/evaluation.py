@@ -139,15 +139,16 @@ def evaluate(
         Before any feature work, for tables that cannot give a right answer (samples
         without expression, genes of the model absent from the expression, …).
     """
+    from .io.tables import describe_source
     from .model.inputs import apply_transform, is_spot_table
     from .model.metrics import gene_metrics, section_metrics
     from .prediction import _load_bundle
 
     model, _ = _load_bundle(bundle)
     spots = is_spot_table(samples)
-    ids, truth_source = _evaluation_ids(samples, spots)
+    ids, _ = _evaluation_ids(samples, spots)
     truth = _measured(expression, ids, model.genes, "spot" if spots else "manifest sample")
-    measured = apply_transform(truth.to_numpy(), model.transform, truth_source)
+    measured = apply_transform(truth.to_numpy(), model.transform, describe_source(expression))
     options = {"progress": progress, "cancel": cancel, **feature_options}
     if spots:
         predicted = predict_spots(samples, model, **options)

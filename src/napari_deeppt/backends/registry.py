@@ -77,6 +77,8 @@ def backend_for(path: Path) -> Backend:
         raise SlideFormatError(f"{path}: a directory, but not {expected}")
     with open(path, "rb") as fh:
         magic = fh.read(4)
+    if not magic:
+        raise SlideFormatError(f"{path}: the file is empty (0 bytes); copy the slide again")
     folders = [b.title for b in _BACKENDS if b.directory]
     note = f" ({', '.join(folders)} {'is a directory' if len(folders) == 1 else 'are directories'})"
     raise SlideFormatError(
