@@ -139,6 +139,12 @@ def test_unreadable_or_empty_region_files_are_named(tmp_path):
     points = _write(tmp_path / "points.geojson", {"type": "Point", "coordinates": [1, 2]})
     with pytest.raises(DeepPTError, match=r"points.geojson: no polygon .*1 × Point"):
         mask.restrict(points)
+    ring = [[0, 0], [3, 0], [float("nan"), 3], [0, 0]]  # never "no tissue inside the ROI"
+    nan = _write(tmp_path / "nan.geojson", {"type": "Polygon", "coordinates": [ring]})
+    with pytest.raises(DeepPTError, match=r"nan\.geojson: a polygon has a vertex that is not"):
+        mask.restrict(nan)
+    with pytest.raises(ValueError, match="vertices must be numbers"):
+        mask.restrict(np.array(ring[:3], float))
 
 
 def test_tissue_outlines_read_back_as_the_same_tissue(tmp_path, svs_slide):

@@ -254,6 +254,8 @@ def read_regions(path: str | Path, classification: str | None = None) -> list[Re
                 arrays = [np.asarray(ring, np.float64)[:, :2] for ring in rings]
             except (TypeError, ValueError, IndexError) as exc:
                 raise DeepPTError(f"{path}: malformed polygon coordinates ({exc})") from exc
+            if not all(np.isfinite(ring).all() for ring in arrays):
+                raise DeepPTError(f"{path}: a polygon has a vertex that is not a number (NaN)")
             if arrays and len(arrays[0]) >= 3:
                 name = str(properties.get("name") or "")
                 regions.append(Region(arrays[0], tuple(arrays[1:]), name, label))
@@ -302,6 +304,8 @@ def _checked_region(vertices: np.ndarray) -> Region:
     vertices = np.asarray(vertices, np.float64)
     if vertices.ndim != 2 or vertices.shape[1] != 2 or len(vertices) < 3:
         raise ValueError(f"a region needs (n ≥ 3, 2) vertices (x, y), got {vertices.shape}")
+    if not np.isfinite(vertices).all():
+        raise ValueError("a region's vertices must be numbers (one is NaN or infinite)")
     return Region(vertices)
 
 
