@@ -149,6 +149,7 @@ CATALOGUE: dict[str, tuple[str, list[str]]] = {
         "a run that diverges.",
         [
             "training::test_expression_files_keep_their_labels_as_written",
+            "training::test_tile_settings_are_refused_before_the_tables_are_read",
             "training::test_response_tables_are_checked_as_training_tables_are",
             "training::test_unmatched_samples_are_shown_with_the_tables_sample_names",
             "training::test_no_sample_in_common_shows_both_axes_and_the_manifest_ids",

@@ -522,3 +522,20 @@ def test_response_tables_are_checked_as_training_tables_are(tmp_path):
     partners.write_text("drug,partner,type\n")
     with pytest.raises(ExpressionTableError, match="no drugs listed"):
         read_partners(partners)
+
+
+def test_tile_settings_are_refused_before_the_tables_are_read(tmp_path, monkeypatch):
+    """train(tile_px=-1) (or mpp 0, min_tissue 2) is refused before any table is read or
+    any slide opened, naming the value: never after the first slide's tissue detection."""
+    import napari_deeppt.model.training as training
+    from napari_deeppt import train
+
+    monkeypatch.setattr(training, "read_inputs", lambda *a, **k: pytest.fail("read"))
+    for setting, message in [
+        ({"tile_px": -1}, "tile_px=-1 must be an integer ≥ 16"),
+        ({"tile_mpp": 0.0}, "mpp=0.0 must be > 0"),
+        ({"min_tissue": 2.0}, r"min_tissue=2.0 must be in \[0, 1\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            train(tmp_path / "m.csv", tmp_path / "e.csv", tmp_path / "m.deeppt", **setting)
+    assert not list(tmp_path.iterdir())

@@ -30,6 +30,11 @@ class TileSettings:
     min_tissue: float
     roi_class: str | None = None
 
+    def __post_init__(self) -> None:
+        from ..tiles import TileGridParams
+
+        TileGridParams(tile_px=self.tile_px, mpp=self.tile_mpp, min_tissue=self.min_tissue)
+
 
 def spot_grid(slide: Any, x: np.ndarray, y: np.ndarray, tile_px: int, tile_mpp: float) -> Any:
     """A tile grid with one tile of ``tile_px`` at ``tile_mpp`` centred on each spot.
