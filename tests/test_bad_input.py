@@ -151,6 +151,7 @@ def test_an_argument_of_the_wrong_kind_is_one_line_in_the_api(tmp_path, svs_slid
         (lambda: dp.run_cohort({}, "m.deeppt", tmp_path / "o"), "a CSV file path or a DataFrame"),
         (lambda: dp.train([1], "e.csv", tmp_path / "m.deeppt"), "not list"),
         (lambda: dp.predict_spots(3, "m.deeppt"), "spot table must be a file path"),
+        (lambda: dp.tile_response("s.svs", None, None), r"needs a Prediction .*not str"),
     ]
     for call, message in calls:
         with pytest.raises(InputTypeError, match=message) as info:

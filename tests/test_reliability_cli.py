@@ -266,6 +266,9 @@ def test_a_manifest_table_is_checked_as_a_manifest_file_is(tmp_path, cohort, bun
         with pytest.raises(DeepPTError, match=message) as info:
             run_cohort(table, bundle, tmp_path / "run", scheduler="serial", progress=False)
         assert "\n" not in str(info.value)
+    twice = pd.DataFrame([[slides[0], slides[1], "s1"]], columns=["slide", "slide", "sample_id"])
+    with pytest.raises(DeepPTError, match=r"column\(s\) \['slide'\] more than once"):
+        run_cohort(twice, bundle, tmp_path / "run", scheduler="serial", progress=False)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 

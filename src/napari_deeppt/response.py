@@ -323,10 +323,17 @@ def tile_response(
     """
     import pandas as pd
 
+    from .errors import InputTypeError
+
+    if not hasattr(prediction, "tile_expression"):
+        raise InputTypeError(
+            f"tile_response needs a Prediction (dp.predict's result), not "
+            f"{type(prediction).__name__}"
+        )
     table = read_partners(partners)
     wanted = set(table["partner"])
     columns = [i for i, gene in enumerate(prediction.genes) if gene in wanted]
-    if not columns:  # nothing to score: let response_scores say so per drug
+    if not columns:  # nothing to score: response_scores says so
         columns = list(range(min(1, len(prediction.genes))))
     # only the partner genes: tiles × all genes can be gigabytes
     tiles = pd.DataFrame(

@@ -206,6 +206,9 @@ def _read_table(manifest: Any) -> Any:
 
 def _check_frame(table: Any) -> None:
     """A manifest given as a DataFrame has what a manifest file must: slides and ids."""
+    repeated = sorted({str(c) for c in table.columns[table.columns.duplicated()]})
+    if repeated:
+        raise ExpressionTableError(f"the manifest has column(s) {repeated} more than once")
     missing = [c for c in ("slide", "sample_id") if c not in table.columns]
     if missing:
         raise ExpressionTableError(
