@@ -18,6 +18,7 @@ from napari_deeppt.errors import DeepPTError, ExpressionTableError, MissingMppEr
 from napari_deeppt.io.tables import read_expression, read_spots
 from napari_deeppt.model.crossval import cross_validate
 from napari_deeppt.model.folds import check_folds, group_folds
+from napari_deeppt.model.inputs import select_genes
 from napari_deeppt.model.metrics import gene_metrics, section_metrics, validation_r
 from napari_deeppt.model.sample_features import spot_grid
 from napari_deeppt.model.settings import TrainingSettings
@@ -452,14 +453,24 @@ def test_infinite_expression_values_are_refused(cohort, tmp_path):
 def test_training_settings_name_the_bad_value():
     """A setting that cannot work (batch of 0 slides, latent size 0) is named at once."""
     for field in ("batch_slides", "ae_batch", "latent_dim", "max_epochs", "patience"):
-        with pytest.raises(ValueError, match=rf"{field} must be ≥ 1, got 0"):
+        with pytest.raises(ValueError, match=rf"{field} must be a whole number ≥ 1, got 0"):
             TrainingSettings(**{field: 0})
-    with pytest.raises(ValueError, match=r"outer_folds must be ≥ 2, got 1"):
+    with pytest.raises(ValueError, match=r"outer_folds must be a whole number ≥ 2, got 1"):
         TrainingSettings(outer_folds=1)
-    with pytest.raises(ValueError, match=r"ae_epochs must be ≥ 0, got -1"):
+    with pytest.raises(ValueError, match=r"ae_epochs must be a whole number ≥ 0, got -1"):
         TrainingSettings(ae_epochs=-1)
     with pytest.raises(ValueError, match=r"lr must be a finite number > 0, got nan"):
         TrainingSettings(lr=float("nan"))
+    # values of the wrong kind are named too, never a TypeError from a comparison
+    with pytest.raises(ValueError, match=r"outer_folds must be a whole number ≥ 2, got 2.5"):
+        TrainingSettings(outer_folds=2.5)
+    with pytest.raises(ValueError, match=r"lr must be a finite number > 0, got '0.1'"):
+        TrainingSettings(lr="0.1")
+    with pytest.raises(ValueError, match=r"ae_tiles must be a whole number ≥ 1 or None"):
+        TrainingSettings(ae_tiles=2.5)
+    assert TrainingSettings(outer_folds=np.int64(3)).outer_folds == 3  # numpy integers are
+    with pytest.raises(ExpressionTableError, match=r"top_n must be a whole number ≥ 1, got 1.5"):
+        select_genes(pd.DataFrame({"G0": [1.0]}), top_n=1.5)
 
 
 def test_training_that_diverges_is_refused_not_saved_as_nan():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,8 @@ def select_genes(
     if min_mean is not None:
         table = table.loc[:, table.mean() >= min_mean]
     if top_n is not None:
+        if isinstance(top_n, bool) or not isinstance(top_n, Integral) or top_n < 1:
+            raise ExpressionTableError(f"top_n must be a whole number ≥ 1, got {top_n!r}")
         if rank_by not in ("variance", "mean"):
             raise ValueError("rank_by must be 'variance' or 'mean'")
         score = table.var() if rank_by == "variance" else table.mean()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 __all__ = ["TrainingSettings"]
 
@@ -62,11 +63,12 @@ class TrainingSettings:
         )
         least.update(outer_folds=2, inner_folds=2, ae_epochs=0)  # ae_epochs=0: untrained
         for name, minimum in least.items():
-            if getattr(self, name) < minimum:
-                raise ValueError(f"{name} must be ≥ {minimum}, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+                raise ValueError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
         for name in ("ae_tiles", "regressor_tiles"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be ≥ 1 or None (every tile), got {value}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+            if value is not None and (not isinstance(value, Integral) or value < 1):
+                raise ValueError(f"{name} must be a whole number ≥ 1 or None, got {value!r}")
+        if not (isinstance(self.lr, Real) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
