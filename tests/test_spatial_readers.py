@@ -275,6 +275,14 @@ def test_read_hest_refusals(tmp_path, small_tif):
         small_tif.path,
     )  # fmt: skip
     one_line_refusal(SlideNotFoundError, "no such image", read_hest, h5ad, tmp_path / "no.tif")
+    adata = anndata.read_h5ad(h5ad)
+    adata.obsm["spatial"] = adata.obsm["spatial"].astype(float)
+    adata.obsm["spatial"][1, 0] = np.nan  # never "lies outside the image"
+    adata.write_h5ad(tmp_path / "nan.h5ad")
+    one_line_refusal(
+        ExpressionTableError, r"1 spot\(s\) have no position .*AAAG-1", read_hest,
+        tmp_path / "nan.h5ad", small_tif.path,
+    )  # fmt: skip
 
 
 # -- legacy ST ------------------------------------------------------------------------------------

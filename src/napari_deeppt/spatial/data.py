@@ -184,6 +184,12 @@ def _require_on_image(spots: Any, image: Path, source: str) -> None:
     with open_slide(image) as slide:
         width, height = slide.dimensions
     x, y = spots["x"].to_numpy(), spots["y"].to_numpy()
+    unknown = ~(np.isfinite(x) & np.isfinite(y))
+    if unknown.any():
+        raise ExpressionTableError(
+            f"{source}: {int(unknown.sum())} spot(s) have no position (x, y not a number), "
+            f"e.g. {few(spots['spot_id'][unknown], 3)}"
+        )
     off = ~((x >= 0) & (x < width) & (y >= 0) & (y < height))
     if off.any():
         raise ExpressionTableError(
