@@ -212,3 +212,26 @@ def test_a_roi_column_restricts_each_slide_to_its_regions(manifest, bundle, seri
     table.to_csv(path, index=False)
     with pytest.raises(ExpressionTableError, match="roi file"):
         run_cohort(path, bundle, tmp_path / "out2", scheduler="serial", progress=False)
+
+
+def test_a_named_worker_gets_the_same_gpu_in_every_process():
+    """A dask worker named by text (not 0, 1, ...) gets a GPU from a digest of its name that
+    every process computes alike: Python's hash() differs between processes, so a worker
+    restarted (or a second one) could land on another GPU, two on one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import distributed, torch\n"
+        "from napari_deeppt.cohort import tasks\n"
+        "torch.cuda.device_count = lambda: 4\n"
+        "class W: name = 'gpu-worker-a'\n"
+        "distributed.get_worker = lambda: W\n"
+        "print(tasks._device_for_worker('auto'), tasks._device_for_worker('cpu'))\n"
+    )
+    answers = set()
+    for seed in ("1", "2", "6"):  # hash() gives GPU 0, 0, 2 for these
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        answers.add(out.stdout.strip())
+    assert answers == {"cuda:2 cpu"}  # zlib.crc32(b"gpu-worker-a") % 4 == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ def _feature_store(prediction: Any, cache_dir: str | None) -> str:
 
 
 def _device_for_worker(device: str) -> str:
+    """The GPU a dask worker uses for ``"auto"``: worker ``N`` (local clusters name them
+    0, 1, ...) gets GPU ``N mod count``, any other name a GPU fixed by its text (CRC-32, the
+    same in every process, unlike Python's randomised ``hash``)."""
     if device != "auto":
         return device
     try:
@@ -47,7 +51,7 @@ def _device_for_worker(device: str) -> str:
         count = torch.cuda.device_count()
         if count:
             name = str(get_worker().name)
-            index = int(name) if name.isdigit() else abs(hash(name))
+            index = int(name) if name.isdigit() else zlib.crc32(name.encode())
             return f"cuda:{index % count}"
     except Exception:
         pass
