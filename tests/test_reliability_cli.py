@@ -574,7 +574,8 @@ def test_overwrite_never_replaces_a_folder_with_a_file(tmp_path, capsys):
 
 def test_trailing_delimiters_never_shift_a_tables_columns(tmp_path):
     """A manifest or spot table whose rows end in a delimiter (a spreadsheet's empty last
-    column) keeps its columns where the header puts them; a spot table's BOM is ignored."""
+    column), or carry R's row names, keeps its columns where the header puts them; a spot
+    table's BOM is ignored."""
     from napari_deeppt.io.tables import read_manifest, read_spots
     from napari_deeppt.testing import default_sample_spec, write_synthetic_slide
 
@@ -585,6 +586,8 @@ def test_trailing_delimiters_never_shift_a_tables_columns(tmp_path):
     assert table["slide"].tolist() == [str(slide)] * 2
     assert table["sample_id"].tolist() == ["s1", "s2"]
     assert table["patient_id"].tolist() == ["p1", "p2"]
+    manifest.write_text("slide,sample_id,patient_id\n1,a.svs,s1,p1\n2,a.svs,s2,p2\n")  # R
+    assert read_manifest(manifest)["sample_id"].tolist() == ["s1", "s2"]  # row names dropped
     spots = tmp_path / "spots.csv"
     spots.write_bytes(b"\xef\xbb\xbfspot_id,slide,x,y\nA,a.svs,10,20,\nB,a.svs,30,40,\n")
     table = read_spots(spots)

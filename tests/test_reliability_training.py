@@ -505,6 +505,10 @@ def test_expression_files_keep_their_labels_as_written(tmp_path):
     path.write_text("sample_id,G0,,G1\n001,1,2,3\n")
     with pytest.raises(ExpressionTableError, match=r"column\(s\) \[3\] have no name"):
         read_expression(path, ["001"])
+    r_style = tmp_path / "r.tsv"  # R's write.table: no header cell above the row names
+    r_style.write_text("G0\tG1\ns1\t1\t2\n001\t3\t4\n")
+    table = read_expression(r_style, ["s1", "001"])
+    assert table.columns.tolist() == ["G0", "G1"] and table.loc["001"].tolist() == [3.0, 4.0]
 
 
 def test_response_tables_are_checked_as_training_tables_are(tmp_path):

@@ -82,14 +82,13 @@ def read_partners(partners: Any) -> Any:
     """
     import pandas as pd
 
+    from .io.tables import read_delimited
+
     where = "the partner table"
     if not isinstance(partners, pd.DataFrame):
         where = str(partners)
         try:
-            partners = pd.read_csv(
-                partners, sep=None, engine="python", dtype=str, index_col=False,
-                encoding="utf-8-sig",
-            )  # fmt: skip
+            partners = read_delimited(partners, dtype=str, encoding="utf-8-sig")
         except Exception as exc:
             raise ExpressionTableError(f"{where}: not a readable partner table ({exc})") from exc
     table = partners.rename(columns={c: c.strip().lower() for c in partners.columns})

@@ -17,7 +17,10 @@ from ..errors import ExpressionTableError
 from .files import as_path
 
 #: Cell text pandas reads as missing by default (labels are read as written).
-_MISSING_TEXT = ["", "#N/A", "#NA", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan"]
+_MISSING_TEXT = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+]  # fmt: skip
 
 __all__ = [
     "check_spot_table",
@@ -25,10 +28,41 @@ __all__ = [
     "expression_frame",
     "few",
     "numeric_values",
+    "read_delimited",
     "read_expression",
     "read_manifest",
     "read_spots",
 ]
+
+
+def read_delimited(path: Any, **options: Any) -> Any:
+    """A delimited table (delimiter sniffed) whose columns are where its header puts them.
+
+    Rows one field longer than the header are either a trailing delimiter (the extra last
+    field empty in every row: dropped) or R's ``write.table`` row names (the first field:
+    dropped); pandas alone would shift the columns in the first case.
+
+    Parameters
+    ----------
+    path
+        The file.
+    **options
+        More :func:`pandas.read_csv` options (``dtype``, ``encoding`` ...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        With a default index.
+    """
+    import pandas as pd
+
+    table = pd.read_csv(path, sep=None, engine="python", **options)
+    if isinstance(table.index, pd.RangeIndex):
+        return table
+    last = table[table.columns[-1]]
+    if (last.isna() | (last.astype(str).str.strip() == "")).all():  # "a,b,c," rows
+        return pd.read_csv(path, sep=None, engine="python", index_col=False, **options)
+    return table.reset_index(drop=True)
 
 
 def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
@@ -55,18 +89,11 @@ def read_manifest(path: str | Path, require_patient: bool = True) -> Any:
         Unreadable, a required column missing, duplicated sample ids, a row without a
         slide, or a named roi file absent.
     """
-    import pandas as pd
 
     path = as_path(path, "the manifest must be a CSV file path or a DataFrame")
     try:
-        table = pd.read_csv(  # ids as written ("NA" is an id), Excel's BOM ignored
-            path,
-            sep=None,
-            engine="python",
-            dtype=str,
-            keep_default_na=False,
-            encoding="utf-8-sig",
-            index_col=False,  # a trailing delimiter never shifts the columns
+        table = read_delimited(  # ids as written ("NA" is an id), Excel's BOM ignored
+            path, dtype=str, keep_default_na=False, encoding="utf-8-sig"
         )
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable manifest CSV ({exc})") from exc
@@ -282,23 +309,29 @@ def _read_table_file(path: Path) -> Any:
             import anndata
 
             return _anndata_frame(anndata.read_h5ad(path))
-        raw = pd.read_csv(  # labels as written: "001" stays "001", "NA" a name, G0 twice
-            path, sep=None, engine="python", header=None, dtype=str, keep_default_na=False,
-            encoding="utf-8-sig",
-        )  # fmt: skip
+        text = {"sep": None, "engine": "python", "dtype": str, "keep_default_na": False}
+        text["encoding"] = "utf-8-sig"  # labels as written: "001" stays "001", "NA" a name
+        header = pd.read_csv(path, header=None, nrows=1, **text).iloc[0].tolist()
+        rows = pd.read_csv(path, header=None, skiprows=1, **text)
     except Exception as exc:
-        raise ExpressionTableError(f"{path}: not a readable expression table ({exc})") from exc
-    if raw.shape[0] < 2 or raw.shape[1] < 2:
+        with open(path, "rb") as fh:
+            lines = sum(1 for line in fh if line.strip())
+        why = "a header and no values" if lines == 1 else str(exc)
+        raise ExpressionTableError(f"{path}: not a readable expression table ({why})") from exc
+    if len(header) == rows.shape[1] - 1:  # R's write.table: no header cell for row names
+        header = ["", *header]
+    if len(header) != rows.shape[1] or rows.shape[0] < 1 or rows.shape[1] < 2:
         raise ExpressionTableError(
-            f"{path}: no expression values (a header and one row or column of names only)"
+            f"{path}: no expression values, or a header of {len(header)} fields over rows of "
+            f"{rows.shape[1]}"
         )
-    header = [str(name).strip() for name in raw.iloc[0, 1:]]
-    unnamed = [i + 2 for i, name in enumerate(header) if not name]
+    columns = [str(name).strip() for name in header[1:]]
+    unnamed = [i + 2 for i, name in enumerate(columns) if not name]
     if unnamed:
         raise ExpressionTableError(f"{path}: column(s) {unnamed[:5]} have no name in the header")
-    values = raw.iloc[1:, 1:].replace(_MISSING_TEXT, np.nan)  # empty cells, "NA": missing
-    names = [str(name).strip() for name in raw.iloc[1:, 0]]
-    return pd.DataFrame(values.to_numpy(), index=names, columns=header)
+    values = rows.iloc[:, 1:].replace(_MISSING_TEXT, np.nan)  # empty cells, "NA": missing
+    names = [str(name).strip() for name in rows.iloc[:, 0]]
+    return pd.DataFrame(values.to_numpy(), index=names, columns=columns)
 
 
 def few(names: Any, k: int = 5) -> str:
@@ -349,11 +382,10 @@ def read_spots(path: str | Path) -> Any:
     centred on it, never shifted; the part of the tile beyond the slide reads as white
     (255) glass, as :meth:`~napari_deeppt.slide.Slide.read_region` pads.
     """
-    import pandas as pd
 
     path = as_path(path, "the spot table must be a file path or a DataFrame")
     try:
-        table = pd.read_csv(path, sep=None, engine="python", index_col=False, encoding="utf-8-sig")
+        table = read_delimited(path, encoding="utf-8-sig")
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable spot table ({exc})") from exc
     table = check_spot_table(table, path)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExpressionTableError
-from ..io.tables import few
+from ..io.tables import few, read_delimited
 from .data import SpatialData, _require_on_image
 
 __all__ = [
@@ -287,7 +287,6 @@ def _visium_folder(path: Path) -> Path | None:
 
 def _read_spot_table(path: Path, image: Any, counts: Any) -> SpatialData:
     """A spot table's rows on ``image`` (slides compared as resolved paths) and their counts."""
-    import pandas as pd
 
     from ..io.tables import check_spot_table, read_expression
 
@@ -298,7 +297,7 @@ def _read_spot_table(path: Path, image: Any, counts: Any) -> SpatialData:
     if not path.is_file():
         raise ExpressionTableError(f"{path}: no such spot table")
     try:
-        table = pd.read_csv(path, sep=None, engine="python", index_col=False, encoding="utf-8-sig")
+        table = read_delimited(path, encoding="utf-8-sig")
     except Exception as exc:
         raise ExpressionTableError(f"{path}: not a readable spot table ({exc})") from exc
     table = check_spot_table(table, path)
