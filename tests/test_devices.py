@@ -46,6 +46,7 @@ def test_a_name_that_is_no_device_is_one_line_before_any_work(tmp_path, capsys):
     RuntimeError and traceback."""
     from napari_deeppt.cli import main
 
+    assert resolve_device("cpu:0") == torch.device("cpu:0")
     for name in ("quantum", "gpu", "cuda:x", "meta", 3):
         with pytest.raises(DeepPTError, match="is not one napari-deeppt runs on"):
             resolve_device(name)

@@ -125,6 +125,10 @@ def test_bad_input_is_one_line_before_any_feature_work(sections, tmp_path):
     ]:  # never a ZeroDivisionError or scikit-learn's text after the features
         with pytest.raises(DeepPTError, match=message):
             benchmark_extractors(spots, counts, "colour-stats", progress=False, **setting)
+    from napari_deeppt.extractor_benchmark import _check_numbers
+
+    for names in (pd.Index(["G0"]), np.array(["G0"]), ("G0",), np.int64(5)):  # all valid
+        _check_numbers(names, 5, 256, 224, 0.5)
 
 
 def test_the_command_line_prints_each_extractor_and_writes_the_tables(sections, tmp_path, capsys):

@@ -567,6 +567,13 @@ def test_overwrite_never_replaces_a_folder_with_a_file(tmp_path, capsys):
     with refused, atomic_outputs([store], overwrite=True) as (tmp,):
         tmp.write_text("a file")  # ...that a block wrote a file for
     assert (folder / "keep" / "f.txt").read_text() == "mine" and (store / "c").is_dir()
+    saved = tmp_path / "features"  # a folder output by its writer's word (FeatureSet.save)
+    for run in ("1", "2"):
+        with atomic_path(saved, overwrite=True, folder=True) as tmp:
+            tmp.mkdir()
+            (tmp / "run").write_text(run)
+    assert (saved / "run").read_text() == "2"
+    shutil.rmtree(saved)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "expr.csv", "outdir", "outdir.zarr", "partners.csv"
     ]  # fmt: skip

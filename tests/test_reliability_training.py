@@ -520,7 +520,7 @@ def test_response_tables_are_checked_as_training_tables_are(tmp_path):
     partners = tmp_path / "partners.csv"
     partners.write_bytes(b"\xef\xbb\xbfdrug,partner,type\nX,A,SL\n")
     expr = tmp_path / "expr.csv"
-    expr.write_text("sample_id,A,B\n001,1,x\n002,2,x\n003,3,x\n")  # B is not a partner
+    expr.write_text("sample_id,A,B,B\n001,1,x,1\n002,2,x,1\n003,3,x,1\n")  # B: no partner
     assert response_scores(expr, partners).scores.index.tolist() == ["001", "002", "003"]
     for bad, message in [
         ("001,1\n002,\n003,3\n", "missing values"),
@@ -548,6 +548,7 @@ def test_tile_settings_are_refused_before_the_tables_are_read(tmp_path, monkeypa
     monkeypatch.setattr(training, "read_inputs", lambda *a, **k: pytest.fail("read"))
     for setting, message in [
         ({"tile_px": -1}, "tile_px=-1 must be an integer ≥ 16"),
+        ({"tile_px": 0}, "tile_px=0 must be an integer ≥ 16"),  # not "the default"
         ({"tile_mpp": 0.0}, "mpp=0.0 must be > 0"),
         ({"min_tissue": 2.0}, r"min_tissue=2.0 must be in \[0, 1\]"),
     ]:

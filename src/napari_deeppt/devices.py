@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["Device", "check_device_name", "resolve_device"]
 
-_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_NAME = re.compile(r"^(auto|(cpu|mps|cuda)(:\d+)?)$")
 
 
 class Device(str, Enum):

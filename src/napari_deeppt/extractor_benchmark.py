@@ -77,10 +77,15 @@ class ExtractorBenchmark:
         return targets
 
 
+def _is_count(value: Any) -> bool:
+    """Whether ``value`` is a whole number (numpy's too), not a bool."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def _check_numbers(genes: Any, folds: int, components: int, tile_px: int, mpp: float) -> None:
     """The probe's settings, refused in one line before anything is read."""
     limits = [("folds", folds, 2), ("components", components, 1), ("tile_px", tile_px, 16)]
-    if not isinstance(genes, (list, tuple)):
+    if _is_count(genes) or isinstance(genes, (bool, float)):  # else names (any iterable)
         limits.append(("genes", genes, 1))
     for name, value, least in limits:
         if isinstance(value, bool) or not (isinstance(value, Integral) and value >= least):
@@ -242,11 +247,12 @@ def _inputs(
         )
     counts = read_expression(expression, list(table["spot_id"].astype(str)), "spot")
     values = np.log1p(np.clip(counts.to_numpy(np.float64), 0, None))
-    if isinstance(genes, int):
+    if _is_count(genes):
         variance = np.nan_to_num(values.var(axis=0), nan=-1.0)
         order = np.argsort(-variance, kind="stable")[:genes]
         chosen = [str(counts.columns[i]) for i in order if variance[i] > 0]
     else:
+        genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
         missing = [g for g in genes if g not in counts.columns]
         if missing:
             raise ExpressionTableError(f"gene(s) not in the counts: {few(missing)}")

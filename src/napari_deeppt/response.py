@@ -279,11 +279,12 @@ def _read_expression(expression: Any, partner_genes: set[str]) -> Any:
     table.columns = table.columns.astype(str)
     if len(partner_genes & set(table.index)) > len(partner_genes & set(table.columns)):
         table = table.T
-    for axis, what in ((table.index, "sample"), (table.columns, "gene")):
+    used = [g for g in table.columns if g in partner_genes]
+    for axis, what in ((table.index, "sample"), (table.columns[table.columns.isin(used)], "gene")):
         repeated = axis[axis.duplicated()].unique()
         if len(repeated):
             raise ExpressionTableError(f"{name}: {what}(s) {few(repeated)} appear more than once")
-    used = [g for g in table.columns if g in partner_genes]
+    used = list(dict.fromkeys(used))
     if not used:
         raise ExpressionTableError(
             f"{name}: no partner gene of the drugs is a gene of the table (its genes "

@@ -207,7 +207,11 @@ def _stream(
     out = np.empty((len(run.grid), dim), run.dtype)
     if entry is not None:  # partial entries of runs that died (Ctrl-C, a killed worker) go
         remove_stale_partials(entry.parent)
-    writer = atomic_path(entry, overwrite=entry.exists()) if entry is not None else nullcontext()
+    writer = (
+        atomic_path(entry, overwrite=entry.exists(), folder=True)
+        if entry is not None
+        else nullcontext()
+    )
     with writer as tmp:
         store = create_store(tmp, run.grid, dim, run.dtype, provenance) if tmp else None
         with (

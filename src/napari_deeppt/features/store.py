@@ -78,7 +78,7 @@ class FeatureSet:
         from ..io import atomic_path
 
         path = Path(path)
-        with atomic_path(path, overwrite=overwrite) as tmp:
+        with atomic_path(path, overwrite=overwrite, folder=True) as tmp:
             store = create_store(
                 tmp, self.grid, self.feature_dim, self.features.dtype, self.provenance
             )

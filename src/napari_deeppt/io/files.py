@@ -279,12 +279,14 @@ def refuse_existing(paths: Iterable[str | os.PathLike[str]], overwrite: bool) ->
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike[str], overwrite: bool = False, folder: bool = False
+) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; move it onto ``path`` only if the block succeeds.
 
     Parameters
     ----------
-    path, overwrite
+    path, overwrite, folder
         As for :func:`atomic_outputs`, with one target.
 
     Yields
@@ -297,13 +299,13 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
     FileExistsError
         ``path`` exists and ``overwrite`` is False (checked before any work is done).
     """
-    with atomic_outputs([path], overwrite=overwrite) as (tmp,):
+    with atomic_outputs([path], overwrite=overwrite, folders=folder) as (tmp,):
         yield tmp
 
 
 @contextlib.contextmanager
 def atomic_outputs(
-    paths: Iterable[str | os.PathLike[str]], overwrite: bool = False
+    paths: Iterable[str | os.PathLike[str]], overwrite: bool = False, folders: bool = False
 ) -> Iterator[list[Path]]:
     """Write several files as one: all of them new, or (on any failure) all of them as before.
 
@@ -318,6 +320,9 @@ def atomic_outputs(
         The target files (or folders); their parent folders are created.
     overwrite
         Replace targets that exist.
+    folders
+        The targets are folders (a zarr store), so an existing folder may be replaced; else
+        only targets named as folder outputs (:data:`FOLDER_SUFFIXES`) may.
 
     Yields
     ------
@@ -331,13 +336,13 @@ def atomic_outputs(
         A target exists and ``overwrite`` is False (checked before any work is done), or
         the block wrote a file where a folder is (or the reverse): nothing is replaced.
     IsADirectoryError
-        A target is an existing folder and not a folder output (:data:`FOLDER_SUFFIXES`),
-        checked before any work is done.
+        A target is an existing folder and not a folder output (``folders`` or
+        :data:`FOLDER_SUFFIXES`), checked before any work is done.
     """
     targets = [Path(p) for p in paths]
     refuse_existing(targets, overwrite)
     for target in targets:  # a file output never replaces a folder (nor its contents)
-        if target.is_dir() and target.suffix not in FOLDER_SUFFIXES:
+        if target.is_dir() and not folders and target.suffix.lower() not in FOLDER_SUFFIXES:
             raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(target))
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -140,7 +140,8 @@ def train(
     """
     out, options, spots = Path(out), TrainingSettings(**settings), is_spot_table(manifest)
     refuse_existing(_outputs(out, spots), overwrite)  # before any work
-    tiles = TileSettings(tile_px or (224 if spots else 512), tile_mpp, min_tissue, roi_class)
+    tile_px = (224 if spots else 512) if tile_px is None else tile_px
+    tiles = TileSettings(tile_px, tile_mpp, min_tissue, roi_class)
     selection = {"genes": genes, "min_mean": min_mean, "top_n": top_n, "rank_by": rank_by}
     inputs = read_inputs(manifest, expression, options, spots, selection, transform, settings)
     options = inputs.settings or options  # folds that fit the groups
