@@ -509,6 +509,9 @@ def test_expression_files_keep_their_labels_as_written(tmp_path):
     r_style.write_text("G0\tG1\ns1\t1\t2\n001\t3\t4\n")
     table = read_expression(r_style, ["s1", "001"])
     assert table.columns.tolist() == ["G0", "G1"] and table.loc["001"].tolist() == [3.0, 4.0]
+    path.write_text("sample_id,G0,G1,\n001,1,2,\n010,5,6,\n")  # a spreadsheet's trailing commas
+    table = read_expression(path, ["001", "010"])
+    assert table.columns.tolist() == ["G0", "G1"] and table.loc["010"].tolist() == [5.0, 6.0]
 
 
 def test_response_tables_are_checked_as_training_tables_are(tmp_path):

@@ -320,6 +320,9 @@ def _read_table_file(path: Path) -> Any:
         raise ExpressionTableError(f"{path}: not a readable expression table ({why})") from exc
     if len(header) == rows.shape[1] - 1:  # R's write.table: no header cell for row names
         header = ["", *header]
+    last = rows.iloc[:, -1].str.strip() == ""
+    if len(header) == rows.shape[1] > 2 and not str(header[-1]).strip() and last.all():
+        header, rows = header[:-1], rows.iloc[:, :-1]  # "a,b,c," lines: a trailing delimiter
     if len(header) != rows.shape[1] or rows.shape[0] < 1 or rows.shape[1] < 2:
         raise ExpressionTableError(
             f"{path}: no expression values, or a header of {len(header)} fields over rows of "
