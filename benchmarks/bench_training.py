@@ -9,7 +9,11 @@ writes one store per section (5 sections, one row per spot) and runs the same
 cross-validation ``train`` runs for spots.
 
     python benchmarks/bench_training.py --slides 50 --tiles 1000 [--json]
-    python benchmarks/bench_training.py --spots 1006 [--json]
+    python benchmarks/bench_training.py --spots 1006 [--json] [--device cuda]
+    python benchmarks/bench_training.py --slides 1000 --tiles 300 --max-epochs 2 --ae-epochs 1
+
+The last is a memory check: peak memory against the cohort's size, in minutes rather than
+hours (what training holds does not depend on the number of epochs).
 
 ``--json`` prints one line: ``seconds`` (training only), ``peak_rss_gb`` (the process,
 writing included), ``imports_rss_gb`` (the process after importing torch and the training
@@ -98,14 +102,22 @@ def _slides(args: argparse.Namespace, work: Path) -> dict:
     table.to_csv(work / "expression.csv")
     start = time.perf_counter()
     result = train(work / "manifest.csv", work / "expression.csv", work / "model.deeppt",
-                   transform="none", progress=not args.json)  # fmt: skip
+                   transform="none", progress=not args.json, device=args.device,
+                   **_epochs(args))  # fmt: skip
     return {"seconds": time.perf_counter() - start, "metrics": result.gene_metrics}
+
+
+def _epochs(args: argparse.Namespace) -> dict:
+    """The epoch settings given on the command line (the defaults otherwise)."""
+    chosen = {"max_epochs": args.max_epochs, "ae_epochs": args.ae_epochs}
+    return {name: value for name, value in chosen.items() if value is not None}
 
 
 def _spots(args: argparse.Namespace, work: Path) -> dict:
     """One store per section (a row per spot); the cross-validation train runs for spots."""
     import torch
 
+    from napari_deeppt.devices import training_device
     from napari_deeppt.features.store import open_features
     from napari_deeppt.model.crossval import cross_validate
     from napari_deeppt.model.feature_source import FeatureSource
@@ -121,6 +133,7 @@ def _spots(args: argparse.Namespace, work: Path) -> dict:
         parts += [(s, j, j + 1) for j in range(len(spots))]
         targets += [genes for _, genes in spots]
     chosen = {"batch_slides": args.batch} if args.batch else {}
+    chosen.update(_epochs(args))
     settings, _ = fit_folds(5, TrainingSettings(**chosen), False, "sections")
     start = time.perf_counter()
     cv = cross_validate(
@@ -132,6 +145,7 @@ def _spots(args: argparse.Namespace, work: Path) -> dict:
         not args.json,
         None,
         True,
+        training_device(args.device),
     )
     return {"seconds": time.perf_counter() - start, "metrics": cv.metrics}
 
@@ -144,12 +158,24 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=50)
     parser.add_argument("--batch", type=int, default=None,
                         help="samples per regressor batch (spots only)")  # fmt: skip
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="regressor epochs at most (memory checks: peak memory does not "
+                             "depend on it; default: the training default)")  # fmt: skip
+    parser.add_argument(
+        "--ae-epochs",
+        type=int,
+        default=None,
+        help="autoencoder epochs (default: the training default)",
+    )
+    parser.add_argument("--device", default="cpu",
+                        help="where training runs: cpu (default), cuda or auto")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     import torch
 
     import napari_deeppt.model.training  # noqa: F401  (what training imports, counted apart)
+    from napari_deeppt.devices import training_device
     from napari_deeppt.model.settings import TrainingSettings
 
     imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
@@ -169,10 +195,15 @@ def main() -> None:
         "peak_over_features_f32": round(peak / (2 * stored), 3),
         "seconds": round(run["seconds"], 1),
         "mean_r": round(float(run["metrics"]["pearson_r"].mean()), 4),
+        "max_epochs": args.max_epochs or defaults.max_epochs,
+        "ae_epochs": defaults.ae_epochs if args.ae_epochs is None else args.ae_epochs,
         "ae_tiles": defaults.ae_tiles,
         "regressor_tiles": defaults.regressor_tiles,
         "torch_threads": torch.get_num_threads(),
+        "device": training_device(args.device).type,
     }
+    if torch.cuda.is_available():
+        result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
     if args.json:
         print(json.dumps(result))
     else:

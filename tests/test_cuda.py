@@ -110,3 +110,41 @@ def test_a_foundation_preset_embeds_on_cuda_in_bfloat16_as_on_the_cpu():
         (on_cpu * on_gpu).sum(1) / np.linalg.norm(on_cpu, axis=1) / np.linalg.norm(on_gpu, axis=1)
     )
     assert cosine.min() > 0.99
+
+
+@pytest.mark.parametrize("in_files", [False, True], ids=["latents in memory", "in files"])
+def test_training_on_cuda_learns_what_the_cpu_learns(monkeypatch, in_files):
+    """Autoencoders and regressors train on the GPU (dropout masks come from another
+    generator there, so the runs agree in accuracy, not bit for bit); what comes back is
+    on the CPU, ready for the bundle."""
+    from napari_deeppt.model import crossval
+    from napari_deeppt.model.crossval import cross_validate
+    from napari_deeppt.model.feature_source import FeatureSource
+    from napari_deeppt.model.settings import TrainingSettings
+
+    if in_files:  # a cohort too large for memory: latent tiles read from a file per batch
+        monkeypatch.setattr(crossval, "_LOCKSTEP_BYTES", 1)
+    rng = np.random.default_rng(2)
+    state = rng.normal(size=30)
+    samples = [np.maximum(s + rng.normal(size=(60, 16)), 0).astype(np.float32) for s in state]
+    stops = np.cumsum([len(s) for s in samples])
+    source = FeatureSource.from_parts(
+        [np.concatenate(samples)], [(0, int(b - 60), int(b)) for b in stops]
+    )
+    targets = torch.tensor(np.column_stack([state, -state]), dtype=torch.float32)
+    settings = TrainingSettings(
+        outer_folds=3, inner_folds=2, max_epochs=40, patience=10, lr=1e-3, latent_dim=8,
+        ae_epochs=3, regressor_tiles=20, batch_slides=4,
+    )  # fmt: skip
+    runs = {}
+    for device in ("cpu", "cuda"):
+        runs[device] = cross_validate(
+            source, targets, np.arange(30).astype(str), ["a", "b"], settings, False, None,
+            False, torch.device(device),
+        )  # fmt: skip
+    for cv in runs.values():
+        assert (cv.metrics["pearson_r"] > 0.8).all(), cv.metrics
+        assert all(p.device.type == "cpu" for p in cv.autoencoder.parameters())
+        assert all(v.device.type == "cpu" for state in cv.states for v in state.values())
+    gap = runs["cuda"].metrics["pearson_r"] - runs["cpu"].metrics["pearson_r"]
+    assert gap.abs().max() < 0.05, gap

@@ -11,6 +11,7 @@ from napari_deeppt.errors import (
     BundleError,
     BundleMismatchError,
     CancelledError,
+    DeepPTError,
     ExpressionTableError,
 )
 from napari_deeppt.io.tables import read_expression, read_manifest
@@ -55,6 +56,7 @@ def trained(cohort, tmp_path_factory):
         cache_dir=cache,
         progress=False,
         demo=True,
+        device="cpu",  # the known answers below are the CPU's, GPU or not
         **FEATURES,
         **FAST,
     )
@@ -90,6 +92,50 @@ def test_bundle_round_trip_and_metadata(trained):
     assert bundle.feature["extractor"] == "colour-stats" and bundle.feature["tile_px"] == 64
     assert len(bundle.ensemble) == 3 and bundle.training["outer_folds"] == 3
     assert bundle.metrics["significant"] == 4
+    assert bundle.training["device"] == "cpu"  # where it trained
+
+
+def test_training_runs_on_the_cuda_gpu_it_is_given(cohort, tmp_path, monkeypatch):
+    """``device="cuda"`` (or "auto" with a GPU) trains there, not only extracts there: the
+    device reaches cross-validation (a GPU is faked: the run stops at that call)."""
+    import torch
+
+    from napari_deeppt import devices
+    from napari_deeppt.model import training
+
+    seen = {}
+
+    def fake_resolve(device):
+        return torch.device("cuda" if device in ("auto", "cuda") else device)
+
+    def stop(*args, **kwargs):
+        seen["device"] = args[8] if len(args) > 8 else kwargs.get("device")
+        raise CancelledError("stopped at cross-validation")
+
+    with pytest.raises(DeepPTError, match="CUDA is not available"):
+        devices.training_device(torch.device("cuda"))  # given as is, without a GPU
+    monkeypatch.setattr(devices, "resolve_device", fake_resolve)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(training, "cross_validate", stop)
+    for asked, trains_on in [("auto", "cuda"), ("cuda", "cuda"), ("cpu", "cpu")]:
+        assert devices.training_device(asked).type == trains_on
+    monkeypatch.setattr(devices, "resolve_device", lambda device: torch.device("mps"))
+    assert devices.training_device("mps").type == "cpu"  # not validated on MPS: the CPU
+    monkeypatch.setattr(devices, "resolve_device", fake_resolve)
+    with pytest.raises(CancelledError):
+        train(cohort.manifest, cohort.expression, tmp_path / "m.deeppt", progress=False,
+              device="cpu", **FEATURES, **FAST)  # fmt: skip
+    assert seen["device"] == torch.device("cpu")
+    original = training._feature_options  # extract on the CPU: no GPU here
+
+    def on_the_cpu(extractor, weights, device, stain, cache_dir, seed):
+        return original(extractor, weights, "cpu", stain, cache_dir, seed)
+
+    monkeypatch.setattr(training, "_feature_options", on_the_cpu)
+    with pytest.raises(CancelledError):
+        train(cohort.manifest, cohort.expression, tmp_path / "m.deeppt", progress=False,
+              device="cuda", **FEATURES, **FAST)  # fmt: skip
+    assert seen["device"] == torch.device("cuda")
 
 
 def test_tile_map_is_high_where_the_driving_tissue_is(cohort, trained, tmp_path):

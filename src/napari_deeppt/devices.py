@@ -6,7 +6,7 @@ import re
 from enum import Enum
 from typing import Any
 
-__all__ = ["Device", "check_device_name", "resolve_device"]
+__all__ = ["Device", "check_device_name", "resolve_device", "training_device"]
 
 _NAME = re.compile(r"^(auto|(cpu|mps|cuda)(:\d+)?)$")
 
@@ -92,6 +92,42 @@ def resolve_device(device: Device | str | Any = "auto") -> Any:
     if resolved.type == "mps" and not (mps is not None and mps.is_available()):
         raise DeepPTError(
             f"device {str(device)!r} was requested but Apple's MPS is not available here; "
+            "use device='auto' or 'cpu'"
+        )
+    return resolved
+
+
+def training_device(device: Device | str | Any = "auto") -> Any:
+    """The ``torch.device`` training runs on for a feature ``device`` setting.
+
+    CUDA when ``device`` resolves to a CUDA GPU (``"auto"`` with one present), else the CPU:
+    training has not been validated on Apple's MPS, so it trains on the CPU there (features
+    are still extracted on MPS).
+
+    Parameters
+    ----------
+    device
+        As :func:`resolve_device` takes it.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    DeepPTError
+        As :func:`resolve_device`.
+    """
+    import torch
+
+    from .errors import DeepPTError
+
+    resolved = resolve_device(device)
+    if resolved.type != "cuda":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():  # a torch.device("cuda") given as is
+        raise DeepPTError(
+            f"training on {resolved} was requested but CUDA is not available here; "
             "use device='auto' or 'cpu'"
         )
     return resolved

@@ -21,7 +21,7 @@ import torch
 
 from ..progress import CancelLike, check_cancelled
 from .feature_source import FeatureSource
-from .latents import Latents
+from .latents import LatentFile, Latents
 from .nn import AutoEncoder, fused_adam
 from .settings import TrainingSettings
 
@@ -160,6 +160,7 @@ def fit_autoencoder(
     settings: TrainingSettings,
     seed: int,
     cancel: CancelLike,
+    device: torch.device | None = None,
 ) -> AutoEncoder:
     """DeepPT's autoencoder fitted (MSE, Adam) on the tiles of the ``train_idx`` samples.
 
@@ -175,21 +176,28 @@ def fit_autoencoder(
         Seeds the initialisation and the order of blocks and tiles.
     cancel
         Checked once per block.
+    device
+        Where it trains (default: the CPU). Its initialisation and the order of tiles are
+        drawn on the CPU, so a seed gives the same start and tile order anywhere; rounding
+        differs between devices, so runs on two devices drift apart over the epochs.
 
     Returns
     -------
     AutoEncoder
-        In evaluation mode.
+        In evaluation mode, on ``device``.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.default_generator.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = AutoEncoder(tiles.dim, settings.latent_dim)
-    fused = fused_adam("cpu") or None  # one pass per tensor: a step ~20 % faster than the default
+    device = torch.device("cpu") if device is None else device
+    model = AutoEncoder(tiles.dim, settings.latent_dim).to(device)
+    # the CPU's fused Adam: one pass per tensor, a step ~20 % faster than the default
+    fused = fused_adam(device.type) or None
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, fused=fused)
     blocks = list(tiles.blocks(train_idx, _EPOCH_BLOCK_ROWS))
     for _ in range(settings.ae_epochs):
         for x in _shuffled_batches(tiles, blocks, settings.ae_batch, rng, generator, cancel):
+            x = x.to(device, non_blocking=True)
             loss = torch.nn.functional.mse_loss(model(x), x)
             optimiser.zero_grad()
             loss.backward()
@@ -234,6 +242,7 @@ def encode(
     kept: list[np.ndarray],
     cancel: CancelLike = None,
     dtype: torch.dtype = torch.float16,
+    scratch: Path | None = None,
 ) -> Latents:
     """Every sample's mean latent over all its tiles, and its ``kept`` latent tiles.
 
@@ -249,29 +258,59 @@ def encode(
         Checked once per block.
     dtype
         Storage of the kept latent tiles (the means are float32).
+    scratch
+        Keep the latent tiles in this new file (a :class:`~.latents.LatentFile`, which
+        the caller closes, removing it) instead of in memory: memory then does not grow with
+        the cohort. Spots keep only their means either way.
 
     Returns
     -------
     Latents
+        On the CPU, wherever the autoencoder is (encoding runs on its device).
     """
     n, width = len(source), autoencoder.latent_dim
     sums = torch.zeros(n, width, dtype=torch.float64)
     if bool((source.counts == 1).all()):
         kept = []  # spots: the tiles are the means
     slots = max((len(k) for k in kept), default=1)
-    tiles = torch.zeros(n if kept else 0, slots, width, dtype=dtype)
-    with torch.no_grad():
-        for block in source.blocks(np.arange(n), _BLOCK_ROWS):
-            check_cancelled(cancel, "training")
-            latent = autoencoder.encode(torch.from_numpy(source.read(block)))
-            sums.index_add_(0, torch.from_numpy(block.samples), latent.double())
-            for i, mine in _by_sample(block) if kept else ():
-                rows = np.flatnonzero(mine)[np.isin(block.offsets[mine], kept[i])]
-                if len(rows):
-                    first = int(np.searchsorted(kept[i], block.offsets[rows[0]]))
-                    tiles[i, first : first + len(rows)] = latent[rows].to(dtype)
+    tiles: Any = torch.zeros(n if kept and scratch is None else 0, slots, width, dtype=dtype)
+    if kept and scratch is not None:
+        tiles = LatentFile(scratch, (n, slots, width), dtype)
+    try:
+        _encode_blocks(autoencoder, source, kept, tiles, sums, cancel)
+    except BaseException:
+        if isinstance(tiles, LatentFile):
+            tiles.close()  # a failed or cancelled encoding leaves no file behind
+        raise
     means = (sums / torch.from_numpy(source.counts)[:, None]).float()
     if not kept:
         return Latents.from_means(means)
     counts = torch.tensor([len(k) for k in kept], dtype=torch.int64)
     return Latents(tiles, counts, means, False)
+
+
+def _encode_blocks(
+    autoencoder: AutoEncoder,
+    source: FeatureSource,
+    kept: list[np.ndarray],
+    tiles: Any,
+    sums: torch.Tensor,
+    cancel: CancelLike,
+) -> None:
+    """Encode every block on the autoencoder's device: add each tile's latent to its
+    sample's ``sums`` and put the ``kept`` ones in ``tiles`` (a tensor or a LatentFile)."""
+    device = next(autoencoder.parameters()).device
+    with torch.no_grad():
+        for block in source.blocks(np.arange(len(source)), _BLOCK_ROWS):
+            check_cancelled(cancel, "training")
+            features = torch.from_numpy(source.read(block)).to(device)
+            latent = autoencoder.encode(features).cpu()
+            sums.index_add_(0, torch.from_numpy(block.samples), latent.double())
+            for i, mine in _by_sample(block) if kept else ():
+                rows = np.flatnonzero(mine)[np.isin(block.offsets[mine], kept[i])]
+                if len(rows):
+                    first = int(np.searchsorted(kept[i], block.offsets[rows[0]]))
+                    if isinstance(tiles, LatentFile):
+                        tiles.write(i, first, latent[rows])
+                    else:
+                        tiles[i, first : first + len(rows)] = latent[rows].to(tiles.dtype)

@@ -12,7 +12,10 @@ train together in lockstep (:mod:`.regressors`).
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,7 +28,7 @@ from .autoencoding import autoencoder_tiles, encode, fit_autoencoder, tile_sampl
 from .baseline import PCA_COMPONENTS, pca_ridge_heldout, sample_means
 from .feature_source import FeatureSource
 from .folds import group_folds
-from .latents import Latents
+from .latents import LatentFile, Latents
 from .metrics import gene_metrics, section_metrics, summarise
 from .nn import MLPRegression
 from .regressors import RegressorJob, fit_regressors
@@ -39,7 +42,7 @@ _LOCKSTEP_BYTES = 64 * 2**20  # every fit's latents together at most
 def _slide_predictions(model: Any, latents: Latents, indices: np.ndarray) -> Any:
     """Each sample's mean tile prediction: the prediction of its mean latent (affine model)."""
     with torch.no_grad():
-        return model(latents.means[torch.as_tensor(indices)])
+        return model(latents.means[torch.as_tensor(indices, device=latents.means.device)].cpu())
 
 
 def _ensemble_jobs(
@@ -93,6 +96,7 @@ def cross_validate(
     progress: ProgressLike,
     cancel: CancelLike,
     within: bool = False,
+    device: torch.device | None = None,
 ) -> CrossValidation:
     """Outer folds by group (held-out predictions, metrics), then the final model on all.
 
@@ -116,6 +120,9 @@ def cross_validate(
     within
         Spots: R is computed within each section (:func:`~.metrics.section_metrics`),
         for early stopping too; otherwise pooled over samples (DeepPT).
+    device
+        Where the autoencoders and regressors train (default: the CPU). What it returns is
+        on the CPU either way.
 
     Returns
     -------
@@ -134,23 +141,9 @@ def cross_validate(
         _Fit(np.setdiff1d(np.arange(n), test), (seed + k, seed + 17 * (k + 1)), test)
         for k, test in enumerate(outer)
     ] + [_Fit(np.arange(n), (seed, seed), None)]  # the final model
-    kept = tile_sample(source.counts, options.regressor_tiles, options.seed + 2)
     heldout = np.zeros(tuple(targets.shape), np.float32)
-    with (
-        make_progress(progress, 2 * len(fits), "cross-validation", unit="step") as bar,
-        autoencoder_tiles(source, options) as ae_tiles,
-    ):
-        pending: list[_Fit] = []
-        for fit in fits:
-            fit.autoencoder = fit_autoencoder(ae_tiles, fit.train, options, fit.seeds[0], cancel)
-            latents = encode(fit.autoencoder, source, kept, cancel)
-            fit.jobs = _ensemble_jobs(latents, fit.train, groups, options, fit.seeds[1], within)
-            pending.append(fit)
-            bar.update()
-            if fit is fits[-1] or not _lockstep_all(latents, len(fits)):
-                _train_pending(pending, targets, options, cancel, heldout, len(genes))
-                bar.update(len(pending))
-                pending = []
+    device = torch.device("cpu") if device is None else device
+    _fit_all(fits, source, targets, groups, options, (progress, cancel), within, heldout, device)
     final = fits[-1]
     metrics, per_section, summary = _heldout_metrics(heldout, targets, genes, groups, within)
     _add_baseline(metrics, summary, source, targets, outer, groups, within, options.seed)
@@ -158,6 +151,56 @@ def cross_validate(
         weights = np.concatenate([v.numpy().ravel() for v in state.values()])
         _require_finite(weights, options, "the final model")
     return CrossValidation(heldout, metrics, summary, per_section, final.autoencoder, final.states)
+
+
+def _fit_all(
+    fits: list[_Fit],
+    source: FeatureSource,
+    targets: Any,
+    groups: np.ndarray,
+    options: TrainingSettings,
+    reporting: tuple[ProgressLike, CancelLike],
+    within: bool,
+    heldout: np.ndarray,
+    device: torch.device,
+) -> None:
+    """Each fit's autoencoder, latents and ensemble; the outer folds' held-out predictions.
+
+    The regressors of every fit train in one lockstep when all their latents fit in
+    ``_LOCKSTEP_BYTES`` (spots, small cohorts); otherwise each fit's train on their own, on
+    latent tiles kept in a scratch file (memory then does not grow with the cohort).
+    Everything trains on ``device``; each autoencoder is moved to the CPU once encoded.
+    """
+    progress, cancel = reporting
+    kept = tile_sample(source.counts, options.regressor_tiles, options.seed + 2)
+    one_fit = _latents_bytes(kept, source.counts, options.latent_dim)
+    together = one_fit * len(fits) <= _LOCKSTEP_BYTES
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(
+            make_progress(progress, 2 * len(fits), "cross-validation", unit="step")
+        )
+        ae_tiles = stack.enter_context(autoencoder_tiles(source, options))
+        folder = None
+        if not together:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deeppt-")))
+        pending: list[_Fit] = []
+        for k, fit in enumerate(fits):
+            autoencoder = fit_autoencoder(
+                ae_tiles, fit.train, options, fit.seeds[0], cancel, device
+            )
+            file = None if folder is None else folder / f"latents{k}.bin"
+            latents = encode(autoencoder, source, kept, cancel, scratch=file)
+            if isinstance(latents.tiles, LatentFile):
+                stack.callback(latents.tiles.close)  # before its folder goes
+            fit.autoencoder, latents = autoencoder.cpu(), latents.to(device)
+            fit.jobs = _ensemble_jobs(latents, fit.train, groups, options, fit.seeds[1], within)
+            del latents  # the fit's jobs hold it until they are trained, no longer
+            pending.append(fit)
+            bar.update()
+            if fit is fits[-1] or not together:
+                _train_pending(pending, targets, options, cancel, heldout, targets.shape[1])
+                bar.update(len(pending))
+                pending = []
 
 
 @dataclass(eq=False)
@@ -172,11 +215,15 @@ class _Fit:
     states: list[dict] = field(default_factory=list)
 
 
-def _lockstep_all(latents: Latents, n_fits: int) -> bool:
-    """Whether every fit's latents fit in memory together (spots, small cohorts): then all
-    the regressors of the run train in one lockstep, else each fit's on their own."""
-    size = latents.tiles.element_size() * latents.tiles.nelement() + 4 * latents.means.nelement()
-    return size * n_fits <= _LOCKSTEP_BYTES
+def _latents_bytes(kept: list[np.ndarray], counts: np.ndarray, latent_dim: int) -> int:
+    """The size of one fit's latents in memory (:func:`~.autoencoding.encode`): float16
+    kept tiles and float32 means. Spots' tiles are a view of their means, but counted
+    as float32 tiles and means, as before the tiles could live in a file: the same
+    cohorts train together, so the same inputs give the same models."""
+    if bool((np.asarray(counts) == 1).all()):
+        return len(kept) * latent_dim * 8
+    slots = max((len(k) for k in kept), default=0)
+    return len(kept) * latent_dim * (2 * slots + 4)
 
 
 def _train_pending(
@@ -187,7 +234,8 @@ def _train_pending(
     heldout: np.ndarray,
     n_genes: int,
 ) -> None:
-    """Train the pending fits' regressors together; fill their held-out predictions."""
+    """Train the pending fits' regressors together; fill their held-out predictions and
+    close (remove) any latent file of theirs."""
     results = fit_regressors([job for fit in pending for job in fit.jobs], targets, options, cancel)
     for fit in pending:
         fit.states = [state for state, _, _ in results[: len(fit.jobs)]]
@@ -198,6 +246,8 @@ def _train_pending(
                 fit.states, latents, fit.test, n_genes, options.latent_dim
             )
             _require_finite(heldout[fit.test], options, "an outer fold")
+        if isinstance(fit.jobs[0].latents.tiles, LatentFile):
+            fit.jobs[0].latents.tiles.close()  # its scratch file goes now, not at the end
         fit.jobs = []  # their latents are no longer needed
 
 

@@ -28,7 +28,7 @@ import torch
 from torch.optim.adam import adam
 
 from ..progress import CancelLike, check_cancelled
-from .latents import Latents
+from .latents import LatentFile, Latents
 from .metrics import validation_r
 from .nn import MLPRegression, fused_adam
 from .settings import TrainingSettings
@@ -69,12 +69,14 @@ class RegressorJob:
 
 
 class _Data(NamedTuple):
-    """Jobs' latent tiles in one tensor: job ``k``'s sample ``i`` is row ``offsets[k] + i``."""
+    """Jobs' latent tiles in one tensor (or one :class:`~.latents.LatentFile`): job ``k``'s
+    sample ``i`` is row ``offsets[k] + i``."""
 
-    tiles: torch.Tensor  # (rows, S, D), or (rows, D) for single
+    tiles: Any  # (rows, S, D) tensor or LatentFile, or a (rows, D) tensor for single
     counts: torch.Tensor  # (rows,) float32
     offsets: np.ndarray  # (n_jobs,) int64
     single: bool
+    device: torch.device  # where the models train (the latents' means are)
 
 
 def _pool_data(jobs: list[RegressorJob], group: list[int]) -> _Data:
@@ -90,12 +92,14 @@ def _pool_data(jobs: list[RegressorJob], group: list[int]) -> _Data:
     shapes = {tuple(source.tiles.shape) for source in sources}
     if len(shapes) != 1 or len({source.single for source in sources}) != 1:
         raise ValueError(f"the jobs' latents differ in shape or kind: {sorted(shapes)}")
-    single = sources[0].single
+    single, device = sources[0].single, sources[0].means.device
     tiles = [source.tiles[:, 0] if single else source.tiles for source in sources]
-    counts = [torch.as_tensor(source.counts).to(torch.float32) for source in sources]
+    counts = [torch.as_tensor(source.counts).to(device, torch.float32) for source in sources]
     if len(sources) > 1:
-        return _Data(torch.cat(tiles), torch.cat(counts), offsets, single)
-    return _Data(tiles[0], counts[0], offsets, single)
+        if any(isinstance(t, LatentFile) for t in tiles):
+            raise ValueError("latents kept in files train one fit at a time, not together")
+        return _Data(torch.cat(tiles), torch.cat(counts), offsets, single, device)
+    return _Data(tiles[0], counts[0], offsets, single, device)
 
 
 class _Stack:
@@ -244,7 +248,7 @@ class _Batch(NamedTuple):
 def _batch(data: _Data, rows: torch.Tensor, hidden: int, dropout: float, gen: Any) -> _Batch:
     """Gather the tiles of ``rows`` ``(a, B)`` and draw each tile's dropout mask."""
     a, size = rows.shape
-    x = data.tiles[rows.reshape(-1)].to(torch.float32)
+    x = data.tiles[rows.reshape(-1)].to(data.device, torch.float32)
     tiles = 1 if data.single else x.shape[1]
     x = x.reshape(a, size * tiles, -1)
     keep = None
@@ -329,9 +333,7 @@ def _step(
         [v for views in group for v in views[:a]] for group in stack.views
     )
     steps = [s for steps in stack.steps for s in steps[:a]]
-    _adam(
-        params, grads, exp_avg, exp_avg_sq, steps, settings.lr, fused_adam(data.tiles.device.type)
-    )
+    _adam(params, grads, exp_avg, exp_avg_sq, steps, settings.lr, fused_adam(data.device.type))
     return losses
 
 
@@ -452,7 +454,7 @@ def _fit_group(
     stack = _init_stack(jobs, group, targets, settings.latent_dim)
     rngs = {k: np.random.default_rng(jobs[k].seed) for k in group}
     seed = np.random.SeedSequence([int(jobs[k].seed) for k in group]).generate_state(1)[0]
-    gen = _dropout_generator(int(seed), data.tiles.device)
+    gen = _dropout_generator(int(seed), data.device)
     waited = dict.fromkeys(group, 0)
     for epoch_index in range(settings.max_epochs):
         check_cancelled(cancel, "training")

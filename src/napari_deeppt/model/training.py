@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..devices import training_device
 from ..features.params import FeatureParams
 from ..io import refuse_existing
 from ..io.tables import describe_source
@@ -115,6 +116,9 @@ def train(
     extractor, weights, tile_px, tile_mpp, min_tissue, stain, device, cache_dir
         Feature settings (see :func:`~napari_deeppt.features.extract_features`); ``tile_px``
         defaults to 512 (DeepPT) for slides and 224 for spots (112 µm at 0.5 µm/px).
+        Training runs on ``device`` when it is a CUDA GPU (``"auto"`` with one present),
+        else on the CPU (:func:`~napari_deeppt.devices.training_device`); the bundle's
+        ``training["device"]`` says which.
     roi_class
         With a ``roi`` column in the manifest, only its regions of this class (``"Tumor"``).
     transform
@@ -145,12 +149,15 @@ def train(
     selection = {"genes": genes, "min_mean": min_mean, "top_n": top_n, "rank_by": rank_by}
     inputs = read_inputs(manifest, expression, options, spots, selection, transform, settings)
     options = inputs.settings or options  # folds that fit the groups
+    train_on = training_device(device)  # before any work: CUDA asked for but absent
     extract = _feature_options(extractor, weights, device, stain, cache_dir, options.seed)
     source, provenance = sample_features(inputs, tiles, extract, progress, cancel)
     cv = cross_validate(
-        source, inputs.targets, inputs.groups, inputs.genes, options, progress, cancel, spots
-    )
+        source, inputs.targets, inputs.groups, inputs.genes, options, progress, cancel, spots,
+        train_on,
+    )  # fmt: skip
     record = {"expression": describe_source(expression), "selection": selection}
+    record["device"] = train_on.type
     record["feature_dim"] = source.dim
     bundle = _bundle(inputs, tiles, extractor, provenance, cv, options, record, transform, demo)
     return _write_outputs(out, bundle, inputs, cv, overwrite)
@@ -184,8 +191,9 @@ def _bundle(
 ) -> Any:
     """The bundle: the final model, what its features must be and how it was trained.
 
-    ``record`` holds what the ``expression`` was, the gene ``selection`` and the
-    ``feature_dim``; ``provenance`` is the first feature store's.
+    ``record`` holds what the ``expression`` was, the gene ``selection``, the
+    ``feature_dim`` and the training ``device`` type; ``provenance`` is the first feature
+    store's.
     Folds changed to fit the groups are said in the summary (``folds_note``).
     """
     from .bundle import ModelBundle
@@ -210,6 +218,7 @@ def _bundle(
         **asdict(options),
         **inputs.describe(tiles.roi_class),
         "n_samples": len(inputs.ids),
+        "device": record["device"],
         "expression": record["expression"],
         "precomputed_features": inputs.precomputed(),
         "gene_selection": {**selection, "genes": selection["genes"] is not None},
