@@ -178,9 +178,11 @@ def test_the_same_jobs_give_the_same_states_whatever_the_global_seed():
     assert not torch.equal(without[0][0]["net.0.weight"], first[0][0]["net.0.weight"])
 
 
-def test_lockstep_groups_change_nothing_but_dropout_masks(monkeypatch):
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_lockstep_groups_change_nothing(monkeypatch, dropout):
     """Five jobs (three latents, four training sizes) in one lockstep group or in five
-    groups of one: without dropout, the same models, each returned in its job's place."""
+    groups of one: the same models, each returned in its job's place — with dropout too,
+    as each model draws its own masks (the CPU picks the group size for speed alone)."""
     latents = [_latents(100, seed=s, tiles=3) for s in (13, 14, 15)]
     targets = _linear_targets(latents[0].means, seed=16, noise=0.5)
     jobs = [
@@ -188,15 +190,26 @@ def test_lockstep_groups_change_nothing_but_dropout_masks(monkeypatch):
         for k, size in enumerate([30, 75, 50, 75, 41])
     ]
     settings = TrainingSettings(max_epochs=6, patience=2, lr=3e-3, batch_slides=8, latent_dim=DIM)
-    assert len(regressors._groups(jobs, GENES, DIM)) == 1
-    together = fit_regressors(jobs, targets, settings, dropout=0.0)
-    monkeypatch.setattr(regressors, "_GROUP_BYTES", 1)
-    assert [len(g) for g in regressors._groups(jobs, GENES, DIM)] == [1] * 5
-    apart = fit_regressors(jobs, targets, settings, dropout=0.0)
-    for (state_1, score_1, epoch_1), (state_2, score_2, epoch_2) in zip(together, apart):
+    runs = []
+    for size in (5, 1):
+        monkeypatch.setattr(regressors, "group_size", lambda *args, size=size: size)
+        assert [len(g) for g in regressors._groups(jobs, GENES, settings)] == [size] * (5 // size)
+        runs.append(fit_regressors(jobs, targets, settings, dropout=dropout))
+    for (state_1, score_1, epoch_1), (state_2, score_2, epoch_2) in zip(*runs, strict=True):
         assert epoch_1 == epoch_2 and score_1 == pytest.approx(score_2, abs=1e-5)
         for key in state_1:
             torch.testing.assert_close(state_1[key], state_2[key], rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_groups_fit_a_cache_and_a_gpu_takes_every_job():
+    from napari_deeppt.model import lockstep
+
+    cpu, size = torch.device("cpu"), lockstep.model_bytes(50, 512)
+    assert size == 16 * (512 * 512 + 512 + 512 * 50 + 50)
+    assert lockstep.group_size(24, 50, 512, cpu) == lockstep._CACHE_BYTES // size == 4
+    assert lockstep.group_size(3, 50, 512, cpu) == 3
+    assert lockstep.group_size(24, 20000, 512, cpu) == 1  # a huge panel: one at a time
+    assert lockstep.group_size(24, 50, 512, torch.device("meta")) == 24  # not a CPU
 
 
 def test_a_batch_keeps_units_and_weighs_tiles_as_torch_dropout_and_the_mean_do():
@@ -204,7 +217,8 @@ def test_a_batch_keeps_units_and_weighs_tiles_as_torch_dropout_and_the_mean_do()
     job = RegressorJob(latents, np.arange(40), np.arange(0), seed=0)
     data = regressors._pool_data([job], [0])
     rows = torch.arange(32).reshape(2, 16)
-    batch = regressors._batch(data, rows, 512, 0.2, torch.Generator().manual_seed(0))
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]  # a device's generators
+    batch = regressors._batch(data, rows, 512, 0.2, gens)
     assert batch.keep.shape == (2, 16 * 6, 512)
     assert set(batch.keep.unique().tolist()) == {0.0, 1.25}  # kept units scaled 1 / (1 - p)
     assert (batch.keep == 0).float().mean().item() == pytest.approx(0.2, abs=0.01)
@@ -227,19 +241,21 @@ def test_cpu_dropout_masks_come_from_numpy_keep_one_unit_in_1_25_and_repeat_by_s
     rows = torch.arange(32).reshape(2, 16)
     gen = regressors._dropout_generator(7, torch.device("cpu"))
     assert isinstance(gen, np.random.Generator)
-    first = regressors._batch(data, rows, 512, 0.2, gen).keep
-    again = regressors._batch(data, rows, 512, 0.2, np.random.default_rng(7)).keep
-    other = regressors._batch(data, rows, 512, 0.2, np.random.default_rng(8)).keep
+    first = regressors._batch(data, rows, 512, 0.2, [gen, np.random.default_rng(9)]).keep
+    again = regressors._batch(data, rows, 512, 0.2, [np.random.default_rng(s) for s in (7, 9)])
+    other = regressors._batch(data, rows, 512, 0.2, [np.random.default_rng(s) for s in (8, 9)])
     assert first.dtype == torch.float32 and first.shape == (2, 16 * 6, 512)
     assert set(first.unique().tolist()) == {0.0, 1.25}
     assert (first == 0).float().mean().item() == pytest.approx(0.2, abs=0.01)
-    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(first, again.keep)
+    assert not torch.equal(first[0], other.keep[0])  # each model's block: its own generator
+    assert torch.equal(first[1], other.keep[1])
     drawn_by = []
     real = regressors._uniform
 
-    def uniform(shape, gen, device):
-        drawn_by.append(type(gen))
-        return real(shape, gen, device)
+    def uniform(shape, gens, device):
+        drawn_by.extend(type(gen) for gen in gens)
+        return real(shape, gens, device)
 
     monkeypatch.setattr(regressors, "_uniform", uniform)  # and training draws them so
     settings = TrainingSettings(max_epochs=1, patience=1, batch_slides=16, latent_dim=DIM)
