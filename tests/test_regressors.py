@@ -233,7 +233,7 @@ def test_a_batch_keeps_units_and_weighs_tiles_as_torch_dropout_and_the_mean_do()
 def test_cpu_dropout_masks_come_from_numpy_keep_one_unit_in_1_25_and_repeat_by_seed(
     monkeypatch,
 ):
-    """On the CPU a group's masks are drawn by numpy's PCG64 (torch's CPU generator draws
+    """On the CPU each model's masks are drawn by numpy's PCG64 (torch's CPU generator draws
     one number at a time: twice as slow, a tenth of a bulk run); they still keep a unit with
     probability 0.8, scale it by 1.25 and repeat exactly for the same seed."""
     latents = _latents(40, seed=17, tiles=6)

@@ -219,7 +219,8 @@ def _latents_bytes(kept: list[np.ndarray], counts: np.ndarray, latent_dim: int) 
     """The size of one fit's latents in memory (:func:`~.autoencoding.encode`): float16
     kept tiles and float32 means. Spots' tiles are a view of their means, but counted
     as float32 tiles and means, as before the tiles could live in a file: the same
-    cohorts train together, so the same inputs give the same models."""
+    cohorts keep training every fit together as before (which changes their speed and
+    memory, not their models)."""
     if bool((np.asarray(counts) == 1).all()):
         return len(kept) * latent_dim * 8
     slots = max((len(k) for k in kept), default=0)

@@ -17,7 +17,8 @@ step count), and a model that early-stops is dropped from the stack, so it costs
 afterwards. Models are kept in order of decreasing batches per epoch: the models that still
 have a batch at a step are a prefix of the stack, and a step works on views of that prefix.
 Each draws its own dropout masks (a generator per model, seeded by its job), so a model's
-result does not depend on the group it trains in, nor on the CPU's choice of group size.
+result does not depend on the group it trains in (beyond the rounding of batched products
+of another size).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class RegressorJob:
     val_idx
         Indices of the samples it early-stops on.
     seed
-        Seeds its initialisation and its batch order.
+        Seeds its initialisation, its batch order and its dropout masks.
     val_sections
         The section of each validation sample (spots: R within each section), or None
         (bulk slides: R pooled over the samples).

@@ -36,7 +36,7 @@ class TrainingSettings:
     latent_dim
         The autoencoder's latent dimension.
     seed
-        Seeds folds, initialisation and batch order.
+        Seeds folds, initialisation, batch order and dropout masks.
 
     Raises
     ------
