@@ -235,7 +235,7 @@ def _scores(
         for k, j in enumerate(stack.jobs):
             job = jobs[j]
             if len(job.val_idx) <= 2:
-                score = -float(last_loss[k])
+                score = -float(last_loss[k].item())
             else:
                 rows = torch.as_tensor(job.val_idx, device=w1.device)
                 hidden = torch.addmm(b1[k], job.latents.means[rows].to(w1.dtype), w1[k])
@@ -337,10 +337,11 @@ def _fit_group(
     for epoch_index in range(settings.max_epochs):
         check_cancelled(cancel, "training")
         epoch = _epoch(stack, jobs, rngs, data, settings.batch_slides, targets.shape[1])
-        last_loss = torch.full((len(stack.jobs),), float("nan"))
+        # kept on the device: no wait for the device at every step, one read an epoch
+        last_loss = torch.full((len(stack.jobs),), float("nan"), device=data.device)
         for t in range(len(epoch.active)):
             losses = _step(stack, data, targets, epoch, t, settings, dropout, gens)
-            last_loss[: epoch.active[t]] = losses.cpu()
+            last_loss[: epoch.active[t]] = losses.detach()
         going = []
         for k, score in enumerate(_scores(stack, jobs, targets, last_loss)):
             j = stack.jobs[k]
