@@ -183,3 +183,25 @@ def test_latents_moved_to_a_device_keep_spot_means_shared_and_files_on_disk(tmp_
     moved = Latents(file, torch.ones(5, dtype=torch.int64), torch.zeros(5, 4), False).to("cpu")
     assert moved.tiles is file  # a batch's rows move when read, never the file
     file.close()
+
+
+def test_a_full_disk_is_one_clear_error_naming_the_file_and_leaves_nothing(tmp_path):
+    from napari_deeppt.errors import OutputError
+
+    with pytest.raises(OutputError, match=r"cannot write training's scratch file .*TMPDIR"):
+        LatentFile(tmp_path / "missing-folder" / "l.bin", (2, 3, 4), torch.float16)
+    file = LatentFile(tmp_path / "l.bin", (2, 3, 4), torch.float16)
+
+    class _FullDisk:
+        def seek(self, offset):
+            pass
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    file._file, real = _FullDisk(), file._file
+    with pytest.raises(OutputError, match=r"l\.bin.*No space left.*TMPDIR"):
+        file.write(0, 0, torch.ones(3, 4))
+    file._file = real
+    file.close()
+    assert list(tmp_path.iterdir()) == []

@@ -87,11 +87,16 @@ class LatentFile:
         self.device = torch.device("cpu")
         self._numpy = torch.empty(0, dtype=dtype).numpy().dtype
         self._record = self.shape[1] * self.shape[2] * self._numpy.itemsize
-        self._file = open(self.path, "w+b", buffering=0)  # noqa: SIM115 (closed by close())
+        try:
+            self._file = open(self.path, "w+b", buffering=0)  # noqa: SIM115 (see close())
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
         try:
             self._file.truncate(self.shape[0] * self._record)
-        except BaseException:
+        except BaseException as exc:
             self.close()  # a disk quota: nothing left open or behind
+            if isinstance(exc, OSError):
+                raise self._unwritable(exc) from exc
             raise
 
     def write(self, sample: int, first: int, values: Any) -> None:
@@ -103,10 +108,22 @@ class LatentFile:
         self._file.seek(sample * self._record + first * self.shape[2] * self._numpy.itemsize)
         done = 0
         while done < len(data):  # a raw write may write less than asked
-            written = self._file.write(data[done:])
+            try:
+                written = self._file.write(data[done:])
+            except OSError as exc:
+                raise self._unwritable(exc) from exc
             if not written:
-                raise OSError(f"{self.path}: could not write latent tiles (disk full?)")
+                raise self._unwritable(OSError(28, "no space left on the device"))
             done += written
+
+    def _unwritable(self, exc: OSError) -> Exception:
+        """The one-line error for a scratch file that cannot be written (full disk)."""
+        from ..errors import OutputError
+
+        return OutputError(
+            f"cannot write training's scratch file {self.path} ({exc.strerror or exc}); "
+            "free space there or set TMPDIR to a folder with room"
+        )
 
     def __getitem__(self, rows: Any) -> Any:
         """The records of ``rows`` (a 1-D integer tensor) as one ``(len, S, D)`` tensor."""
