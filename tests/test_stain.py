@@ -203,3 +203,54 @@ def test_od_transform_matches_the_matrix_product_per_pixel() -> None:
     diff = np.abs(done - direct[[0, 1, 3]])
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     assert (done != tiles.numpy()[[0, 1, 3]]).mean() > 0.5  # it did change the pixels
+
+
+def _direct_od_transform(tiles: np.ndarray, transform: np.ndarray, io: float) -> np.ndarray:
+    """io·exp(-T·OD(v)) per pixel in float64, cut to uint8 (the formula itself)."""
+    from napari_deeppt.stain.macenko import _od_lut
+
+    n = tiles.shape[0]
+    od = _od_lut(io, "cpu").double().numpy()[tiles.reshape(n, -1, 3)]
+    with np.errstate(over="ignore"):
+        direct = io * np.exp(-(od @ transform.astype(np.float64).transpose(0, 2, 1)))
+    return np.clip(direct, 0, 255).astype(np.uint8).reshape(tiles.shape).astype(int)
+
+
+def test_od_transform_on_the_cpu_agrees_with_the_torch_path_and_the_formula() -> None:
+    """The CPU's products of tabulated factors and the sum path (what CUDA runs) give the
+    same pixels to within one grey level, on tiles and maps as a real fit makes them and on
+    a non-contiguous view (the resized batch is one)."""
+    from napari_deeppt.stain import DEEPPT_TARGET, apply_od_transform, macenko_transforms
+    from napari_deeppt.stain.macenko import _apply_od_sums
+
+    tiles = torch.from_numpy(
+        np.stack([stained_tile(STAIN_VECTORS, seed, size=64) for seed in range(6)])
+    )
+    transform, fitted, *_ = macenko_transforms(tiles, DEEPPT_TARGET)
+    assert bool(fitted.all())
+    view = tiles.permute(0, 2, 1, 3)  # strided: (N, W, H, 3)
+    out = apply_od_transform(view, transform, fitted, 240.0).numpy().astype(int)
+    sums = _apply_od_sums(view.contiguous(), transform, fitted, 240.0).numpy().astype(int)
+    direct = _direct_od_transform(view.contiguous().numpy(), transform.numpy(), 240.0)
+    for other in (sums, direct):
+        diff = np.abs(out - other)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_od_transform_of_a_degenerate_fit_saturates_as_the_formula_does() -> None:
+    """Maps with huge entries (a near-singular fit) would overflow a product of float32
+    factors into inf · 0 = NaN; those tiles take the sum path and give the formula's
+    0 and 255, tile by tile beside ordinary ones in the same batch."""
+    from napari_deeppt.stain import apply_od_transform
+
+    rng = np.random.default_rng(5)
+    tiles = torch.from_numpy(rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8))
+    huge = np.array([[4e3, -4e3, 0.0], [-4e3, 4e3, 1.0], [30.0, 0.0, -30.0]], np.float32)
+    transform = torch.from_numpy(
+        np.stack([rng.uniform(-0.5, 1.5, (3, 3)).astype(np.float32), huge, huge * np.float32(0.01)])
+    )
+    out = apply_od_transform(tiles, transform, torch.ones(3, dtype=torch.bool), 240.0)
+    direct = _direct_od_transform(tiles.numpy(), transform.numpy(), 240.0)
+    diff = np.abs(out.numpy().astype(int) - direct)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-2
+    assert {0, 255} <= set(np.unique(out[1].numpy()).tolist())  # saturated both ways

@@ -200,9 +200,11 @@ def apply_od_transform(tiles: Any, transform: Any, fitted: Any, io: float = 240.
     """Apply per-tile OD maps to uint8 tiles ``(N, H, W, 3)``; unfitted tiles pass through.
 
     Output channel ``c`` of a pixel is ``io · exp(-Σ_k T[c, k] · OD(v_k))``. ``T[c, k] ·
-    OD(v)`` takes 256 values per tile, so it is tabulated once per tile and each pixel costs
-    three table look-ups and two additions instead of a 3 × 3 matrix product (1.6× faster on
-    a CPU; the same uint8 values).
+    OD(v)`` takes 256 values per tile, so it is tabulated once per tile. On a CPU each pixel
+    then costs three look-ups of ``exp(-T[:, k] · OD(v_k))`` and two products (numpy, no
+    exponential per pixel: about 5× faster than the sum below on one core); elsewhere three
+    look-ups of ``T[c, k] · OD(v)``, two additions and an exponential. Both give the direct
+    formula's uint8 values, to within one grey level from rounding at the uint8 cut.
 
     Parameters
     ----------
@@ -218,11 +220,18 @@ def apply_od_transform(tiles: Any, transform: Any, fitted: Any, io: float = 240.
     torch.Tensor
         uint8 ``(N, H, W, 3)`` on ``tiles``' device.
     """
+    if tiles.shape[0] == 0:
+        return tiles
+    if tiles.device.type == "cpu":
+        return _apply_od_products(tiles, transform, fitted, io)
+    return _apply_od_sums(tiles, transform, fitted, io)
+
+
+def _apply_od_sums(tiles: Any, transform: Any, fitted: Any, io: float) -> Any:
+    """:func:`apply_od_transform` in torch: tabulated OD terms summed, then one exponential."""
     import torch
 
     n, h, w, _ = tiles.shape
-    if n == 0:
-        return tiles
     table = transform.to(torch.float32)[:, :, :, None] * _od_lut(io, tiles.device)  # (N,3,3,256)
     index = tiles.reshape(n, h * w, 3).long()
     out = torch.empty((n, h * w, 3), dtype=torch.float32, device=tiles.device)
@@ -233,6 +242,43 @@ def apply_od_transform(tiles: Any, transform: Any, fitted: Any, io: float = 240.
         out[..., c] = channel
     out = out.neg_().exp_().mul_(io).clamp_(0, 255).to(torch.uint8).reshape(n, h, w, 3)
     return torch.where(fitted.to(tiles.device)[:, None, None, None], out, tiles)
+
+
+# A tile's float32 factors stay products of three: with every |exponent| ≤ this, a product
+# that overflows (sum > 88.7) ends above 255 and one that underflows ends below 1 anyway.
+_FACTOR_EXPONENT_BOUND = 80.0
+
+
+def _apply_od_products(tiles: Any, transform: Any, fitted: Any, io: float) -> Any:
+    """:func:`apply_od_transform` on the CPU: per tile, three look-ups of the factors
+    ``exp(-T[:, k] · OD(v_k))`` (``io`` folded into the first) multiplied together. A tile
+    whose exponents leave ±80 (a degenerate fit) takes the sum path instead."""
+    import torch
+
+    n, h, w, _ = tiles.shape
+    source = tiles.contiguous()
+    pixels = source.numpy().reshape(n, h * w, 3)
+    # exponents[i, k, v, c] = -T[i, c, k] · OD(v), + log(io) for k = 0
+    maps = transform.detach().to("cpu", torch.float64).numpy().transpose(0, 2, 1)
+    exponents = -maps[:, :, None, :] * _od_lut(io, "cpu").double().numpy()[None, None, :, None]
+    exponents[:, 0] += np.log(io)
+    with np.errstate(invalid="ignore"):
+        safe = np.isfinite(exponents).all(axis=(1, 2, 3))
+        safe &= np.abs(np.nan_to_num(exponents)).max(axis=(1, 2, 3)) <= _FACTOR_EXPONENT_BOUND
+    factors = np.exp(np.where(safe[:, None, None, None], exponents, 0.0)).astype(np.float32)
+    done = fitted.detach().cpu().numpy().astype(bool)
+    out = pixels.copy()
+    for i in np.flatnonzero(done & safe):
+        value = np.take(factors[i, 0], pixels[i, :, 0], axis=0)  # (P, 3)
+        value *= np.take(factors[i, 1], pixels[i, :, 1], axis=0)
+        value *= np.take(factors[i, 2], pixels[i, :, 2], axis=0)
+        out[i] = np.clip(value, 0, 255, out=value)  # truncated to uint8, as torch's cast
+    result = torch.from_numpy(out.reshape(n, h, w, 3))
+    rest = np.flatnonzero(done & ~safe)
+    if len(rest):
+        index = torch.from_numpy(rest)
+        result[index] = _apply_od_sums(source[index], transform[index].cpu(), fitted[index], io)
+    return result
 
 
 def fit_macenko_target(
