@@ -254,3 +254,23 @@ def test_od_transform_of_a_degenerate_fit_saturates_as_the_formula_does() -> Non
     diff = np.abs(out.numpy().astype(int) - direct)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-2
     assert {0, 255} <= set(np.unique(out[1].numpy()).tolist())  # saturated both ways
+
+
+def test_masked_percentiles_are_numpys_over_each_rows_valid_entries() -> None:
+    """The percentiles Macenko's angles take (found with topk, not a sort) equal numpy's
+    linear percentiles of each row's valid entries: ties, sparse masks, any q."""
+    from napari_deeppt.stain.macenko import _masked_percentiles
+
+    rng = np.random.default_rng(11)
+    qs = (1.0, 99.0, 50.0, 37.5, 100.0, 0.0)
+    for trial in range(60):
+        n, rows = int(rng.integers(1, 300)), int(rng.integers(1, 5))
+        values = torch.from_numpy(rng.normal(size=(rows, n)).astype(np.float32))
+        if trial % 3 == 0:
+            values = torch.round(values * 3)  # ties
+        valid = torch.from_numpy(rng.random((rows, n)) < rng.uniform(0.05, 1.0))
+        valid[:, 0] = True
+        for q, got in zip(qs, _masked_percentiles(values, valid, qs), strict=True):
+            for row in range(rows):
+                kept = values[row][valid[row]].double().numpy()
+                assert float(got[row]) == pytest.approx(np.percentile(kept, q), rel=1e-5, abs=1e-5)

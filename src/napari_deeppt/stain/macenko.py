@@ -13,18 +13,29 @@ __all__ = ["apply_od_transform", "fit_macenko_target", "macenko_normalize", "mac
 
 
 def _masked_percentiles(values: Any, valid: Any, qs: tuple[float, ...]) -> list[Any]:
-    """numpy-style (linear) percentiles of each row over its valid entries (one sort)."""
+    """numpy-style (linear) percentiles of each row over its valid entries.
+
+    Only the order statistics the percentiles interpolate between are found: the few
+    smallest for ``q`` ≤ 50 and the few largest otherwise (``topk``, not a sort of the row:
+    Macenko's 1st and 99th percentiles of 8,192 angles need about 80 of each).
+    """
     import torch
 
+    n = values.shape[1]
     count = valid.sum(dim=1).clamp(min=1)
-    filled = torch.where(valid, values, torch.full_like(values, float("inf")))
-    ordered, _ = torch.sort(filled, dim=1)
     out = []
     for q in qs:
         pos = (q / 100.0) * (count - 1).to(values.dtype)
         lo = pos.floor().long()
         hi = torch.minimum(lo + 1, count - 1)
         frac = pos - lo.to(values.dtype)
+        low_end = q <= 50.0
+        if not low_end:  # ranks from the top: the i-th smallest of c is the (c-1-i)-th largest
+            lo, hi = count - 1 - lo, count - 1 - hi
+        k = min(n, int(torch.maximum(lo, hi).max()) + 1)
+        fill = float("inf") if low_end else float("-inf")  # invalid entries rank last
+        filled = torch.where(valid, values, torch.full_like(values, fill))
+        ordered = torch.topk(filled, k, dim=1, largest=not low_end, sorted=True).values
         v_lo = ordered.gather(1, lo[:, None])[:, 0]
         v_hi = ordered.gather(1, hi[:, None])[:, 0]
         out.append(v_lo + frac * (v_hi - v_lo))
