@@ -1,10 +1,8 @@
 """TIFF-family slides through tifffile: Aperio SVS, pyramidal/OME-TIFF, plain TIFF.
 
 Each pyramid level is a zarr array over tifffile's own zarr store, so chunks are the file's
-tiles (or strips) and nothing is decoded until asked for. The common level, one tiled and
-compressed RGB page, is read straight from its tiles instead, keeping decoded tiles in a
-bounded cache shared by the file's levels (:mod:`.tiff_tiles`). Uncompressed contiguous
-images are memory-mapped (a huge single-strip TIFF would otherwise be one giant chunk).
+tiles (or strips) and nothing is decoded until asked for. Uncompressed contiguous images are
+memory-mapped instead (a huge single-strip TIFF would otherwise be one giant chunk).
 """
 
 from __future__ import annotations
@@ -26,13 +24,61 @@ from ..errors import SlideFormatError
 from .base import Backend, LevelSource, SlideParts
 from .ome import parse_ome_xml, positive_float
 from .stored import JpegTiles, RawFile, TiffSegments
-from .tiff_tiles import DecodedTileCache, TiffTileArray, new_tile_cache
 
 __all__ = ["BACKEND", "open_tiff"]
 
 #: Plausible µm/px for a microscope image; resolution tags outside are screen defaults (72 dpi).
 PLAUSIBLE_MPP = (0.02, 100.0)
 ASSOCIATED_KEYWORDS = ("label", "macro", "thumbnail", "overview", "barcode")
+
+
+class TiffTileArray:
+    """Read-only numpy-style access to one TIFF page through tifffile's segment decoder.
+
+    The fallback when tifffile's zarr store cannot be used with the installed tifffile/zarr
+    pair: it reads and decodes exactly the tiles (or strips) a slice touches, with
+    ``TiffPage.decode`` (public in every tifffile of the last years). Axes are ``YXS``.
+    """
+
+    def __init__(self, page: Any) -> None:
+        separate, depth, length, width, samples = page.shaped
+        if separate != 1 or depth != 1:
+            raise ValueError("planar-separate or volumetric pages are not supported here")
+        self.page = page
+        self.shape = (int(length), int(width), int(samples))
+        self.dtype = page.dtype
+        self.tiled = bool(page.is_tiled)
+        self.segment = (
+            (int(page.tilelength), int(page.tilewidth))
+            if self.tiled
+            else (int(page.rowsperstrip), int(width))
+        )
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> Any:
+        rows, cols, chans = key
+        out = np.zeros((rows.stop - rows.start, cols.stop - cols.start, self.shape[2]), self.dtype)
+        seg_h, seg_w = self.segment
+        per_row = -(-self.shape[1] // seg_w)
+        fh = self.page.parent.filehandle
+        decode = self.page.decode
+        for sy in range(rows.start // seg_h, (rows.stop - 1) // seg_h + 1):
+            for sx in range(cols.start // seg_w, (cols.stop - 1) // seg_w + 1):
+                index = sy * per_row + sx if self.tiled else sy
+                offset, count = self.page.dataoffsets[index], self.page.databytecounts[index]
+                with fh.lock:
+                    fh.seek(offset)
+                    data = fh.read(count) if count else None
+                segment, _, _ = decode(data, index, jpegtables=self.page.jpegtables)
+                if segment is None:
+                    continue
+                segment = segment.reshape(segment.shape[-3:])  # (length, width, samples)
+                y0, x0 = sy * seg_h, sx * seg_w
+                r0, r1 = max(rows.start, y0), min(rows.stop, y0 + segment.shape[0])
+                c0, c1 = max(cols.start, x0), min(cols.stop, x0 + segment.shape[1])
+                out[r0 - rows.start : r1 - rows.start, c0 - cols.start : c1 - cols.start] = segment[
+                    r0 - y0 : r1 - y0, c0 - x0 : c1 - x0
+                ]
+        return out[:, :, chans]
 
 
 def _zarr_open_array(store: Any) -> Any:
@@ -45,11 +91,8 @@ def _zarr_open_array(store: Any) -> Any:
         return zarr.open(store, mode="r")
 
 
-def _level_array(
-    tif: Any, series: Any, level: int, cache: DecodedTileCache
-) -> tuple[Any, str, tuple[int, int] | None]:
-    """Return (array, axes, native chunk) for one level of a tifffile series (a page read
-    tile by tile keeps its decoded tiles in ``cache``)."""
+def _level_array(tif: Any, series: Any, level: int) -> tuple[Any, str, tuple[int, int] | None]:
+    """Return (array, axes, native chunk) for one level of a tifffile series."""
     import tifffile
 
     level_series = series.levels[level]
@@ -65,12 +108,12 @@ def _level_array(
         except Exception:
             pass
     if _decode_directly(tif, level_series, page, axes):
-        tiles = TiffTileArray(page, cache)
+        tiles = TiffTileArray(page)
         return tiles, "YXS", tiles.segment
     try:
         array = _zarr_open_array(series.aszarr(level=level))
     except Exception:  # a tifffile/zarr pair whose zarr API we cannot use: decode directly
-        tiles = TiffTileArray(page, cache)
+        tiles = TiffTileArray(page)
         return tiles, "YXS", tiles.segment
     if len(array.shape) != len(axes):  # store kept length-1 axes the series squeezed
         axes = level_series.get_axes(False)
@@ -300,10 +343,9 @@ def _open_tiff(path: Path) -> SlideParts:
         others = [s for s in others if all(s is not ls for ls, _ in level_series)]
 
     raw = RawFile(path, tif.filehandle.size)
-    cache = new_tile_cache()  # decoded tiles of every level, within one bound
     sources: list[LevelSource] = []
     for index, (series, level) in enumerate(level_series):
-        array, axes, chunks = _level_array(tif, series, level, cache)
+        array, axes, chunks = _level_array(tif, series, level)
         n_channels = 3 if _is_rgba(series) else None
         source = LevelSource(array, axes, path, f"level {index}", chunks, n_channels)
         source.jpeg_tiles = _jpeg_tiles(series.levels[level].keyframe, raw)
@@ -316,7 +358,7 @@ def _open_tiff(path: Path) -> SlideParts:
         key = _associated_key(_series_name(s), f"image{i + 1}") or f"image{i + 1}"
         while key in associated:
             key += "_"
-        array, axes, chunks = _level_array(tif, s, 0, cache)
+        array, axes, chunks = _level_array(tif, s, 0)
         associated[key] = LevelSource(
             array, axes, path, f"associated image {key!r}", chunks, 3 if _is_rgba(s) else None
         )
