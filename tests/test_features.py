@@ -250,19 +250,14 @@ def test_embedding_separates_tissue_types(tmp_path, svs_slide):
     assert np.isnan(rgb).any()  # glass cells are empty
 
 
-def test_memory_stays_flat_as_the_slide_grows(svs_slide, tmp_path, monkeypatch):
+def test_memory_stays_flat_as_the_slide_grows(svs_slide, tmp_path):
     """Peak traced memory for 4× the tiles grows only by the (tiny) result array.
 
-    Holding every tile would add ~5.9 MB here (120 more tiles of 128² × 3 bytes). The
-    decoded-tile cache, bounded on its own (tests/test_tile_cache.py), is held to 512 KB
-    here, which both runs fill.
+    Holding every tile would add ~5.9 MB here (120 more tiles of 128² × 3 bytes).
     """
     import tracemalloc
 
-    from napari_deeppt.backends import tiff_tiles
     from napari_deeppt.features import ExtractorSpec, register_extractor
-
-    monkeypatch.setattr(tiff_tiles, "TILE_CACHE_BYTES", 2**19)
 
     def build():
         return torch.nn.Sequential(
