@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,10 @@ def _masked_percentiles(values: Any, valid: Any, qs: tuple[float, ...]) -> list[
         low_end = q <= 50.0
         if not low_end:  # ranks from the top: the i-th smallest of c is the (c-1-i)-th largest
             lo, hi = count - 1 - lo, count - 1 - hi
-        k = min(n, int(torch.maximum(lo, hi).max()) + 1)
+        # enough ranks for any count ≤ n (bounded from n alone: no wait for a GPU), +1 for
+        # rounding: lo ≤ floor(p·(n-1)) from the bottom, ≤ ceil((1-p)·(n-1)) from the top
+        share = q / 100.0 if low_end else 1.0 - q / 100.0
+        k = min(n, math.ceil(share * (n - 1)) + 2)
         fill = float("inf") if low_end else float("-inf")  # invalid entries rank last
         filled = torch.where(valid, values, torch.full_like(values, fill))
         ordered = torch.topk(filled, k, dim=1, largest=not low_end, sorted=True).values
