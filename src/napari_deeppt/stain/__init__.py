@@ -1,4 +1,5 @@
-"""Stain normalisation of uint8 tile batches in torch (the same code on CPU and CUDA).
+"""Stain normalisation of uint8 tile batches in torch, on CPU and CUDA alike (on the CPU the
+fitted Macenko map is applied with numpy look-up tables: the same values to one grey level).
 
 Macenko et al. (2009) with DeepPT's reference target by default; Reinhard et al. (2001)
 colour transfer as the alternative. Inputs are ``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8
