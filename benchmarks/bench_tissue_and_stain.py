@@ -8,9 +8,12 @@
    the default strided fit), in one run.
 3. The fitted OD maps applied to those tiles resized to 224² px (what the feature pipeline
    does per batch): the CPU's products of tabulated factors against the sum-then-exponential
-   path CUDA keeps, in one run.
+   path CUDA keeps, in one run; and the fit alone (``macenko_transforms``, the pipeline's
+   strided fit, no map applied), in ms a tile.
 
-    python benchmarks/bench_tissue_and_stain.py
+    python benchmarks/bench_tissue_and_stain.py [--stain-only]
+
+``--stain-only`` skips part 1 (whose first run writes two large slides).
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ def best_of(fn, repeats=3):
 
 
 def main() -> None:
-    import torch
-    from tests.test_stain import reference_macenko
+    if "--stain-only" not in sys.argv:
+        tissue_detection()
+    stain()
 
-    from napari_deeppt import detect_tissue, macenko_normalize
+
+def tissue_detection() -> None:
+    from napari_deeppt import detect_tissue
     from napari_deeppt.io import cache_root
-    from napari_deeppt.testing import GENERATOR_VERSION, default_sample_spec, write_giant_slide
+    from napari_deeppt.testing import GENERATOR_VERSION, write_giant_slide
 
     folder = cache_root() / "benchmarks"
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,6 +63,14 @@ def main() -> None:
         )
     ratio = timings[160_000] / timings[40_000]
     print(f"ratio for 16× the level-0 pixels: {ratio:.2f} (goal: about 1, not 16)")
+
+
+def stain() -> None:
+    import torch
+    from tests.test_stain import reference_macenko
+
+    from napari_deeppt import macenko_normalize
+    from napari_deeppt.testing import default_sample_spec
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     spec = default_sample_spec(16384, 16384, 0.5, seed=0)
@@ -88,6 +102,8 @@ def main() -> None:
         f"  products of factors (CPU):   {1e3 * t_products / 64:6.2f} ms a tile "
         f"({t_sums / t_products:.1f}× faster)"
     )
+    t_fit = best_of(lambda: macenko_transforms(batch, DEEPPT_TARGET), 7)
+    print(f"Macenko fit alone (strided, as the pipeline fits): {1e3 * t_fit / 64:6.2f} ms a tile")
 
 
 if __name__ == "__main__":

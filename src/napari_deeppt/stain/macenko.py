@@ -64,17 +64,21 @@ def _percentile_rows(values: Any, q: float) -> Any:
 def _fit_macenko(
     od: Any, alpha: float, beta: float, min_fit_fraction: float
 ) -> tuple[Any, Any, Any]:
-    """Stain matrices (N, 3, 2), 99th-percentile concentrations (N, 2), fitted flags (N,)."""
+    """Stain matrices (N, 3, 2), 99th-percentile concentrations (N, 2), fitted flags (N,).
+
+    ``od`` is channel-first, ``(N, 3, P)``: every per-pixel step then runs over contiguous
+    rows of P values (on a CPU 2-8x faster per step than over rows of 3 channels).
+    """
     import torch
 
-    p = od.shape[1]
-    valid = (od >= beta).all(dim=-1)
+    p = od.shape[2]
+    valid = (od >= beta).all(dim=1)
     count = valid.sum(dim=1)
-    w = valid.to(od.dtype)
+    w = valid.to(od.dtype)[:, None, :]
     denom = count.clamp(min=2).to(od.dtype)
-    mean = (od * w[..., None]).sum(dim=1) / denom[:, None]
-    centred = (od - mean[:, None, :]) * w[..., None]
-    cov = centred.transpose(1, 2) @ centred / (denom - 1)[:, None, None]
+    mean = (od * w).sum(dim=2) / denom[:, None]
+    centred = (od - mean[:, :, None]) * w
+    cov = centred @ centred.transpose(1, 2) / (denom - 1)[:, None, None]
     cov = torch.nan_to_num(cov)
     _, vectors = torch.linalg.eigh(cov.double())
     vectors = vectors.to(od.dtype)[:, :, 1:3]  # the two largest, ascending order
@@ -82,8 +86,8 @@ def _fit_macenko(
     sign0 = torch.where(vectors[:, :, 1].sum(dim=1) < 0, -1.0, 1.0).to(od.dtype)
     sign1 = torch.where(vectors[:, 0, 0] < 0, -1.0, 1.0).to(od.dtype)
     vectors = vectors * torch.stack([sign1, sign0], dim=1)[:, None, :]
-    projected = od @ vectors
-    phi = torch.atan2(projected[..., 1], projected[..., 0])
+    projected = vectors.transpose(1, 2) @ od  # (N, 2, P)
+    phi = torch.atan2(projected[:, 1], projected[:, 0])
     min_phi, max_phi = _masked_percentiles(phi, valid, (alpha, 100 - alpha))
     v_min = (vectors @ torch.stack([torch.cos(min_phi), torch.sin(min_phi)], 1)[..., None])[..., 0]
     v_max = (vectors @ torch.stack([torch.cos(max_phi), torch.sin(max_phi)], 1)[..., None])[..., 0]
@@ -97,7 +101,7 @@ def _fit_macenko(
     safe_he = torch.where(
         fitted[:, None, None], he, torch.eye(3, 2, dtype=od.dtype, device=od.device)
     )
-    concentrations = torch.linalg.pinv(safe_he) @ od.transpose(1, 2)  # (N, 2, P)
+    concentrations = torch.linalg.pinv(safe_he) @ od  # (N, 2, P)
     max_c = _percentile_rows(concentrations, 99.0)
     fitted &= torch.isfinite(he).all(dim=(1, 2)) & (max_c > 1e-6).all(dim=1)
     return safe_he, max_c, fitted
@@ -183,11 +187,12 @@ def macenko_transforms(
     target = target or DEEPPT_TARGET
     batch, was_numpy, single = _as_batch(tiles, device)
     n, h, w, _ = batch.shape
-    flat = batch.reshape(n, h * w, 3)
+    sampled = batch
     if fit_max_pixels is not None and h * w > fit_max_pixels:
         step = int(np.ceil(np.sqrt(h * w / fit_max_pixels)))
-        flat = batch[:, ::step, ::step].reshape(n, -1, 3)
-    od = _od_lut(target.io, batch.device)[flat.long()]
+        sampled = batch[:, ::step, ::step]
+    channels = sampled.permute(0, 3, 1, 2).reshape(n, 3, -1)  # channel-first: (N, 3, P)
+    od = _od_lut(target.io, batch.device)[channels.long()]
     if n == 0:
         return (
             torch.zeros(0, 3, 3, device=batch.device),
@@ -316,7 +321,7 @@ def fit_macenko_target(
     batch, _, _ = _as_batch(image, None)
     if batch.shape[0] != 1:
         raise DeepPTError("fit the target from one image (H, W, 3), not a batch")
-    od = _od_lut(io, batch.device)[batch.reshape(1, -1, 3).long()]
+    od = _od_lut(io, batch.device)[batch.reshape(1, -1, 3).transpose(1, 2).long()]
     he, max_c, fitted = _fit_macenko(od, alpha, beta, min_fit_fraction=0.01)
     if not bool(fitted[0]):
         raise DeepPTError(
