@@ -127,6 +127,19 @@ def test_types_shapes_and_devices_round_trip():
         macenko_normalize(tile.astype(np.float32))
 
 
+@pytest.mark.parametrize("side", [64, 512])  # 512: the fit samples a strided subset
+def test_an_empty_batch_gives_empty_maps_and_tiles(side):
+    """No tiles in, no maps and no tiles out (small tiles fit on every pixel, large ones on
+    a strided sample: both paths)."""
+    from napari_deeppt.stain import macenko_transforms
+
+    empty = np.zeros((0, side, side, 3), np.uint8)
+    transform, fitted, _, _, _ = macenko_transforms(empty)
+    assert tuple(transform.shape) == (0, 3, 3) and tuple(fitted.shape) == (0,)
+    out, flags = macenko_normalize(empty, return_fitted=True)
+    assert out.shape == empty.shape and out.dtype == np.uint8 and flags.shape == (0,)
+
+
 def test_fit_target_refuses_blank_image():
     with pytest.raises(Exception, match="too little stained tissue"):
         fit_macenko_target(np.full((64, 64, 3), 245, np.uint8))

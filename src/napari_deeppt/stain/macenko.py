@@ -67,7 +67,7 @@ def _fit_macenko(
     """Stain matrices (N, 3, 2), 99th-percentile concentrations (N, 2), fitted flags (N,).
 
     ``od`` is channel-first, ``(N, 3, P)``: every per-pixel step then runs over contiguous
-    rows of P values (on a CPU 2-8x faster per step than over rows of 3 channels).
+    rows of P values (on a CPU 2-12x faster per step than over rows of 3 channels).
     """
     import torch
 
@@ -191,7 +191,8 @@ def macenko_transforms(
     if fit_max_pixels is not None and h * w > fit_max_pixels:
         step = int(np.ceil(np.sqrt(h * w / fit_max_pixels)))
         sampled = batch[:, ::step, ::step]
-    channels = sampled.permute(0, 3, 1, 2).reshape(n, 3, -1)  # channel-first: (N, 3, P)
+    pixels = sampled.shape[1] * sampled.shape[2]  # explicit: an empty batch reshapes too
+    channels = sampled.permute(0, 3, 1, 2).reshape(n, 3, pixels)  # channel-first: (N, 3, P)
     od = _od_lut(target.io, batch.device)[channels.long()]
     if n == 0:
         return (
