@@ -140,6 +140,15 @@ def test_an_empty_batch_gives_empty_maps_and_tiles(side):
     assert out.shape == empty.shape and out.dtype == np.uint8 and flags.shape == (0,)
 
 
+def test_tiles_without_pixels_are_refused_in_one_line():
+    from napari_deeppt.errors import DeepPTError
+
+    with pytest.raises(DeepPTError, match="at least one pixel"):
+        fit_macenko_target(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(DeepPTError, match="at least one pixel"):
+        macenko_normalize(np.zeros((2, 0, 5, 3), np.uint8))
+
+
 def test_fit_target_refuses_blank_image():
     with pytest.raises(Exception, match="too little stained tissue"):
         fit_macenko_target(np.full((64, 64, 3), 245, np.uint8))

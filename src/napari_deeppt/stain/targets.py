@@ -127,6 +127,10 @@ def _as_batch(tiles: Any, device: Any) -> tuple[Any, bool, bool]:
             "stain normalisation needs tiles shaped (N, H, W, 3) or (H, W, 3), "
             f"got {tuple(tensor.shape)}"
         )
+    if tensor.shape[1] == 0 or tensor.shape[2] == 0:
+        raise DeepPTError(
+            f"stain normalisation needs tiles of at least one pixel, got {tuple(tensor.shape)}"
+        )
     if device is not None:
         tensor = tensor.to(device)
     return tensor, was_numpy, single
