@@ -77,6 +77,20 @@ def test_package_built_once_then_loaded_by_a_fresh_process(monkeypatch) -> None:
         torch.testing.assert_close(again(_x()), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_the_package_is_frozen_into_onednn_convolutions() -> None:
+    """Freezing must really happen when the package is built: inductor freezes only with
+    gradients off, and without it the package ran plain convolutions (ResNet50 on a 2-core
+    AMD EPYC: 19.7 tiles/s against 22 frozen, as ``torch.compile`` with freezing gives)."""
+    import zipfile
+
+    package = _prepare(_tiny(), ("tiny", "w0"))
+    with zipfile.ZipFile(package.path) as archive:
+        (wrapper,) = [name for name in archive.namelist() if name.endswith("wrapper.cpp")]
+        code = archive.read(wrapper).decode()
+    assert "mkldnn__convolution_pointwise" in code  # weights prepacked, ReLU fused
+    assert "aoti_torch_cpu_convolution(" not in code
+
+
 def test_auto_without_a_package_runs_eagerly_and_builds_nothing() -> None:
     model = _tiny()
     prepared = _prepare(model, ("tiny", "w0"), mode="auto", n_tiles=300)
