@@ -12,6 +12,8 @@ With ``--compile`` on a CPU the bare model and the pipeline run the same compile
 and the features of the pipeline are compared with fp32's on the same tiles (``int8 R²``:
 the share of the features' variance across tiles that int8 keeps; ``cosine``: per tile);
 with ``--compile`` too, the compiled fp32 model is also timed in the same run.
+``--precision bfloat16`` does the same for the bfloat16 model
+(:mod:`napari_deeppt.features.bfloat16`; CPUs with AVX-512 BF16 or AMX, CUDA).
 With ``--weights FILE`` it uses those ResNet50 weights instead of random ones: the way to
 check int8 on the weights you use.
 Goals (issue 15, 2-core CPU): pipeline ≥ 0.85 × the compiled bare model in every run,
@@ -19,7 +21,8 @@ Goals (issue 15, 2-core CPU): pipeline ≥ 0.85 × the compiled bare model in ev
 
     python benchmarks/bench_features.py [--tiles 320] [--device auto] [--compile]
                                         [--gpu-decode auto|on|off] [--size 18432]
-                                        [--precision float32|int8] [--weights FILE]
+                                        [--precision float32|bfloat16|int8]
+                                        [--weights FILE]
 
 It also times reading alone: tifffile + Pillow in threads against the file's JPEG tiles
 decoded on the device (torchvision/nvJPEG), same tiles.
@@ -52,7 +55,7 @@ def main() -> None:
         default="auto",
         help="decode the slide's JPEG tiles on the device (auto: on CUDA)",
     )
-    parser.add_argument("--precision", choices=["float32", "int8"], default="float32")
+    parser.add_argument("--precision", choices=["float32", "bfloat16", "int8"], default="float32")
     parser.add_argument("--weights", default="random", help="ResNet50 weights (default random)")
     args = parser.parse_args()
 
@@ -99,15 +102,20 @@ def main() -> None:
             )
             fp32_bare = _bare_rate(fp32, x, n, device)
     else:
+        model, key = loaded.model, ("resnet50", loaded.weights_hash)
+        if args.precision == "bfloat16":  # as the pipeline wraps it (the same package)
+            from napari_deeppt.features.bfloat16 import BFloat16Model
+
+            model, key = BFloat16Model(model), (*key, "bfloat16")
         model = prepare_model(  # the same key and shape as the pipeline's: the same package
-            loaded.model,
-            device,
-            args.compile,
-            n if args.compile else 0,
-            key=("resnet50", loaded.weights_hash),
-            batch=batch,
+            model, device, args.compile, n if args.compile else 0, key=key, batch=batch
         )
         bare = _bare_rate(model, x, n, device)
+        if args.compile and args.precision == "bfloat16":  # compiled fp32, for the ratio
+            fp32 = prepare_model(
+                loaded.model, device, True, n, ("resnet50", loaded.weights_hash), batch=batch
+            )
+            fp32_bare = _bare_rate(fp32, x, n, device)
 
     run = {
         "extractor": "resnet50",
@@ -176,14 +184,17 @@ def main() -> None:
     if fp32_bare == fp32_bare:  # measured
         print(
             f"compiled fp32 bare model: {fp32_bare:8.1f} tiles/s  "
-            f"int8 pipeline / compiled fp32 bare {pipeline / fp32_bare:.2f}"
+            f"{args.precision} pipeline / compiled fp32 bare {pipeline / fp32_bare:.2f}"
         )
-    if args.precision == "int8":
+    if args.precision != "float32":
         from napari_deeppt.features.quantized import agreement
 
         r2, cosine = agreement(result.features, extract_features(slide, grid, **{
             **run, "precision": "float32", "compile": False}).features)  # fmt: skip
-        print(f"int8 against fp32: R² {r2:.4f} of the features' variance, cosine ≥ {cosine:.4f}")
+        print(
+            f"{args.precision} against fp32: R² {r2:.4f} of the features' variance, "
+            f"cosine ≥ {cosine:.4f}"
+        )
 
 
 def _bare_rate(model, x, n: int, device) -> float:

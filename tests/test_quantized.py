@@ -116,7 +116,7 @@ def test_int8_is_refused_where_it_does_not_apply(slide_and_grid):
         extract_features(slide, grid, **{**RUN, "extractor": "resnet34"}, precision="int8")
     with pytest.raises(DeepPTError, match="CPU only, not on cuda"):
         require_int8("resnet50", torch.device("cuda"))
-    with pytest.raises(ValueError, match="precision must be 'float32' or 'int8'"):
+    with pytest.raises(ValueError, match="precision must be 'float32', 'bfloat16' or 'int8'"):
         FeatureParams(precision="int4")
     with pytest.raises(ValueError, match="compile=True does not apply"):
         FeatureParams(precision="int8", compile=True)
@@ -255,7 +255,7 @@ def test_training_refuses_int8_and_float32_stores_together_and_records_int8(int8
     assert by_default.provenance["features"]["precision"] == "int8"
     asked = predict(slide, tmp_path / "int8.deeppt", **run, precision="float32")
     assert asked.provenance["features"]["precision"] == "float32"
-    with pytest.raises(ValueError, match="precision must be 'float32' or 'int8'"):
+    with pytest.raises(ValueError, match="precision must be 'float32', 'bfloat16' or 'int8'"):
         predict(slide, tmp_path / "int8.deeppt", **run, precision="fp16")
 
 
@@ -350,7 +350,7 @@ def test_a_cohort_runs_at_the_precision_asked_for_and_resumes_only_at_the_same(
     assert main([*command, "--precision", "int8"]) == 0
     assert json.loads((out / "slides" / "B.run.json").read_text())["precision"]["engine"]
     capsys.readouterr()
-    with pytest.raises(ValueError, match="precision must be 'float32' or 'int8'"):
+    with pytest.raises(ValueError, match="precision must be 'float32', 'bfloat16' or 'int8'"):
         run_cohort(table, bundle, tmp_path / "never", precision="fp16", **run)
     with pytest.raises(DeepPTError, match="int8' is available for resnet18, resnet50"):
         run_cohort(table, demo_bundle(progress=False), tmp_path / "never", precision="int8", **run)

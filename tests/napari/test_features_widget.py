@@ -153,3 +153,27 @@ def test_the_precision_choice_reaches_the_extraction(qtbot, viewer_with_tiles):
     assert int8.provenance["precision"] == "int8"
     assert not np.array_equal(int8.features, fp32.features)
     quantized._KEPT.clear()
+
+
+def test_bfloat16_in_the_dock_runs_where_native_and_says_why_not_elsewhere(
+    qtbot, viewer_with_tiles, monkeypatch
+):
+    """bfloat16 picked in the dock: a one-line reason on a CPU without it, the bfloat16
+    model (said in the status) where the CPU has it."""
+    from napari_deeppt.features import bfloat16
+
+    viewer, _ = viewer_with_tiles
+    widget = _widget(viewer)
+    assert "bfloat16" in [str(choice) for choice in widget.precision.choices]
+    widget.precision.value = "bfloat16"
+    monkeypatch.setattr(bfloat16, "native_bfloat16", lambda device: False)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=60_000)
+    assert "no native bfloat16" in widget.status.value, widget.status.value
+    assert "\n" not in widget.status.value.strip()
+    monkeypatch.setattr(bfloat16, "native_bfloat16", lambda device: True)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._job is None, timeout=60_000)
+    assert widget.status.value.endswith("; bfloat16"), widget.status.value
+    result = viewer.layers["small feature embedding"].metadata["deeppt_features"]
+    assert result.provenance["precision"] == "bfloat16"

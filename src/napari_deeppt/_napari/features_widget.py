@@ -105,10 +105,11 @@ class FeaturesWidget(JobWidget):
                 if features.from_cache
                 else (f"in {features.provenance.get('seconds', 0):.1f} s")
             )
+            precision = features.provenance.get("precision", "float32")
             self.status.value = (
                 f"{len(features)} tiles × {features.feature_dim} features "
                 f"{where}; weights {features.provenance['weights_hash']}"
-                + ("; int8" if features.provenance.get("precision") == "int8" else "")
+                + ("" if precision == "float32" else f"; {precision}")
             )
 
         return self._start(

@@ -24,7 +24,8 @@ from .spots_section import MeasuredSpots
 
 __all__ = ["PredictWidget"]
 
-#: The precision choice that means the bundle's own (float32 unless trained on int8).
+#: The precision choice that means the bundle's own (float32 unless trained on bfloat16 or
+#: int8 features).
 MODELS_PRECISION = "the model's"
 
 
@@ -60,7 +61,9 @@ class PredictWidget(JobWidget):
             choices=[MODELS_PRECISION, *(str(p) for p in ModelPrecision)],
             value=MODELS_PRECISION,
             tooltip="the model's arithmetic for the features: the one it was trained with, "
-            "or int8 on the CPU (ResNets; about twice as fast, within quantization error)",
+            "bfloat16 (CPUs with AVX-512 BF16 or AMX: about twice as fast, within bfloat16 "
+            "rounding) or int8 on the CPU (ResNets; about twice as fast, within quantization "
+            "error)",
         )
         # choices come from a callable: napari calls reset_choices() on docked widgets
         # whenever layers change, which must not forget the predicted genes

@@ -261,7 +261,7 @@ def add_precision_option(parser: argparse.ArgumentParser, bundles: bool = False)
     """
     default = None if bundles else str(field_default(FeatureParams, "precision"))
     said = (
-        "default: the model's, float32 unless trained on int8 features"
+        "default: the model's, float32 unless trained on bfloat16 or int8 features"
         if bundles
         else ("default %(default)s")
     )
@@ -269,8 +269,9 @@ def add_precision_option(parser: argparse.ArgumentParser, bundles: bool = False)
         "--precision",
         default=default,
         choices=[str(precision) for precision in ModelPrecision],
-        help=f"float32 (DeepPT's) or int8: about twice as fast on a CPU, resnet18/resnet50 "
-        f"only, features within quantization error of float32's ({said})",
+        help="float32 (DeepPT's); bfloat16: about twice as fast on CPUs with AVX-512 BF16 "
+        "or AMX, features within bfloat16 rounding of float32's; int8: about twice as fast "
+        f"on a CPU, resnet18/resnet50 only, features within quantization error ({said})",
     )
 
 

@@ -111,9 +111,10 @@ def _features_of(
             writers[fmt](target, overwrite=True)
     seconds = features.provenance.get("seconds") or 0.0
     timing = " (from the cache)" if features.from_cache else f" in {seconds:.1f} s"
+    precision = features.provenance.get("precision", "float32")
     print(
         f"{slide.path.name}: {len(features)} tiles × {features.feature_dim} features "
         f"({args.extractor}, weights {features.provenance['weights_hash']}"
-        f"{', int8' if features.provenance.get('precision') == 'int8' else ''}){timing}"
+        f"{'' if precision == 'float32' else ', ' + precision}){timing}"
     )
     print_written(targets)

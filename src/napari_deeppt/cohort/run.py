@@ -75,13 +75,14 @@ def run_cohort(
         As for :func:`~napari_deeppt.prediction.predict`; ``device="auto"`` gives each worker
         its own GPU when there are several.
     precision
-        The extractor's arithmetic: None (the bundle's own, as it was trained), ``float32``
-        or ``int8`` (ResNet on the CPU: about twice as fast, features within about 0.5 % of
-        float32's variance). Each slide's record keeps a precision other than the bundle's,
-        and int8's engine and torch version, so a resumed run never mixes them. int8 is
-        checked against ``device`` as this machine resolves it: with a remote cluster whose
-        workers have GPUs, pass ``device="cpu"`` (or every slide fails, each in its own
-        report row).
+        The extractor's arithmetic: None (the bundle's own, as it was trained), ``float32``,
+        ``bfloat16`` (where the hardware has it natively: about twice as fast on such a CPU,
+        features within bfloat16's rounding) or ``int8`` (ResNet on the CPU: about twice as
+        fast, features within about 0.5 % of float32's variance). Each slide's record keeps
+        a precision other than the bundle's, and int8's engine and torch version, so a
+        resumed run never mixes them. bfloat16 and int8 are checked against ``device`` as
+        this machine resolves it: with a remote cluster whose workers have GPUs, pass
+        ``device="cpu"`` (or every slide fails, each in its own report row).
     progress
         See :mod:`napari_deeppt.progress`.
     params, **options
@@ -255,13 +256,17 @@ def _precision_record(
     ValueError
         An unknown precision.
     DeepPTError
-        int8 for an extractor or a device it does not run on (here ``device="auto"`` is
-        this machine's choice), before any slide is scheduled.
+        bfloat16 or int8 for an extractor or a device it does not run on (here
+        ``device="auto"`` is this machine's choice), before any slide is scheduled.
     """
     from ..devices import resolve_device
     from ..prediction import precision_for
 
     chosen = precision_for(feature, precision)
+    if chosen == "bfloat16":
+        from ..features.bfloat16 import require_bfloat16
+
+        require_bfloat16(resolve_device(device))
     if chosen == "int8":
         from ..features.quantized import int8_identity, require_int8
 

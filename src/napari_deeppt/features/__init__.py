@@ -9,6 +9,7 @@
 - :mod:`.batches`: tiles into device batches, read ahead in threads;
 - :mod:`.store`: :class:`FeatureSet`, its zarr store and exports, the cache key and lookup;
 - :mod:`.engine`: :func:`extract_features`, the streaming loop;
+- :mod:`.bfloat16`: the extractor in bfloat16, where the hardware has it natively;
 - :mod:`.quantized`: the int8 form of the ResNets on the CPU, calibrated once and kept;
 - :mod:`.gpu`: JPEG decoding, Pillow-exact resizing and pinned readback on the device.
 """

@@ -83,18 +83,13 @@ def extract_features(
     slide, grid = _checked_inputs(slide, grid, progress, cancel)
     stain_dict = stain_config(p.stain, p.fit_max_pixels)
     dev = resolve_device(p.device)
-    int8 = None
-    if p.precision == ModelPrecision.INT8:  # refused before any weights are looked for
-        from .quantized import int8_identity, require_int8
-
-        require_int8(p.extractor, dev)
-        int8 = int8_identity()
+    int8 = _required_precision(p, dev)  # refused before any weights are looked for
     loaded = load_extractor(p.extractor, p.weights, seed=p.seed)
     reader = _jpeg_reader(slide, grid, dev, p.gpu_decode)
     reader_name = "torchvision-jpeg" if reader is not None else "tiles"
     key, fields = cache_key(
         slide, grid, p.extractor, loaded.weights_hash, loaded.spec, stain_dict, p.dtype,
-        reader_name, int8=int8,
+        reader_name, int8=int8, precision=p.precision,
     )  # fmt: skip
     entry = cache_entry(cache_dir, key)
     if p.use_cache and (cached := load_cached(entry)) is not None:
@@ -104,18 +99,48 @@ def extract_features(
     if len(grid) == 0:
         return FeatureSet(np.zeros((0, loaded.spec.feature_dim), p.dtype), grid, provenance)
     warn_cpu_time(loaded.spec, dev, len(grid))
-    if int8 is not None:
-        from .quantized import int8_model
-
-        model = int8_model(loaded, dev, progress, cancel)
-    else:
-        model = prepare_model(
-            loaded.model, dev, p.compile, len(grid), (p.extractor, loaded.weights_hash),
-            batch=batch, input_size=loaded.spec.input_size,
-        )  # fmt: skip
+    model = _model(loaded, p, dev, len(grid), batch, progress, cancel)
     run = _Run(slide, grid, reader, model, loaded, stain_dict, dev, batch, workers, p.dtype)
     features = _stream(run, entry if p.use_cache else None, provenance, progress, cancel, started)
     return FeatureSet(features, grid, provenance)
+
+
+def _required_precision(p: FeatureParams, dev: Any) -> dict[str, Any] | None:
+    """Refuse a precision ``dev`` cannot run (one line); int8's identity, else None."""
+    if p.precision == ModelPrecision.BFLOAT16:
+        from .bfloat16 import require_bfloat16
+
+        require_bfloat16(dev)
+    if p.precision != ModelPrecision.INT8:
+        return None
+    from .quantized import int8_identity, require_int8
+
+    require_int8(p.extractor, dev)
+    return int8_identity()
+
+
+def _model(
+    loaded: LoadedExtractor,
+    p: FeatureParams,
+    dev: Any,
+    n_tiles: int,
+    batch: int,
+    progress: ProgressLike,
+    cancel: CancelLike,
+) -> Any:
+    """The extractor ready to run at ``p.precision`` on ``dev`` (compiled as ``p`` says)."""
+    if p.precision == ModelPrecision.INT8:
+        from .quantized import int8_model
+
+        return int8_model(loaded, dev, progress, cancel)
+    model, key = loaded.model, (p.extractor, loaded.weights_hash)
+    if p.precision == ModelPrecision.BFLOAT16:
+        from .bfloat16 import BFloat16Model
+
+        model, key = BFloat16Model(model), (*key, p.precision)
+    return prepare_model(
+        model, dev, p.compile, n_tiles, key, batch=batch, input_size=loaded.spec.input_size
+    )
 
 
 def _checked_inputs(

@@ -279,6 +279,7 @@ def cache_key(
     dtype: str,
     reader: str = "tiles",
     int8: dict[str, Any] | None = None,
+    precision: str = "float32",
 ) -> tuple[str, dict[str, Any]]:
     """The cache key of a feature run and the fields it digests.
 
@@ -297,8 +298,10 @@ def cache_key(
     int8
         For an int8 model, what makes it besides the weights
         (:func:`~napari_deeppt.features.quantized.int8_identity`: recipe, engine,
-        calibration, versions): digested with ``precision: "int8"``. float32 runs (None)
-        keep the keys they had before the choice existed.
+        calibration, versions): digested with ``precision: "int8"``.
+    precision
+        ``"float32"`` or ``"bfloat16"`` (digested as such); ignored with ``int8``. float32
+        runs keep the keys they had before the choice existed.
 
     Returns
     -------
@@ -332,6 +335,8 @@ def cache_key(
     if int8 is not None:
         fields["precision"] = "int8"
         fields["int8"] = int8
+    elif precision != "float32":
+        fields["precision"] = str(precision)
     key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
     return key[:24], fields
 

@@ -211,8 +211,9 @@ def _bundle(
         "min_tissue": tiles.min_tissue,
         "stain": provenance["stain"],
         **({"mode": "spots"} if inputs.spots else {}),
-        # int8 features: the model was fitted to them (fp32 bundles keep their records)
-        **_int8_record(provenance),
+        # bfloat16 or int8 features: the model was fitted to them (fp32 bundles keep their
+        # records)
+        **_precision_record(provenance),
     }
     training = {
         **asdict(options),
@@ -259,8 +260,12 @@ def _write_outputs(
     return TrainingResult(out, cv.metrics, cv.summary, heldout, cv.per_section)
 
 
-def _int8_record(provenance: dict[str, Any]) -> dict[str, Any]:
-    """``precision`` and the int8 model's identity when the training features were int8."""
-    if provenance.get("precision", "float32") == "float32":
+def _precision_record(provenance: dict[str, Any]) -> dict[str, Any]:
+    """``precision`` when the training features were not float32, with the int8 model's
+    identity when they were int8."""
+    precision = provenance.get("precision", "float32")
+    if precision == "float32":
         return {}
-    return {"precision": provenance["precision"], "int8": provenance.get("int8")}
+    if precision == "int8":
+        return {"precision": precision, "int8": provenance.get("int8")}
+    return {"precision": precision}
