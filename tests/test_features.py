@@ -457,3 +457,20 @@ def test_a_disagreeing_device_decoder_falls_back_to_tifffile(tmp_path, monkeypat
             progress=False,
         )
     assert features.provenance["reader"] == "tiles"
+
+
+def test_the_model_input_is_the_resized_tile_imagenet_normalised_channels_last():
+    """(x / 255 - mean) / std per channel, to float32 rounding, in channels-last memory
+    (computed in one fused pass since 2026-12-08)."""
+    from napari_deeppt.features.preprocess import preprocess_batch, resize_uint8
+
+    spec = load_extractor("resnet18", "random").spec
+    tiles = torch.randint(
+        0, 256, (3, 300, 300, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    x = preprocess_batch(tiles, spec, {"method": None})
+    resized = resize_uint8(tiles, spec.input_size).permute(0, 3, 1, 2).double() / 255
+    mean = torch.tensor(spec.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float64).view(1, 3, 1, 1)
+    torch.testing.assert_close(x.double(), (resized - mean) / std, rtol=0, atol=1e-6)
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
