@@ -3,8 +3,9 @@
 Compiling ResNet50 with inductor on a 2-core CPU takes 40–60 s, every process: a slide of a
 few hundred tiles would pay more for compiling than it saves, so it ran eagerly at about
 0.7 of the compiled speed. On the CPU a compiled model is therefore kept on disk as an
-AOTInductor package (``torch.export`` + ``aoti_compile_and_package``, weights frozen in),
-built once and loaded by later processes in about a second:
+AOTInductor package (``torch.export`` + ``aoti_compile_and_package`` with gradients off,
+so that inductor freezes it: weights prepacked for oneDNN, convolutions fused with their
+batch norms and ReLUs), built once and loaded by later processes in about a second:
 
 ``<cache_root>/compiled/<key>.pt2`` and ``<key>.json``, where the key is the SHA-256 of
 everything the compiled code depends on — torch's version, the CPU (instruction set and
