@@ -25,7 +25,11 @@ RUN = {"extractor": "resnet18", "weights": "random", "progress": False, "use_cac
 
 @pytest.fixture(autouse=True)
 def _fresh(tmp_path, monkeypatch):
+    """Each test starts with an empty cache and no bfloat16 copy kept in memory."""
     monkeypatch.setenv("NAPARI_DEEPPT_CACHE", str(tmp_path / "cache"))
+    bfloat16._KEPT.clear()
+    yield
+    bfloat16._KEPT.clear()
 
 
 @pytest.fixture
@@ -209,3 +213,17 @@ def test_a_model_trained_on_bfloat16_features_records_and_predicts_at_it(tmp_pat
         predict(slide, tmp_path / "bf16.deeppt", **run)
     asked = predict(slide, tmp_path / "bf16.deeppt", **run, precision="float32")
     assert asked.provenance["features"]["precision"] == "float32"
+
+
+def test_the_bfloat16_copy_is_made_once_per_model_and_never_another_models():
+    from napari_deeppt.features.extractors import load_extractor
+
+    one = load_extractor("resnet18", "random").model
+    first = bfloat16.bfloat16_model(one, ("resnet18", "a"))
+    assert bfloat16.bfloat16_model(one, ("resnet18", "a")) is first  # a cohort's next slide
+    other = load_extractor("resnet18", "random", seed=1).model
+    second = bfloat16.bfloat16_model(other, ("resnet18", "a"))  # same key, other module
+    assert second is not first
+    weights = next(iter(second.wrapped.parameters()))
+    expected = next(iter(other.parameters())).to(torch.bfloat16)
+    assert torch.equal(weights, expected)  # the copy of the model given, not the one kept

@@ -135,9 +135,9 @@ def _model(
         return int8_model(loaded, dev, progress, cancel)
     model, key = loaded.model, (p.extractor, loaded.weights_hash)
     if p.precision == ModelPrecision.BFLOAT16:
-        from .bfloat16 import BFloat16Model
+        from .bfloat16 import bfloat16_model
 
-        model, key = BFloat16Model(model), (*key, p.precision)
+        model, key = bfloat16_model(model, key), (*key, p.precision)
     return prepare_model(
         model, dev, p.compile, n_tiles, key, batch=batch, input_size=loaded.spec.input_size
     )
