@@ -208,6 +208,7 @@ def test_a_model_trained_on_bfloat16_features_records_and_predicts_at_it(tmp_pat
     run = {"weights": "random", "progress": False, "cache_dir": tmp_path / "cache"}
     by_default = predict(slide, tmp_path / "bf16.deeppt", **run)  # the model's precision
     assert by_default.provenance["features"]["precision"] == "bfloat16"
+    assert by_default.to_anndata().uns["deeppt"]["precision"] == "bfloat16"  # in the file too
     monkeypatch.setattr(bfloat16, "native_bfloat16", lambda device: False)
     with pytest.raises(DeepPTError, match=r"no native bfloat16.*use precision 'float32'"):
         predict(slide, tmp_path / "bf16.deeppt", **run)
@@ -227,3 +228,29 @@ def test_the_bfloat16_copy_is_made_once_per_model_and_never_another_models():
     weights = next(iter(second.wrapped.parameters()))
     expected = next(iter(other.parameters())).to(torch.bfloat16)
     assert torch.equal(weights, expected)  # the copy of the model given, not the one kept
+
+
+def test_commands_refuse_bfloat16_once_before_any_slide(tmp_path, capsys, svs_slide, monkeypatch):
+    """With several slides the refusal is one line and exit status 2, before any slide is
+    read (not one error per slide after its tissue detection, and exit status 1)."""
+    from napari_deeppt import tiles
+    from napari_deeppt.cli import main
+    from napari_deeppt.samples import demo_bundle
+
+    def never(*args, **kwargs):
+        raise AssertionError("a slide was worked on before the precision was checked")
+
+    bundle = str(demo_bundle(progress=False))
+    monkeypatch.setattr(bfloat16, "native_bfloat16", lambda device: False)
+    monkeypatch.setattr(tiles, "detect_and_tile", never)
+    slides = [str(svs_slide.path), str(svs_slide.path.with_name("other.svs"))]
+    svs_slide.path.with_name("other.svs").write_bytes(svs_slide.path.read_bytes())
+    for command in (
+        ["features", *slides, "--extractor", "resnet18", "--weights", "random"],
+        ["predict", *slides, "--model", bundle],
+    ):
+        out = tmp_path / command[0]
+        assert main([*command, "--out", str(out), "--precision", "bfloat16", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "no native bfloat16" in err, err
+        assert len(err.splitlines()) == 1 and not out.exists()

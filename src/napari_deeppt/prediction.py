@@ -130,6 +130,8 @@ class Prediction:
             "bundle": self.bundle_path,
             "demo_model": self.demo,
             "spatial_units": "micrometer",
+            # the extractor's arithmetic (float32, bfloat16 or int8): results differ by it
+            "precision": str(self.provenance.get("features", {}).get("precision", "float32")),
         }
         if "regions_of_interest" in self.provenance:
             import json
@@ -448,12 +450,14 @@ def predict(
         one built earlier (what napari uses), True or False.
     """
     from .features import extract_features
+    from .features.engine import require_precision
     from .tiles import detect_and_tile
 
     slide = as_slide(slide)
     model, bundle_path = _load_bundle(bundle)
     feature = model.feature
     precision = precision_for(feature, precision)  # checked before any slide work
+    require_precision(precision, str(feature.get("extractor")), device)
     if weights is None and feature.get("weights_hash") == "random-0":
         weights = "random"
     _check_weights_file(feature, weights, bundle_path)

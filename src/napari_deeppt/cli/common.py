@@ -270,8 +270,9 @@ def add_precision_option(parser: argparse.ArgumentParser, bundles: bool = False)
         default=default,
         choices=[str(precision) for precision in ModelPrecision],
         help="float32 (DeepPT's); bfloat16: about twice as fast on CPUs with AVX-512 BF16 "
-        "or AMX, features within bfloat16 rounding of float32's; int8: about twice as fast "
-        f"on a CPU, resnet18/resnet50 only, features within quantization error ({said})",
+        "or AMX (refused on others) and on CUDA GPUs with bfloat16, features within "
+        "bfloat16 rounding of float32's; int8: about twice as fast on a CPU, "
+        f"resnet18/resnet50 only, features within quantization error ({said})",
     )
 
 

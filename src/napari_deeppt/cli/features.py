@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..features import extract_features
+from ..features.engine import require_precision
 from ..features.params import FeatureDtype, FeatureParams
 from ..params import field_default
 from .common import (
@@ -66,6 +67,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         raise ValueError("--tiles takes the grid of one slide; give one SLIDE with it")
     if args.tiles and args.roi:
         raise ValueError("--roi restricts detected tiles; with --tiles the grid is used as is")
+    require_precision(args.precision, args.extractor, args.device)  # before any slide
     return run_per_slide(
         args,
         [f"features.{fmt}" for fmt in formats],

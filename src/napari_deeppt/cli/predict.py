@@ -57,13 +57,17 @@ def add_parser(subparsers: Any) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict every slide with one bundle; named GeoJSON genes are checked first."""
+    from ..features.engine import require_precision
     from ..model.bundle import ModelBundle
+    from ..prediction import precision_for
 
     bundle = ModelBundle.load(args.model)
     if args.geojson and not (args.geojson_genes.isdigit() or args.geojson_genes == "all"):
         unknown = [g for g in args.geojson_genes.split(",") if g.strip() not in bundle.genes]
         if unknown:  # before any slide is read
             raise DeepPTError(f"--geojson-genes: {unknown[:5]} not predicted by {args.model}")
+    precision = precision_for(bundle.feature, args.precision)
+    require_precision(precision, str(bundle.feature.get("extractor")), args.device)
     names = ["expression.csv", "tiles.h5ad", "expression.png"]
     if args.geojson:
         names.append("tiles.geojson")

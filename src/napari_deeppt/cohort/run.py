@@ -259,18 +259,14 @@ def _precision_record(
         bfloat16 or int8 for an extractor or a device it does not run on (here
         ``device="auto"`` is this machine's choice), before any slide is scheduled.
     """
-    from ..devices import resolve_device
+    from ..features.engine import require_precision
     from ..prediction import precision_for
 
     chosen = precision_for(feature, precision)
-    if chosen == "bfloat16":
-        from ..features.bfloat16 import require_bfloat16
-
-        require_bfloat16(resolve_device(device))
+    require_precision(chosen, str(feature.get("extractor")), device)
     if chosen == "int8":
-        from ..features.quantized import int8_identity, require_int8
+        from ..features.quantized import int8_identity
 
-        require_int8(str(feature.get("extractor")), resolve_device(device))
         return {"precision": "int8", **int8_identity()}
     return None if chosen == precision_for(feature, None) else chosen
 

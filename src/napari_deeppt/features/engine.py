@@ -40,7 +40,7 @@ from .params import FeatureParams, ModelPrecision
 from .preprocess import preprocess_batch, stain_config
 from .store import FeatureSet, cache_entry, cache_key, create_store, finish_store, load_cached
 
-__all__ = ["FeatureSet", "extract_features"]
+__all__ = ["FeatureSet", "extract_features", "require_precision"]
 
 
 def extract_features(
@@ -103,6 +103,33 @@ def extract_features(
     run = _Run(slide, grid, reader, model, loaded, stain_dict, dev, batch, workers, p.dtype)
     features = _stream(run, entry if p.use_cache else None, provenance, progress, cancel, started)
     return FeatureSet(features, grid, provenance)
+
+
+def require_precision(precision: Any, extractor: str, device: Any = "auto") -> None:
+    """Refuse, in one line, a precision that ``extractor`` or ``device`` cannot run.
+
+    What :func:`extract_features` checks first, for callers that check before any slide
+    work (commands with several slides, predictions, cohort runs).
+
+    Parameters
+    ----------
+    precision
+        A :class:`~napari_deeppt.features.params.ModelPrecision` value.
+    extractor
+        The extractor's registry name.
+    device
+        ``auto``, ``cpu``, ``cuda`` … as :class:`FeatureParams` takes it.
+
+    Raises
+    ------
+    ValueError
+        An unknown precision.
+    DeepPTError
+        bfloat16 where the device has no native bfloat16; int8 for another extractor than
+        the ResNets it has, or off the CPU.
+    """
+    params = FeatureParams(extractor=extractor, precision=precision, device=device)
+    _required_precision(params, resolve_device(params.device))
 
 
 def _required_precision(p: FeatureParams, dev: Any) -> dict[str, Any] | None:
