@@ -177,3 +177,5 @@ def test_bfloat16_in_the_dock_runs_where_native_and_says_why_not_elsewhere(
     assert widget.status.value.endswith("; bfloat16"), widget.status.value
     result = viewer.layers["small feature embedding"].metadata["deeppt_features"]
     assert result.provenance["precision"] == "bfloat16"
+    where = f"\u00a0s on {result.provenance['device']}; weights random-0"  # says where it ran
+    assert where in widget.status.value, widget.status.value

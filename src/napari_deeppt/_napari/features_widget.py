@@ -100,10 +100,13 @@ class FeaturesWidget(JobWidget):
         def on_result(features: Any) -> None:
             self.result = features
             add_or_update(self._viewer, embedding_layer_data(features, name))
-            where = (
+            where = (  # a no-break space: "5.1 s" never wraps apart
                 "from the cache"
                 if features.from_cache
-                else (f"in {features.provenance.get('seconds', 0):.1f} s")
+                else (
+                    f"in {features.provenance.get('seconds', 0):.1f}\u00a0s "
+                    f"on {features.provenance.get('device', '?')}"
+                )
             )
             precision = features.provenance.get("precision", "float32")
             self.status.value = (
