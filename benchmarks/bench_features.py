@@ -65,6 +65,7 @@ def main() -> None:
     from napari_deeppt import extract_features, open_slide
     from napari_deeppt.devices import resolve_device
     from napari_deeppt.features.compiled import prepare_model
+    from napari_deeppt.features.engine import require_precision
     from napari_deeppt.features.extractors import load_extractor
     from napari_deeppt.io import cache_root
     from napari_deeppt.testing import (
@@ -75,6 +76,7 @@ def main() -> None:
     from napari_deeppt.tiles import make_tile_grid
 
     device = resolve_device(args.device)
+    require_precision(args.precision, "resnet50", device)  # one line where it cannot run
     batch = args.batch_size or (256 if device.type == "cuda" else 32)
     folder = cache_root() / "benchmarks"
     folder.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,23 @@ def test_features_on_cuda_match_cpu_in_order(cmu, tmp_path, gpu_decode):
     np.testing.assert_array_equal(distances.argmin(1), np.arange(len(a)))
 
 
+def test_bfloat16_features_on_cuda_match_the_cpus_float32(cmu):
+    """precision="bfloat16" on a GPU with bfloat16: bfloat16 weights (under the autocast
+    float32 runs with there), its own provenance, features close to the CPU's float32."""
+    from napari_deeppt.features.quantized import agreement
+
+    slide, grid = cmu
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    common = {"extractor": "resnet18", "weights": "random", "dtype": "float32",
+              "use_cache": False, "progress": False, "compile": False}  # fmt: skip
+    cpu = extract_features(slide, grid, device="cpu", **common).features
+    gpu = extract_features(slide, grid, device="cuda", precision="bfloat16", **common)
+    assert gpu.provenance["precision"] == "bfloat16"
+    r2, cosine = agreement(gpu.features, cpu)
+    assert r2 >= 0.99 and cosine >= 0.99, (r2, cosine)
+
+
 def test_deferred_readback_on_cuda():
     from napari_deeppt.features.gpu.readback import Readback
 
