@@ -254,3 +254,28 @@ def test_commands_refuse_bfloat16_once_before_any_slide(tmp_path, capsys, svs_sl
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "no native bfloat16" in err, err
         assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_gpu_that_only_emulates_bfloat16_is_not_taken_for_one_that_has_it(monkeypatch):
+    """torch says bfloat16 is supported on pre-Ampere GPUs, counting emulation (slower than
+    float16): bfloat16 is refused there, and float32 autocasts to float16 instead."""
+    import warnings
+
+    from napari_deeppt.features.extractors import inference_autocast
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+    )
+    cuda = torch.device("cuda")
+    assert not bfloat16.native_bfloat16(cuda)
+    with pytest.raises(DeepPTError, match="cuda has no native bfloat16"):
+        bfloat16.require_bfloat16(cuda)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast on a machine without CUDA says so
+        assert inference_autocast(cuda).fast_dtype == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert bfloat16.native_bfloat16(cuda)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert inference_autocast(cuda).fast_dtype == torch.bfloat16

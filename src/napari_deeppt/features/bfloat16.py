@@ -102,7 +102,10 @@ def native_bfloat16(device: Any) -> bool:
         it has bfloat16 (Arm with BF16); CUDA: a GPU with bfloat16; else False.
     """
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # torch counts emulated bfloat16 as supported unless told not to (pre-Ampere GPUs)
+        return bool(
+            torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        )
     if device.type != "cpu":
         return False
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
@@ -130,9 +133,13 @@ def require_bfloat16(device: Any) -> None:
             f"{device}; use precision 'float32'"
         )
     if not native_bfloat16(device):
-        what = "this CPU has" if device.type == "cpu" else f"{device} has"
+        if device.type == "cpu":
+            what, needs = "this CPU has", "CPUs need AVX-512 BF16 or AMX"
+            instead = "precision 'float32' (or 'int8')"
+        else:
+            what, needs = f"{device} has", "GPUs need compute capability 8.0 or later"
+            instead = "precision 'float32' (float16 autocast there)"
         raise DeepPTError(
-            f"precision 'bfloat16': {what} no native bfloat16 (CPUs need AVX-512 BF16 or "
-            "AMX), so it would run slower than float32; use precision 'float32' (or "
-            "'int8' on the CPU)"
+            f"precision 'bfloat16': {what} no native bfloat16 ({needs}), so it would run "
+            f"slower than float32; use {instead}"
         )

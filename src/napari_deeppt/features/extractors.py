@@ -192,7 +192,11 @@ def inference_autocast(dev: Any) -> Any:
     if dev.type != "cuda":
         return nullcontext()
     return torch.autocast(
-        "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        "cuda",
+        # emulated bfloat16 (GPUs before Ampere) is slower than float16: native only
+        dtype=torch.bfloat16
+        if torch.cuda.is_bf16_supported(including_emulation=False)
+        else torch.float16,
     )
 
 
